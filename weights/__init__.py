@@ -1,0 +1,1 @@
+"""Bundled weights: loadable by name, e.g. npseg.load("ultraseg-130k")."""
