@@ -1,0 +1,43 @@
+"""Write npseg weights files from torch models and checkpoints."""
+from __future__ import annotations
+
+import datetime
+import subprocess
+from pathlib import Path
+
+import torch
+
+from npseg import weights as weights_file
+
+from .model import UltraSeg
+
+
+def git_commit() -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10,
+                             cwd=Path(__file__).resolve().parent)
+        return out.stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def model_tensors(model: UltraSeg) -> dict:
+    """The model's state as float32 NumPy arrays, without BN's step counters."""
+    return {
+        k: v.detach().cpu().float().numpy()
+        for k, v in model.state_dict().items()
+        if not k.endswith("num_batches_tracked")
+    }
+
+
+def export_weights(model: UltraSeg, path, *, provenance: dict, metrics: dict | None = None,
+                   input_size=(256, 256)) -> Path:
+    """Write `model` to `path` as an npseg weights file; returns the path."""
+    provenance = {"commit": git_commit(), "exported": datetime.datetime.now(datetime.timezone.utc).isoformat(
+        timespec="seconds"), **provenance}
+    w = weights_file.Weights(config=model.cfg, tensors=model_tensors(model), input_size=tuple(input_size),
+                             provenance=provenance, metrics=metrics or {})
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    weights_file.save(path, w)
+    return path

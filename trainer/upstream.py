@@ -1,0 +1,28 @@
+"""Import the UltraSeg authors' published checkpoint (a plain state_dict)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from npseg.config import ultraseg_130k
+
+from .export import export_weights
+from .model import UltraSeg, build
+
+
+def load_upstream(pth) -> UltraSeg:
+    """The 130K torch model with the published weights (names already match ours)."""
+    state = torch.load(str(pth), map_location="cpu", weights_only=True)
+    model = build(ultraseg_130k())
+    model.load_state_dict(state, strict=True)
+    return model.eval()
+
+
+def convert_upstream(pth, out) -> Path:
+    model = load_upstream(pth)
+    return export_weights(model, out, provenance={
+        "source": "UltraSeg authors' published checkpoint best-ultraseg-130K.pth (Apache-2.0)",
+        "file": Path(pth).name,
+        "training_data": "not stated by the authors; use as an architecture reference, not an accuracy benchmark",
+    })
