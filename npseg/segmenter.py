@@ -1,0 +1,150 @@
+"""The object `npseg.load` returns: frame in, polyp mask out."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from . import reference
+from .params import fold_params
+from .weights import Weights, WeightsError
+from .weights import load as load_weights
+
+BUNDLED_DIR = Path(__file__).resolve().parent.parent / "weights"  # source checkout / editable install
+
+
+class NumpyEngine:
+    """The readable reference forward (float64 for a precise ground truth)."""
+
+    name = "numpy"
+
+    def __init__(self, cfg, params):
+        self.cfg = cfg
+        self.params = {k: np.asarray(v, dtype=np.float64) for k, v in params.items()}
+        self._gates = {}
+
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        """x [3,H,W] float32 RGB in [0,1] -> logits [out_ch,H,W] float32."""
+        _, h, w = x.shape
+        if (h, w) not in self._gates:
+            self._gates[(h, w)] = reference.all_gates(self.params, h, w)
+        return reference.forward(self.cfg, self.params, x.astype(np.float64), self._gates[(h, w)]).astype(np.float32)
+
+
+def _engines():
+    engines = {"numpy": NumpyEngine}
+    try:
+        from .engine_numba import NumbaEngine
+    except ImportError:
+        pass
+    else:
+        engines["numba"] = NumbaEngine
+    return engines
+
+
+def default_backend() -> str:
+    """The Numba engine when it is importable; else the NumPy reference."""
+    return "numba" if "numba" in _engines() else "numpy"
+
+
+def bundled_names() -> list[str]:
+    return sorted(p.stem for p in _bundled_dir().glob("*.safetensors"))
+
+
+def _bundled_dir() -> Path:
+    try:
+        from importlib.resources import files
+
+        d = Path(str(files("npseg.bundled_weights")))
+        if d.is_dir():
+            return d
+    except (ModuleNotFoundError, TypeError):
+        pass
+    return BUNDLED_DIR
+
+
+def resolve_weights(path_or_name: str | os.PathLike) -> Path:
+    """A file path as given, or a bundled model name such as 'ultraseg-130k'."""
+    p = Path(path_or_name)
+    if p.suffix or p.exists() or os.sep in str(path_or_name):
+        return p
+    candidate = _bundled_dir() / f"{path_or_name}.safetensors"
+    if candidate.exists():
+        return candidate
+    names = bundled_names()
+    raise WeightsError(
+        f"unknown weights name {str(path_or_name)!r}: bundled models are {names or 'none'}; "
+        "or pass the path of a .safetensors file"
+    )
+
+
+class Segmenter:
+    """A loaded UltraSeg model. `predict(frame)` -> HxW uint8 mask (1 = polyp).
+
+    Frames are HxWx3 uint8 BGR, as OpenCV delivers them. Preprocessing is the
+    training one: cv2.resize (bilinear) to the network input size, BGR->RGB, /255.
+    """
+
+    def __init__(self, weights: Weights, backend: str | None = None, size: tuple[int, int] | int | None = None):
+        engines = _engines()
+        backend = backend or default_backend()
+        if backend not in engines:
+            raise ValueError(f"unknown backend {backend!r}; choose one of {sorted(engines)}")
+        self.weights = weights
+        self.config = weights.config
+        self.backend = backend
+        h, w = (size, size) if isinstance(size, int) else (size or weights.input_size)
+        if h % 16 or w % 16 or h < 16 or w < 16:
+            raise ValueError(f"input size must be positive multiples of 16, got {h}x{w}")
+        self.input_size = (int(h), int(w))
+        self._engine = engines[backend](weights.config, fold_params(weights.config, weights.tensors))
+
+    def __repr__(self):
+        return (f"Segmenter({self.config.name}, backend={self.backend!r}, input_size={self.input_size}, "
+                f"weights={self.weights.path!r})")
+
+    def preprocess(self, frame: np.ndarray) -> np.ndarray:
+        """BGR uint8 HxWx3 -> [3, h, w] float32 RGB in [0, 1] at the network input size."""
+        h, w = self.input_size
+        small = cv2.resize(frame, (w, h), interpolation=cv2.INTER_LINEAR)
+        return (small[:, :, ::-1].transpose(2, 0, 1) * np.float32(1.0 / 255.0)).astype(np.float32)
+
+    def logits(self, frame: np.ndarray) -> np.ndarray:
+        """Raw network output [out_ch, h, w] at the network input size."""
+        return self._engine.forward(self.preprocess(_check_frame(frame)))
+
+    def predict_proba(self, frame: np.ndarray) -> np.ndarray:
+        """HxW float32 polyp probability (softmax of the two logits), resized to the frame bilinearly."""
+        frame = _check_frame(frame)
+        lo = self._engine.forward(self.preprocess(frame))
+        prob = 1.0 / (1.0 + np.exp(lo[0] - lo[1]))
+        return cv2.resize(prob, (frame.shape[1], frame.shape[0]), interpolation=cv2.INTER_LINEAR)
+
+    def predict(self, frame: np.ndarray, threshold: float | None = None) -> np.ndarray:
+        """HxW uint8 mask at the frame's size, 1 = polyp. Default decision: argmax of the
+        logits; with `threshold`, probability > threshold."""
+        frame = _check_frame(frame)
+        lo = self._engine.forward(self.preprocess(frame))
+        if threshold is None:
+            small = (lo[1] > lo[0]).astype(np.uint8)
+        else:
+            small = (1.0 / (1.0 + np.exp(lo[0] - lo[1])) > threshold).astype(np.uint8)
+        return cv2.resize(small, (frame.shape[1], frame.shape[0]), interpolation=cv2.INTER_NEAREST)
+
+
+def _check_frame(frame) -> np.ndarray:
+    if not isinstance(frame, np.ndarray):
+        raise TypeError(f"frame must be a numpy array (HxWx3 uint8 BGR), got {type(frame).__name__}")
+    if frame.ndim != 3 or frame.shape[2] != 3:
+        raise ValueError(f"frame must be HxWx3 (BGR), got shape {frame.shape}")
+    if frame.dtype != np.uint8:
+        raise TypeError(f"frame must be uint8, got {frame.dtype}")
+    return frame
+
+
+def load(path_or_name: str | os.PathLike = "ultraseg-130k", backend: str | None = None,
+         size: tuple[int, int] | int | None = None) -> Segmenter:
+    """Load a weights file (or a bundled model by name) and return a Segmenter."""
+    return Segmenter(load_weights(resolve_weights(path_or_name)), backend=backend, size=size)
