@@ -8,6 +8,7 @@ import cv2
 import numpy as np
 
 from . import reference
+from .frames import check_frame as _check_frame
 from .params import fold_params
 from .weights import Weights, WeightsError
 from .weights import load as load_weights
@@ -132,16 +133,6 @@ class Segmenter:
         else:
             small = (1.0 / (1.0 + np.exp(lo[0] - lo[1])) > threshold).astype(np.uint8)
         return cv2.resize(small, (frame.shape[1], frame.shape[0]), interpolation=cv2.INTER_NEAREST)
-
-
-def _check_frame(frame) -> np.ndarray:
-    if not isinstance(frame, np.ndarray):
-        raise TypeError(f"frame must be a numpy array (HxWx3 uint8 BGR), got {type(frame).__name__}")
-    if frame.ndim != 3 or frame.shape[2] != 3:
-        raise ValueError(f"frame must be HxWx3 (BGR), got shape {frame.shape}")
-    if frame.dtype != np.uint8:
-        raise TypeError(f"frame must be uint8, got {frame.dtype}")
-    return frame
 
 
 def load(path_or_name: str | os.PathLike = "ultraseg-130k", backend: str | None = None,
