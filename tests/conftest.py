@@ -33,3 +33,35 @@ def upstream_weights(upstream_dir, tmp_path_factory) -> Path:
 
     return convert_upstream(upstream_dir / "best-ultraseg-130K.pth",
                             tmp_path_factory.mktemp("upstream") / "upstream-130k.safetensors")
+
+
+def random_torch_model(variant: str, seed: int):
+    """A torch UltraSeg in eval mode whose every tensor is random: conv weights by the
+    init, and norms' affines, BN running statistics, learned scalars and GSA
+    share_space tensors perturbed away from their neutral initial values."""
+    import torch
+
+    from trainer.model import build
+
+    torch.manual_seed(seed)
+    model = build(variant)
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, tensor in model.state_dict().items():
+            if name.endswith("num_batches_tracked"):
+                continue
+            noise = torch.randn(tensor.shape, generator=gen)
+            if name.endswith("running_var"):
+                tensor.copy_(torch.rand(tensor.shape, generator=gen) * 2 + 0.2)
+            elif name.endswith("running_mean") or ".bias" in name:
+                tensor.copy_(0.1 * noise)
+            elif tensor.dim() <= 1 or "share_space" in name:  # affines, scalars, gate seeds
+                tensor.copy_(tensor + 0.2 * noise)
+    return model.eval()
+
+
+def write_weights(model, path) -> Path:
+    """Export a torch model to an npseg weights file."""
+    from trainer.export import export_weights
+
+    return export_weights(model, path, provenance={"source": "tests: random weights"})

@@ -1,0 +1,75 @@
+"""The weights file round-trips and refuses the basic mismatches with a named problem."""
+from __future__ import annotations
+
+import json
+import struct
+
+import numpy as np
+import pytest
+
+from npseg import WeightsError
+from npseg.config import ultraseg_108k, ultraseg_130k
+from npseg.tensor_spec import expected_tensors
+from npseg.weights import Weights, load, save
+
+
+def random_weights(cfg, seed=0):
+    rng = np.random.default_rng(seed)
+    return Weights(config=cfg, tensors={k: rng.standard_normal(s).astype(np.float32)
+                                        for k, s in expected_tensors(cfg).items()},
+                   provenance={"dataset": "none"}, metrics={"dice": 0.5})
+
+
+@pytest.mark.parametrize("factory", [ultraseg_108k, ultraseg_130k])
+def test_round_trip(tmp_path, factory):
+    w = random_weights(factory())
+    save(tmp_path / "w.safetensors", w)
+    back = load(tmp_path / "w.safetensors")
+    assert back.config == w.config and back.metrics == w.metrics and back.provenance == w.provenance
+    assert set(back.tensors) == set(w.tensors)
+    for k in w.tensors:
+        np.testing.assert_array_equal(back.tensors[k], w.tensors[k])
+
+
+def test_parameter_counts_match_the_spec():
+    count = lambda cfg: sum(int(np.prod(s)) for k, s in expected_tensors(cfg).items() if "running_" not in k)
+    assert count(ultraseg_108k()) == 126_030
+    assert count(ultraseg_130k()) == 147_683
+
+
+def _rewrite_metadata(path, **changes):
+    raw = path.read_bytes()
+    (n,) = struct.unpack("<Q", raw[:8])
+    header = json.loads(raw[8:8 + n])
+    header["__metadata__"].update(changes)
+    new = json.dumps(header).encode()
+    path.write_bytes(struct.pack("<Q", len(new)) + new + raw[8 + n:])
+
+
+def test_missing_tensor_is_named(tmp_path):
+    from safetensors.numpy import save_file
+
+    w = random_weights(ultraseg_130k())
+    save(tmp_path / "ok.safetensors", w)
+    full = load(tmp_path / "ok.safetensors")
+    tensors = dict(full.tensors)
+    del tensors["decoder2.0.norm1.weight"]
+    raw = (tmp_path / "ok.safetensors").read_bytes()
+    meta = json.loads(raw[8:8 + struct.unpack("<Q", raw[:8])[0]])["__metadata__"]
+    save_file(tensors, str(tmp_path / "bad.safetensors"), metadata=meta)
+    with pytest.raises(WeightsError, match=r"missing tensor 'decoder2.0.norm1.weight' \(expected shape \(64,\)\)"):
+        load(tmp_path / "bad.safetensors")
+
+
+def test_wrong_shape_is_named(tmp_path):
+    w = random_weights(ultraseg_130k())
+    w.tensors["final.0.weight"] = np.zeros((3, 8, 1, 1), np.float32)
+    with pytest.raises(WeightsError, match=r"'final.0.weight' has shape \(3, 8, 1, 1\), expected \(2, 8, 1, 1\)"):
+        save(tmp_path / "w.safetensors", w)
+
+
+def test_unknown_format_version_is_refused(tmp_path):
+    save(tmp_path / "w.safetensors", random_weights(ultraseg_108k()))
+    _rewrite_metadata(tmp_path / "w.safetensors", format_version="99")
+    with pytest.raises(WeightsError, match="unknown format_version '99'"):
+        load(tmp_path / "w.safetensors")
