@@ -26,3 +26,23 @@ def convert_upstream(pth, out) -> Path:
         "file": Path(pth).name,
         "training_data": "not stated by the authors; use as an architecture reference, not an accuracy benchmark",
     })
+
+
+def add_convert_arguments(p) -> None:
+    p.add_argument("pth", help="the published checkpoint, e.g. ../shared/upstream/best-ultraseg-130K.pth")
+    p.add_argument("-o", "--output", required=True, help="the npseg weights file to write (.safetensors)")
+
+
+def run_convert(args) -> int:
+    import sys
+
+    if not Path(args.pth).is_file():
+        print(f"error: {args.pth}: no such checkpoint file", file=sys.stderr)
+        return 2
+    try:
+        out = convert_upstream(args.pth, args.output)
+    except (RuntimeError, ValueError, OSError) as e:  # unreadable, foreign, or unwritable
+        print(f"error: {args.pth}: cannot convert: {str(e).splitlines()[0]}", file=sys.stderr)
+        return 1
+    print(f"wrote {out}")
+    return 0
