@@ -1,0 +1,261 @@
+"""Datasets for training: folders of images/ + masks/, recorded splits, a 256x256 cache.
+
+A dataset folder holds `images/<stem>.(jpg|png)` and `masks/<stem>.(jpg|png)`.
+Masks may have any channel count; a pixel is polyp when its grey level is >= 128
+(JPEG masks carry compression noise). Every split is a deterministic, seeded
+function of the sorted stems and is written to JSON with the run.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+
+IMAGE_EXTS = (".jpg", ".jpeg", ".png")
+SIZE = 256
+TEST_FRACTION = 0.2
+VAL_FRACTION = 0.1  # of the train 80%: the part used for early stopping
+CACHE_VERSION = "1"  # bump when the cached arrays change meaning
+
+
+class DataError(ValueError):
+    """A dataset file that cannot be trained on; the message names the file and the fix."""
+
+
+def _files_by_stem(folder: Path) -> dict[str, Path]:
+    if not folder.is_dir():
+        raise DataError(f"{folder}: missing folder; a dataset needs images/ and masks/ sub-folders with files "
+                        "named by the same stem")
+    found = {}
+    for p in sorted(folder.iterdir()):
+        if p.suffix.lower() in IMAGE_EXTS and not p.name.startswith("."):
+            if p.stem in found:
+                raise DataError(f"{p}: two files share the stem {p.stem!r} ({found[p.stem].name}); keep one")
+            found[p.stem] = p
+    return found
+
+
+@dataclass(frozen=True)
+class Pair:
+    stem: str
+    image: Path
+    mask: Path
+
+
+def list_pairs(root: str | os.PathLike, skip_bad: bool = False) -> list[Pair]:
+    """The (image, mask) pairs of a dataset folder, sorted by stem. An image without a mask
+    is an error (or skipped with a warning under `skip_bad`)."""
+    root = Path(root)
+    images = _files_by_stem(root / "images")
+    masks = _files_by_stem(root / "masks")
+    if not images:
+        raise DataError(f"{root / 'images'}: no .jpg/.png images found")
+    pairs = []
+    for stem, img in images.items():
+        if stem not in masks:
+            _bad(f"{img}: no mask {root / 'masks' / stem}.(jpg|png); add the mask or remove the image", skip_bad)
+            continue
+        pairs.append(Pair(stem, img, masks[stem]))
+    return pairs
+
+
+def _bad(message: str, skip_bad: bool) -> None:
+    if not skip_bad:
+        raise DataError(message + " (or pass --skip-bad to skip such files with a warning)")
+    warnings.warn("skipping " + message, stacklevel=3)
+
+
+def read_image(path: Path) -> np.ndarray:
+    """HxWx3 uint8 BGR; DataError when the file does not decode."""
+    img = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    if img is None or img.size == 0:
+        raise DataError(f"{path}: cannot decode the image (corrupt or not an image); replace or remove it")
+    return img
+
+
+def read_mask(path: Path) -> np.ndarray:
+    """HxW uint8 {0,1}: grey level >= 128, whatever the channel count."""
+    m = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    if m is None or m.size == 0:
+        raise DataError(f"{path}: cannot decode the mask (corrupt or not an image); replace or remove it")
+    if m.dtype != np.uint8:  # 16-bit masks: scale to 8 bits
+        m = (m.astype(np.float64) * (255.0 / np.iinfo(m.dtype).max)).astype(np.uint8)
+    if m.ndim == 3:
+        m = cv2.cvtColor(m, cv2.COLOR_BGRA2GRAY if m.shape[2] == 4 else cv2.COLOR_BGR2GRAY) if m.shape[2] in (3, 4) \
+            else m[:, :, 0]
+    return (m >= 128).astype(np.uint8)
+
+
+def read_pair(pair: Pair) -> tuple[np.ndarray, np.ndarray]:
+    """Original-resolution BGR image and {0,1} mask; DataError when they do not match."""
+    img = read_image(pair.image)
+    mask = read_mask(pair.mask)
+    if mask.shape != img.shape[:2]:
+        raise DataError(f"{pair.mask}: mask is {mask.shape[1]}x{mask.shape[0]} but its image {pair.image.name} is "
+                        f"{img.shape[1]}x{img.shape[0]}; masks must have the image's size")
+    return img, mask
+
+
+def boundary_target(mask01: np.ndarray) -> np.ndarray:
+    """The recipe's boundary label: Canny(mask*255, 30, 90), dilated once by a 5x5 ellipse, {0,1}."""
+    edges = cv2.Canny(mask01.astype(np.uint8) * 255, 30, 90)
+    kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (5, 5))
+    return (cv2.dilate(edges, kernel, iterations=1) > 0).astype(np.uint8)
+
+
+def resize_sample(img_bgr: np.ndarray, mask01: np.ndarray, size: int = SIZE) -> tuple[np.ndarray, np.ndarray]:
+    """Network-size RGB uint8 image (cv2 bilinear, as npseg preprocesses) and nearest-resized mask."""
+    img = cv2.resize(img_bgr, (size, size), interpolation=cv2.INTER_LINEAR)[:, :, ::-1]
+    mask = cv2.resize(mask01, (size, size), interpolation=cv2.INTER_NEAREST)
+    return np.ascontiguousarray(img), mask
+
+
+# ---------------------------------------------------------------- splits
+
+def make_split(stems: list[str], seed: int, test_fraction: float = TEST_FRACTION,
+               val_fraction: float = VAL_FRACTION) -> dict[str, list[str]]:
+    """Seeded random 80/20 train/test, then validation carved out of train. Sorted lists of stems."""
+    stems = sorted(stems)
+    order = np.random.default_rng(seed).permutation(len(stems))
+    n_test = int(round(test_fraction * len(stems)))
+    test = [stems[i] for i in order[:n_test]]
+    rest = [stems[i] for i in order[n_test:]]
+    n_val = int(round(val_fraction * len(rest)))
+    return {"train": sorted(rest[n_val:]), "val": sorted(rest[:n_val]), "test": sorted(test)}
+
+
+def split_hash(split: dict[str, list[str]]) -> str:
+    return hashlib.sha256(json.dumps(split, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def dataset_name(root: str | os.PathLike) -> str:
+    return Path(root).resolve().name
+
+
+def load_or_make_split(root, seed: int, split_file: Path | None = None, skip_bad: bool = False,
+                       limit: int | None = None) -> dict[str, list[str]]:
+    """The split recorded in `split_file` when it exists (so resume and eval reuse it), else a new one.
+    `limit` keeps the first N stems of each part (for smoke runs)."""
+    if split_file is not None and split_file.exists():
+        return json.loads(split_file.read_text())
+    pairs = list_pairs(root, skip_bad=skip_bad)
+    split = make_split([p.stem for p in pairs], seed)
+    if limit:
+        split = {k: v[:max(1, limit if k == "train" else limit // 4)] for k, v in split.items()}
+    if split_file is not None:
+        split_file.parent.mkdir(parents=True, exist_ok=True)
+        split_file.write_text(json.dumps(split, indent=0))
+    return split
+
+
+# ---------------------------------------------------------------- cache
+
+def _cache_key(root: Path, stems: list[str], pairs: dict[str, Pair]) -> str:
+    h = hashlib.sha256(f"{CACHE_VERSION}|{SIZE}|{root.resolve()}".encode())
+    for s in stems:
+        for p in (pairs[s].image, pairs[s].mask):
+            st = p.stat()
+            h.update(f"|{p.name}:{st.st_size}:{st.st_mtime_ns}".encode())
+    return h.hexdigest()[:16]
+
+
+def cached_arrays(root, stems: list[str], cache_dir, skip_bad: bool = False, progress: bool = True):
+    """(stems kept, images [N,256,256,3] RGB uint8, masks [N,256,256] {0,1}, boundaries [N,256,256] {0,1}),
+    decoded once and memory-mapped from `cache_dir` afterwards. Bad files stop with DataError
+    (or are dropped with a warning under `skip_bad`)."""
+    root = Path(root)
+    pairs = {p.stem: p for p in list_pairs(root, skip_bad=skip_bad)}
+    missing = [s for s in stems if s not in pairs]
+    for s in missing:
+        _bad(f"{root / 'images'}: split names {s!r} but no image/mask pair has that stem", skip_bad)
+    stems = [s for s in stems if s in pairs]
+    d = Path(cache_dir) / f"{dataset_name(root)}-{_cache_key(root, stems, pairs)}"
+    if (d / "done").exists():
+        kept = json.loads((d / "stems.json").read_text())
+        return (kept, *(np.load(d / f"{k}.npy", mmap_mode="r") for k in ("images", "masks", "boundaries")))
+    imgs, masks, bounds, kept = [], [], [], []
+    it = stems
+    if progress:
+        from tqdm import tqdm
+        it = tqdm(stems, desc=f"caching {dataset_name(root)} ({len(stems)} samples)", mininterval=5)
+    for s in it:
+        try:
+            img, mask = read_pair(pairs[s])
+        except DataError as e:
+            if not skip_bad:
+                raise DataError(f"{e} (or pass --skip-bad to skip such files with a warning)") from None
+            warnings.warn(f"skipping {e}", stacklevel=2)
+            continue
+        img, mask = resize_sample(img, mask)
+        imgs.append(img)
+        masks.append(mask)
+        bounds.append(boundary_target(mask))
+        kept.append(s)
+    if not kept:
+        raise DataError(f"{root}: no usable samples in this split")
+    tmp = d.with_name(d.name + f".tmp{os.getpid()}")
+    tmp.mkdir(parents=True, exist_ok=True)
+    for name, arr in (("images", imgs), ("masks", masks), ("boundaries", bounds)):
+        np.save(tmp / f"{name}.npy", np.stack(arr))
+    (tmp / "stems.json").write_text(json.dumps(kept))
+    (tmp / "done").write_text("")
+    try:
+        os.replace(tmp, d)  # atomic: a concurrent run either sees the finished cache or builds its own
+    except OSError:
+        import shutil
+        shutil.rmtree(tmp, ignore_errors=True)
+    return cached_arrays(root, kept, cache_dir, skip_bad=skip_bad, progress=False)
+
+
+# ---------------------------------------------------------------- torch dataset
+
+def augment(img: np.ndarray, mask: np.ndarray, bound: np.ndarray, rng: np.random.Generator):
+    """Horizontal flip (p 0.5) and rotation in [-10, 10] degrees: the image bilinear with reflected
+    border, masks nearest with zero border."""
+    if rng.random() < 0.5:
+        img, mask, bound = img[:, ::-1], mask[:, ::-1], bound[:, ::-1]
+    angle = rng.uniform(-10.0, 10.0)
+    h, w = mask.shape
+    rot = cv2.getRotationMatrix2D((w / 2 - 0.5, h / 2 - 0.5), angle, 1.0)
+    img = cv2.warpAffine(np.ascontiguousarray(img), rot, (w, h), flags=cv2.INTER_LINEAR,
+                         borderMode=cv2.BORDER_REFLECT_101)
+    mask = cv2.warpAffine(np.ascontiguousarray(mask), rot, (w, h), flags=cv2.INTER_NEAREST,
+                          borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+    bound = cv2.warpAffine(np.ascontiguousarray(bound), rot, (w, h), flags=cv2.INTER_NEAREST,
+                           borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+    return img, mask, bound
+
+
+class PolypDataset(torch.utils.data.Dataset):
+    """Cached samples of one or more datasets. Items: image [3,H,W] float32 RGB in [0,1],
+    mask [1,H,W] and boundary [1,H,W] float32 {0,1}. With `seed`, augmentation is a
+    deterministic function of (seed, epoch, index), whatever the worker or process."""
+
+    def __init__(self, parts: list[tuple], seed: int | None = None):
+        self.parts = parts  # (stems, images, masks, boundaries) per dataset
+        self.index = [(p, i) for p, part in enumerate(parts) for i in range(len(part[0]))]
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self):
+        return len(self.index)
+
+    def __getitem__(self, k):
+        p, i = self.index[k]
+        _, images, masks, bounds = self.parts[p]
+        img, mask, bound = images[i], masks[i], bounds[i]
+        if self.seed is not None:
+            img, mask, bound = augment(img, mask, bound, np.random.default_rng((self.seed, self.epoch, k)))
+        x = torch.from_numpy(np.ascontiguousarray(img).transpose(2, 0, 1).astype(np.float32) * np.float32(1.0 / 255.0))  # as npseg
+        return (x, torch.from_numpy(np.array(mask, dtype=np.float32)[None]),
+                torch.from_numpy(np.array(bound, dtype=np.float32)[None]))

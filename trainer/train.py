@@ -1,0 +1,290 @@
+"""The training loop: deep-supervision recipe, early stopping on validation Dice, resumable.
+
+Single process by default; under `torchrun` (WORLD_SIZE > 1) it trains with
+DistributedDataParallel (gloo on CPU, nccl on CUDA); rank 0 validates, logs and
+writes checkpoints, and the others follow its decisions.
+"""
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import math
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch.utils.data import DataLoader, DistributedSampler
+
+from . import data as D
+from .loss import ultraseg_loss
+from .evaluate import dice_iou
+from .model import UltraSeg, build
+
+CHECKPOINT_FORMAT = "npseg-trainer-checkpoint-1"
+LOG_FIELDS = ["epoch", "lr", "train_loss", "train_main", "train_region", "train_boundary", "val_dice",
+              "val_dice_per_dataset", "best_val_dice", "epoch_seconds", "train_seconds"]
+
+
+@dataclass
+class TrainOptions:
+    variant: str = "ultraseg-130k"
+    data: list[str] = field(default_factory=list)
+    run_dir: str = "runs/ultraseg-130k"
+    epochs: int = 100
+    batch_size: int = 4
+    lr: float = 3e-4
+    patience: int = 10
+    seed: int = 0
+    max_minutes: float | None = None
+    device: str = "cpu"
+    threads: int = 1
+    cache_dir: str = "cache"
+    skip_bad: bool = False
+    limit: int | None = None  # first N train stems per dataset (N/4 val and test): smoke runs only
+    workers: int = 0
+
+
+def _dist_info() -> tuple[int, int, int]:
+    """(rank, world size, local rank) from torchrun's environment; (0, 1, 0) otherwise."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    return int(os.environ.get("RANK", "0")), world, int(os.environ.get("LOCAL_RANK", "0"))
+
+
+def _log(msg: str, rank: int = 0) -> None:
+    if rank == 0:
+        print(msg, flush=True)
+
+
+def prepare_data(opts: TrainOptions, run_dir: Path, progress: bool = True):
+    """Splits (recorded in run_dir/splits/) and the cached train/val arrays of every dataset."""
+    if not opts.data:
+        raise D.DataError("no dataset given: pass --data FOLDER (a folder with images/ and masks/), one or more")
+    names = [D.dataset_name(r) for r in opts.data]
+    if len(set(names)) != len(names):
+        raise D.DataError(f"dataset folders must have distinct names, got {names}")
+    splits, train_parts, val_parts = {}, [], []
+    for root, name in zip(opts.data, names):
+        split = D.load_or_make_split(root, opts.seed, run_dir / "splits" / f"{name}.json", skip_bad=opts.skip_bad,
+                                     limit=opts.limit)
+        splits[name] = split
+        train_parts.append(D.cached_arrays(root, split["train"], opts.cache_dir, opts.skip_bad, progress))
+        val_parts.append(D.cached_arrays(root, split["val"], opts.cache_dir, opts.skip_bad, progress))
+    return names, splits, train_parts, val_parts
+
+
+@torch.no_grad()
+def validate(model: UltraSeg, parts, names, device, batch_size: int = 8) -> tuple[float, dict[str, float]]:
+    """Mean per-image Dice (argmax at 256x256) per dataset, and their mean: the selection metric,
+    so that each dataset counts equally in a mixed run."""
+    model.eval()
+    per_dataset = {}
+    for name, (stems, images, masks, _) in zip(names, parts):
+        scores = []
+        for s in range(0, len(stems), batch_size):
+            x = torch.from_numpy(np.ascontiguousarray(images[s:s + batch_size]).transpose(0, 3, 1, 2)
+                                 .astype(np.float32) * np.float32(1.0 / 255.0)).to(device)
+            pred = model(x, side_outputs=False).argmax(1).cpu().numpy().astype(np.uint8)
+            scores += [dice_iou(p, m)[0] for p, m in zip(pred, masks[s:s + batch_size])]
+        per_dataset[name] = float(np.mean(scores))
+    model.train()
+    return float(np.mean(list(per_dataset.values()))), per_dataset
+
+
+def _save_atomic(obj, path: Path) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)  # a kill during the save never leaves a truncated checkpoint
+
+
+def load_checkpoint(path) -> dict:
+    ckpt = torch.load(str(path), map_location="cpu", weights_only=True)
+    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
+        raise ValueError(f"{path}: not a trainer checkpoint (format {CHECKPOINT_FORMAT}); "
+                         "pass a best.pt or last.pt written by `python -m trainer train`")
+    return ckpt
+
+
+def model_from_checkpoint(ckpt: dict) -> UltraSeg:
+    from npseg.config import UltraSegConfig
+
+    model = build(UltraSegConfig.from_dict(ckpt["config"]))
+    model.load_state_dict(ckpt["model"])
+    return model.eval()
+
+
+def _append_log(run_dir: Path, row: dict) -> None:
+    csv_path = run_dir / "log.csv"
+    new = not csv_path.exists()
+    with csv_path.open("a", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=LOG_FIELDS)
+        if new:
+            w.writeheader()
+        w.writerow({k: (json.dumps(v) if isinstance(v, dict) else v) for k, v in row.items()})
+
+
+def cosine_lr(base_lr: float, epoch: int, epochs: int) -> float:
+    """Cosine annealing from base_lr (epoch 1) towards 0 over `epochs` epochs."""
+    return 0.5 * base_lr * (1 + math.cos(math.pi * (epoch - 1) / max(epochs, 1)))
+
+
+def train(opts: TrainOptions, resume: bool = False, epochs_override: bool = False) -> dict:
+    """Train; returns the final state summary (rank 0). Writes run_dir/{options.json, splits/,
+    log.csv, log.json, last.pt, best.pt}."""
+    rank, world, local_rank = _dist_info()
+    run_dir = Path(opts.run_dir)
+    ckpt = None
+    if resume:
+        last = run_dir / "last.pt"
+        if not last.exists():
+            raise FileNotFoundError(f"{last}: nothing to resume; start the run without --resume")
+        ckpt = load_checkpoint(last)
+        saved = TrainOptions(**ckpt["options"])
+        # what may change on resume: where and how fast it runs, the time budget and the epoch count
+        # (the cosine schedule is a function of (epoch, epochs), so it re-spans the new count)
+        opts = dataclasses.replace(saved, device=opts.device, threads=opts.threads, max_minutes=opts.max_minutes,
+                                   workers=opts.workers, run_dir=opts.run_dir, cache_dir=opts.cache_dir,
+                                   epochs=opts.epochs if epochs_override else saved.epochs)
+    distributed = world > 1
+    if opts.device.startswith("cuda"):
+        device = torch.device(f"cuda:{local_rank}" if distributed else opts.device)
+        torch.cuda.set_device(device)
+    else:
+        device = torch.device("cpu")
+    if distributed:
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    torch.set_num_threads(opts.threads)
+
+    if rank == 0:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "options.json").write_text(json.dumps(dataclasses.asdict(opts), indent=1))
+        names, splits, train_parts, val_parts = prepare_data(opts, run_dir)
+    if distributed:
+        dist.barrier()  # rank 0 wrote the splits and the cache; the others read them
+    if rank != 0:
+        names, splits, train_parts, val_parts = prepare_data(opts, run_dir, progress=False)
+
+    torch.manual_seed(opts.seed)
+    model = build(opts.variant).to(device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=opts.lr)
+    state = {"epoch": 0, "best_val_dice": -1.0, "best_epoch": 0, "epochs_since_best": 0, "train_seconds": 0.0,
+             "history": []}
+    if ckpt is not None:
+        model.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        state = {k: ckpt[k] for k in state}
+        torch.set_rng_state(ckpt["torch_rng"])
+        _log(f"resumed {run_dir / 'last.pt'} after epoch {state['epoch']} "
+             f"(best val Dice {state['best_val_dice']:.4f} at epoch {state['best_epoch']})", rank)
+    net = torch.nn.parallel.DistributedDataParallel(model) if distributed else model
+
+    train_set = D.PolypDataset(train_parts, seed=opts.seed)
+    sampler = DistributedSampler(train_set, num_replicas=world, rank=rank, shuffle=True, seed=opts.seed)
+    loader = DataLoader(train_set, batch_size=opts.batch_size, sampler=sampler, num_workers=opts.workers,
+                        persistent_workers=opts.workers > 0)
+    _log(f"{opts.variant}: {len(train_set)} train / {sum(len(p[0]) for p in val_parts)} val samples from "
+         f"{', '.join(names)}; {world} process(es) on {device}, batch {opts.batch_size} per process, "
+         f"epochs {state['epoch'] + 1}..{opts.epochs}", rank)
+
+    from tqdm import tqdm
+
+    stop_reason = "epochs done"
+    last_epoch_seconds = 0.0
+    while state["epoch"] < opts.epochs:
+        budget_left = None if opts.max_minutes is None else opts.max_minutes * 60 - state["train_seconds"]
+        stop = budget_left is not None and budget_left < last_epoch_seconds
+        if _agree(stop, distributed, device):
+            stop_reason = f"time budget ({opts.max_minutes} min) would be exceeded by another epoch"
+            break
+        epoch = state["epoch"] + 1
+        t0 = time.time()
+        lr = cosine_lr(opts.lr, epoch, opts.epochs)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        sampler.set_epoch(epoch)
+        train_set.set_epoch(epoch)
+        net.train()
+        sums = {"loss": 0.0, "main": 0.0, "region": 0.0, "boundary": 0.0}
+        n = 0
+        bar = tqdm(loader, desc=f"epoch {epoch}/{opts.epochs}", disable=rank != 0, file=sys.stderr,
+                   mininterval=1 if sys.stderr.isatty() else 60, dynamic_ncols=True)
+        for x, mask, bound in bar:
+            x, mask, bound = x.to(device), mask.to(device), bound.to(device)
+            logits, regions, boundaries = net(x)
+            loss, parts = ultraseg_loss(logits, regions, boundaries, mask, bound)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            sums["loss"] += float(loss.detach()) * len(x)
+            for k, v in parts.items():
+                sums[k] += v * len(x)
+            n += len(x)
+            bar.set_postfix(loss=f"{sums['loss'] / n:.4f}", refresh=False)
+        means = _mean_over_ranks(sums, n, distributed, device)
+
+        improved = False
+        if rank == 0:
+            val_dice, val_per = validate(model, val_parts, names, device)
+            improved = val_dice > state["best_val_dice"]
+        epoch_seconds = time.time() - t0
+        last_epoch_seconds = epoch_seconds
+        state["epoch"] = epoch
+        state["train_seconds"] += epoch_seconds
+        if rank == 0:
+            if improved:
+                state.update(best_val_dice=val_dice, best_epoch=epoch, epochs_since_best=0)
+            else:
+                state["epochs_since_best"] += 1
+            row = {"epoch": epoch, "lr": lr, "train_loss": means["loss"], "train_main": means["main"],
+                   "train_region": means["region"], "train_boundary": means["boundary"], "val_dice": val_dice,
+                   "val_dice_per_dataset": val_per, "best_val_dice": state["best_val_dice"],
+                   "epoch_seconds": round(epoch_seconds, 1), "train_seconds": round(state["train_seconds"], 1)}
+            state["history"].append(row)
+            ck = {"format": CHECKPOINT_FORMAT, "config": model.cfg.to_dict(), "options": dataclasses.asdict(opts),
+                  "splits": splits, "datasets": [str(Path(r).resolve()) for r in opts.data],
+                  "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                  "lr_schedule": {"kind": "cosine", "base_lr": opts.lr, "epochs": opts.epochs}, "torch_rng": torch.get_rng_state(), **state}
+            if improved:
+                _save_atomic(ck, run_dir / "best.pt")
+            _save_atomic(ck, run_dir / "last.pt")
+            _append_log(run_dir, row)
+            (run_dir / "log.json").write_text(json.dumps(state["history"], indent=1))
+            _log(f"epoch {epoch}: loss {means['loss']:.4f} (main {means['main']:.4f}) val Dice {val_dice:.4f} "
+                 f"{json.dumps({k: round(v, 4) for k, v in val_per.items()})} best {state['best_val_dice']:.4f}"
+                 f"@{state['best_epoch']} lr {lr:.2e} {epoch_seconds:.0f}s", rank)
+        if _agree(rank == 0 and state["epochs_since_best"] >= opts.patience, distributed, device):
+            stop_reason = f"early stopping: no validation-Dice gain in {opts.patience} epochs"
+            break
+    if distributed:
+        dist.barrier()
+        dist.destroy_process_group()
+    summary = {"stop_reason": stop_reason, "epochs_run": state["epoch"], "best_epoch": state["best_epoch"],
+               "best_val_dice": state["best_val_dice"], "train_seconds": round(state["train_seconds"], 1)}
+    if rank == 0:
+        (run_dir / "summary.json").write_text(json.dumps(summary, indent=1))
+        _log(f"stopped: {stop_reason}; best val Dice {state['best_val_dice']:.4f} at epoch {state['best_epoch']}, "
+             f"{state['epoch']} epochs, {state['train_seconds'] / 60:.1f} min", rank)
+    return summary
+
+
+def _agree(flag: bool, distributed: bool, device) -> bool:
+    """Rank 0's decision, shared with every rank."""
+    if not distributed:
+        return flag
+    t = torch.tensor([1.0 if flag else 0.0], device=device)
+    dist.broadcast(t, 0)
+    return bool(t.item())
+
+
+def _mean_over_ranks(sums: dict, n: int, distributed: bool, device) -> dict:
+    if distributed:
+        t = torch.tensor([*sums.values(), float(n)], dtype=torch.float64, device=device)
+        dist.all_reduce(t)
+        vals = t.tolist()
+        sums, n = dict(zip(sums, vals[:-1])), vals[-1]
+    return {k: v / max(n, 1) for k, v in sums.items()}
