@@ -13,8 +13,13 @@ of JSON header, then the raw little-endian float32 tensor data. The header's
     provenance        JSON (datasets, split, commit, date, ...)
     metrics           JSON (measured accuracy, may be {})
     tensors_sha256    SHA-256 over the tensors (sorted by name: name, shape, bytes)
+    metadata_sha256   SHA-256 over the fields above (canonical JSON); written by
+                      `save`, verified when present (files from before it lack it)
 
-Everything is checked at load; nothing is ever unpickled.
+Everything is checked at load, and every failure is a WeightsError naming the
+file and the problem: truncation, corrupt header, a .pth checkpoint (never
+unpickled), unknown version/architecture/field, wrong dtype, missing, extra or
+mis-shaped tensors, checksum mismatches, non-finite values.
 """
 from __future__ import annotations
 
@@ -40,7 +45,13 @@ DEFAULT_PREPROCESSING = {
     "std": None,
 }
 _MAX_HEADER_BYTES = 16 * 1024 * 1024
+_MAX_FILE_BYTES = 1 << 30  # the widest variant (4M parameters) is ~20 MB
 _DTYPES = {"F32": np.float32}
+_REQUIRED_FIELDS = ("format", "format_version", "architecture", "config", "input_size", "preprocessing",
+                    "provenance", "metrics", "tensors_sha256")
+_KNOWN_FIELDS = frozenset(_REQUIRED_FIELDS) | {"metadata_sha256"}
+_PTH_HINT = ("convert it first: `python -m trainer convert-upstream FILE.pth -o FILE.safetensors` "
+             "or `python -m trainer export CHECKPOINT -o FILE.safetensors`")
 
 
 class WeightsError(ValueError):
@@ -68,6 +79,11 @@ def tensors_checksum(tensors: dict[str, np.ndarray]) -> str:
     return h.hexdigest()
 
 
+def _metadata_checksum(meta: dict) -> str:
+    fields = {k: v for k, v in meta.items() if k != "metadata_sha256"}
+    return hashlib.sha256(json.dumps(fields, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
 def check_tensors(cfg: UltraSegConfig, tensors: dict[str, np.ndarray], source: str) -> None:
     """Raise WeightsError listing every missing, extra or mis-shaped tensor."""
     expected = expected_tensors(cfg)
@@ -87,12 +103,27 @@ def check_tensors(cfg: UltraSegConfig, tensors: dict[str, np.ndarray], source: s
         )
 
 
+def _check_values(tensors: dict[str, np.ndarray], source: str) -> None:
+    """NaN/inf anywhere would make every prediction garbage."""
+    problems = []
+    for name in sorted(tensors):
+        a = tensors[name]
+        bad = a.size - int(np.count_nonzero(np.isfinite(a)))
+        if bad:
+            problems.append(f"tensor {name!r} holds {bad} non-finite value(s) (NaN/inf)")
+    if problems:
+        raise WeightsError(
+            f"{source}: unusable tensor values (did training diverge?):\n  " + "\n  ".join(problems)
+        )
+
+
 def save(path: str | os.PathLike, weights: Weights) -> None:
     """Write `weights` as an npseg safetensors file (used by the trainer's exporter)."""
     from safetensors.numpy import save_file  # writing only; loading parses the format itself
 
     tensors = {k: np.array(v, dtype=np.float32, order="C") for k, v in weights.tensors.items()}  # keeps 0-d scalars 0-d
     check_tensors(weights.config, tensors, str(path))
+    _check_values(tensors, str(path))
     meta = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -104,80 +135,131 @@ def save(path: str | os.PathLike, weights: Weights) -> None:
         "metrics": json.dumps(weights.metrics),
         "tensors_sha256": tensors_checksum(tensors),
     }
+    meta["metadata_sha256"] = _metadata_checksum(meta)
     save_file(tensors, str(path), metadata=meta)
 
 
-def _json_field(meta: dict, key: str, source: str):
-    if key not in meta:
-        raise WeightsError(f"{source}: metadata lacks {key!r}; re-export the file with `python -m trainer export`")
+def _read_file(path: str | os.PathLike, source: str) -> bytes:
     try:
-        return json.loads(meta[key])
-    except json.JSONDecodeError as e:
-        raise WeightsError(f"{source}: metadata field {key!r} is not valid JSON ({e})") from None
-
-
-def _read_header(raw: bytes, source: str) -> tuple[dict, int]:
-    if raw[:2] == b"PK" or raw[:1] == b"\x80":
-        raise WeightsError(
-            f"{source}: this is a PyTorch pickle/zip checkpoint (.pth), which npseg never unpickles; "
-            "convert it first: `python -m trainer convert-upstream FILE.pth -o FILE.safetensors` "
-            "or `python -m trainer export CHECKPOINT -o FILE.safetensors`"
-        )
-    if len(raw) < 8:
-        raise WeightsError(f"{source}: file is {len(raw)} bytes, too short to be a safetensors file (truncated?)")
-    (n,) = struct.unpack("<Q", raw[:8])
-    if n > _MAX_HEADER_BYTES or 8 + n > len(raw):
-        raise WeightsError(
-            f"{source}: header length field says {n} bytes but the file has {len(raw) - 8} after it: "
-            "the file is truncated or corrupt, or not a safetensors file"
-        )
-    try:
-        header = json.loads(raw[8 : 8 + n].decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise WeightsError(f"{source}: header is not valid JSON ({e}): the file is corrupt") from None
-    if not isinstance(header, dict):
-        raise WeightsError(f"{source}: header is not a JSON object: the file is corrupt")
-    return header, 8 + n
-
-
-def _read_tensors(raw: bytes, header: dict, data_start: int, source: str) -> dict[str, np.ndarray]:
-    data_len = len(raw) - data_start
-    tensors = {}
-    end_max = 0
-    for name, info in header.items():
-        if name == "__metadata__":
-            continue
-        try:
-            dtype, shape, (begin, end) = info["dtype"], tuple(int(s) for s in info["shape"]), info["data_offsets"]
-        except (KeyError, TypeError, ValueError):
-            raise WeightsError(f"{source}: header entry for tensor {name!r} is malformed: the file is corrupt") from None
-        if dtype not in _DTYPES:
-            raise WeightsError(f"{source}: tensor {name!r} has dtype {dtype}, expected F32 (float32)")
-        nbytes = int(np.prod(shape, dtype=np.int64)) * 4
-        if not (0 <= begin <= end <= data_len) or end - begin != nbytes:
-            raise WeightsError(
-                f"{source}: tensor {name!r} of shape {shape} claims bytes [{begin}, {end}) "
-                f"of a {data_len}-byte data section: the file is truncated or corrupt"
-            )
-        end_max = max(end_max, end)
-        buf = np.frombuffer(raw, dtype="<f4", count=nbytes // 4, offset=data_start + begin)
-        tensors[name] = buf.reshape(shape).astype(np.float32)  # own, writable copy
-    if end_max != data_len:
-        raise WeightsError(f"{source}: {data_len - end_max} trailing bytes after the tensor data: the file is corrupt")
-    return tensors
-
-
-def load(path: str | os.PathLike) -> Weights:
-    """Read and fully validate an npseg weights file."""
-    source = str(path)
-    try:
-        raw = Path(path).read_bytes()
+        size = os.stat(path).st_size
+        if size > _MAX_FILE_BYTES:
+            raise WeightsError(f"{source}: file is {size} bytes, far larger than any npseg weights file "
+                               f"(limit {_MAX_FILE_BYTES}): wrong file?")
+        return Path(path).read_bytes()
     except FileNotFoundError:
         raise WeightsError(f"{source}: no such weights file") from None
     except IsADirectoryError:
         raise WeightsError(f"{source}: is a directory, expected a .safetensors weights file") from None
-    header, data_start = _read_header(raw, source)
-    meta = header.get("__metadata__") or {}
+    except PermissionError:
+        raise WeightsError(f"{source}: permission denied reading the weights file") from None
+    except OSError as e:
+        raise WeightsError(f"{source}: cannot read the weights file ({e.strerror or e})") from None
+
+
+def _no_duplicate_keys(pairs):
+    keys = [k for k, _ in pairs]
+    if len(set(keys)) != len(keys):
+        dup = sorted({k for k in keys if keys.count(k) > 1})
+        raise WeightsError(f"duplicate key(s) {dup}")
+    return dict(pairs)
+
+
+def _looks_like_pth(raw: bytes) -> bool:
+    """A zip archive (torch.save since 1.6) or a protocol 2-5 pickle (older torch.save)."""
+    return raw[:4] == b"PK\x03\x04" or (raw[:1] == b"\x80" and raw[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05"))
+
+
+def _read_header(raw: bytes, source: str) -> tuple[dict, int]:
+    if len(raw) < 8:
+        raise WeightsError(f"{source}: file is {len(raw)} bytes, too short to be a safetensors file (truncated?)")
+    (n,) = struct.unpack("<Q", raw[:8])
+    # a real header length is < 16 MiB, so its bytes 3..7 are zero: a .pth's signature never parses as one
+    if n > _MAX_HEADER_BYTES:
+        if _looks_like_pth(raw):
+            raise WeightsError(
+                f"{source}: this is a PyTorch pickle/zip checkpoint (.pth), which npseg never unpickles; " + _PTH_HINT
+            )
+        raise WeightsError(f"{source}: header length field says {n} bytes (limit {_MAX_HEADER_BYTES}): "
+                           "not a safetensors file, or its first bytes are corrupt")
+    if n < 2:
+        raise WeightsError(f"{source}: header length field says {n} bytes, too short for a JSON header: "
+                           "the file is corrupt")
+    if 8 + n > len(raw):
+        raise WeightsError(
+            f"{source}: header length field says {n} bytes but the file has {len(raw) - 8} after it: "
+            "the file is truncated or corrupt"
+        )
+    try:
+        header = json.loads(raw[8 : 8 + n].decode("utf-8"), object_pairs_hook=_no_duplicate_keys)
+    except WeightsError as e:
+        raise WeightsError(f"{source}: header has {e}: the file is corrupt") from None
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
+        raise WeightsError(f"{source}: header is not valid JSON ({e}): the file is corrupt") from None
+    if not isinstance(header, dict):
+        raise WeightsError(f"{source}: header is a JSON {type(header).__name__}, expected an object: the file is corrupt")
+    return header, 8 + n
+
+
+def _is_count(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= 0
+
+
+def _read_tensors(raw: bytes, header: dict, data_start: int, source: str) -> dict[str, np.ndarray]:
+    data_len = len(raw) - data_start
+    tensors, spans = {}, []
+    for name, info in header.items():
+        if name == "__metadata__":
+            continue
+        if not isinstance(info, dict) or set(info) != {"dtype", "shape", "data_offsets"}:
+            raise WeightsError(f"{source}: header entry for tensor {name!r} is malformed "
+                               "(expected keys dtype, shape, data_offsets): the file is corrupt")
+        dtype, shape, offsets = info["dtype"], info["shape"], info["data_offsets"]
+        if not isinstance(shape, list) or not all(_is_count(s) for s in shape):
+            raise WeightsError(f"{source}: tensor {name!r} has an invalid shape {shape!r}: the file is corrupt")
+        if not (isinstance(offsets, list) and len(offsets) == 2 and all(_is_count(o) for o in offsets)):
+            raise WeightsError(f"{source}: tensor {name!r} has invalid data_offsets {offsets!r}: the file is corrupt")
+        if dtype not in _DTYPES:
+            raise WeightsError(f"{source}: tensor {name!r} has dtype {dtype}, expected F32 (float32); "
+                               "re-export the model in float32")
+        shape, (begin, end) = tuple(shape), offsets
+        nbytes = 4 * int(np.prod(shape, dtype=object))  # Python ints: a corrupt shape cannot overflow
+        if not (begin <= end <= data_len) or end - begin != nbytes:
+            raise WeightsError(
+                f"{source}: tensor {name!r} of shape {shape} claims bytes [{begin}, {end}) "
+                f"of a {data_len}-byte data section: the file is truncated or corrupt"
+            )
+        spans.append((begin, end, name))
+        tensors[name] = np.frombuffer(raw, dtype="<f4", count=nbytes // 4, offset=data_start + begin) \
+            .reshape(shape).astype(np.float32)  # own, writable, native-order copy
+    # safetensors packs the tensors back to back: a gap or overlap means a damaged header
+    position = 0
+    for begin, end, name in sorted(spans):
+        if begin != position:
+            raise WeightsError(f"{source}: tensor {name!r} starts at byte {begin} of the data section, "
+                               f"expected {position} (gap or overlap): the file is corrupt")
+        position = end
+    if position != data_len:
+        raise WeightsError(f"{source}: {data_len - position} trailing bytes after the tensor data: "
+                           "the file is corrupt")
+    return tensors
+
+
+def _json_field(meta: dict, key: str, source: str, kind: type):
+    try:
+        value = json.loads(meta[key])
+    except (json.JSONDecodeError, RecursionError) as e:
+        raise WeightsError(f"{source}: metadata field {key!r} is not valid JSON ({e})") from None
+    if not isinstance(value, kind):
+        raise WeightsError(f"{source}: metadata field {key!r} is a JSON {type(value).__name__}, "
+                           f"expected a {kind.__name__}")
+    return value
+
+
+def _check_metadata(header: dict, source: str) -> dict:
+    meta = header.get("__metadata__")
+    if not isinstance(meta, dict) or not all(isinstance(v, str) for v in meta.values()):
+        raise WeightsError(f"{source}: header has no string-to-string '__metadata__': "
+                           "not an npseg weights file, or a corrupt one; export it with `python -m trainer export`")
     if meta.get("format") != FORMAT:
         raise WeightsError(
             f"{source}: not an npseg weights file (metadata 'format' is {meta.get('format')!r}, expected {FORMAT!r}); "
@@ -192,28 +274,64 @@ def load(path: str | os.PathLike) -> Weights:
         raise WeightsError(
             f"{source}: unknown architecture {meta.get('architecture')!r}; this npseg runs {ARCHITECTURE!r}"
         )
+    missing = [k for k in _REQUIRED_FIELDS if k not in meta]
+    if missing:
+        raise WeightsError(f"{source}: metadata lacks {missing}; re-export the file with `python -m trainer export`")
+    unknown = sorted(set(meta) - _KNOWN_FIELDS)
+    if unknown:
+        raise WeightsError(f"{source}: unknown metadata field(s) {unknown} for format_version {FORMAT_VERSION!r}: "
+                           "the file is corrupt or from a newer npseg")
+    if "metadata_sha256" in meta and _metadata_checksum(meta) != meta["metadata_sha256"]:
+        raise WeightsError(f"{source}: metadata does not match its SHA-256 checksum: "
+                           "the file is corrupt or was modified")
+    return meta
+
+
+def _parse_config(meta: dict, source: str) -> UltraSegConfig:
+    d = _json_field(meta, "config", source, dict)
     try:
-        config = UltraSegConfig.from_dict(_json_field(meta, "config", source))
+        config = UltraSegConfig.from_dict(d)
     except (TypeError, ValueError, KeyError) as e:
-        if isinstance(e, WeightsError):
-            raise
         raise WeightsError(f"{source}: metadata 'config' is invalid: {e}") from None
+    # JSON types are not checked by the dataclass; zero or negative sizes would give
+    # empty tensors that pass the shape check and then fail inside the engine
+    is_size = lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 1
+    if not (isinstance(config.name, str) and all(is_size(c) for c in config.widths)
+            and isinstance(config.fusion, bool) and isinstance(config.learned_res_scale, bool)
+            and is_size(config.out_ch) and is_size(config.gsa_grid)):
+        raise WeightsError(f"{source}: metadata 'config' is invalid (a name, positive integer widths, "
+                           f"out_ch and gsa_grid, boolean flags expected): {d}")
+    return config
+
+
+def _parse_input_size(meta: dict, source: str) -> tuple[int, int]:
+    size = _json_field(meta, "input_size", source, list)
+    if len(size) != 2 or not all(_is_count(v) and v >= 16 and v % 16 == 0 for v in size):
+        raise WeightsError(f"{source}: metadata 'input_size' is {size}, expected [H, W], positive multiples of 16")
+    return int(size[0]), int(size[1])
+
+
+def load(path: str | os.PathLike) -> Weights:
+    """Read and fully validate an npseg weights file."""
+    source = str(path)
+    raw = _read_file(path, source)
+    header, data_start = _read_header(raw, source)
+    meta = _check_metadata(header, source)
+    config = _parse_config(meta, source)
+    input_size = _parse_input_size(meta, source)
     tensors = _read_tensors(raw, header, data_start, source)
     check_tensors(config, tensors, source)
-    stored = meta.get("tensors_sha256")
-    if stored is None:
-        raise WeightsError(f"{source}: metadata lacks 'tensors_sha256'; re-export the file")
-    if tensors_checksum(tensors) != stored:
+    if tensors_checksum(tensors) != meta["tensors_sha256"]:
         raise WeightsError(
             f"{source}: tensor data does not match its SHA-256 checksum: the file is corrupt or was modified"
         )
-    input_size = tuple(int(v) for v in _json_field(meta, "input_size", source))
+    _check_values(tensors, source)
     return Weights(
         config=config,
         tensors=tensors,
         input_size=input_size,
-        preprocessing=_json_field(meta, "preprocessing", source),
-        provenance=_json_field(meta, "provenance", source),
-        metrics=_json_field(meta, "metrics", source),
+        preprocessing=_json_field(meta, "preprocessing", source, dict),
+        provenance=_json_field(meta, "provenance", source, dict),
+        metrics=_json_field(meta, "metrics", source, dict),
         path=source,
     )
