@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import threading
 from pathlib import Path
 
 import cv2
@@ -86,6 +87,10 @@ class Segmenter:
 
     Frames are HxWx3 uint8 BGR, as OpenCV delivers them. Preprocessing is the
     training one: cv2.resize (bilinear) to the network input size, BGR->RGB, /255.
+    Frame policy (gray, BGRA, float, sizes): see npseg/frames.py.
+
+    Thread-safe: engines reuse per-size buffers, so calls from several threads
+    run the network one at a time (a lock); results equal serial calls.
     """
 
     def __init__(self, weights: Weights, backend: str | None = None, size: tuple[int, int] | int | None = None):
@@ -101,6 +106,13 @@ class Segmenter:
             raise ValueError(f"input size must be positive multiples of 16, got {h}x{w}")
         self.input_size = (int(h), int(w))
         self._engine = engines[backend](weights.config, fold_params(weights.config, weights.tensors))
+        self._lock = threading.Lock()
+
+    def _forward(self, x: np.ndarray) -> np.ndarray:
+        # the engine's buffers and caches are shared state; its result must be a fresh
+        # array (not a reused buffer), since it is read after the lock is released
+        with self._lock:
+            return self._engine.forward(x)
 
     def __repr__(self):
         return (f"Segmenter({self.config.name}, backend={self.backend!r}, input_size={self.input_size}, "
@@ -114,12 +126,12 @@ class Segmenter:
 
     def logits(self, frame: np.ndarray) -> np.ndarray:
         """Raw network output [out_ch, h, w] at the network input size."""
-        return self._engine.forward(self.preprocess(_check_frame(frame)))
+        return self._forward(self.preprocess(_check_frame(frame)))
 
     def predict_proba(self, frame: np.ndarray) -> np.ndarray:
         """HxW float32 polyp probability (softmax of the two logits), resized to the frame bilinearly."""
         frame = _check_frame(frame)
-        lo = self._engine.forward(self.preprocess(frame))
+        lo = self._forward(self.preprocess(frame))
         prob = 1.0 / (1.0 + np.exp(lo[0] - lo[1]))
         return cv2.resize(prob, (frame.shape[1], frame.shape[0]), interpolation=cv2.INTER_LINEAR)
 
@@ -127,7 +139,7 @@ class Segmenter:
         """HxW uint8 mask at the frame's size, 1 = polyp. Default decision: argmax of the
         logits; with `threshold`, probability > threshold."""
         frame = _check_frame(frame)
-        lo = self._engine.forward(self.preprocess(frame))
+        lo = self._forward(self.preprocess(frame))
         if threshold is None:
             small = (lo[1] > lo[0]).astype(np.uint8)
         else:
