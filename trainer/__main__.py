@@ -67,8 +67,77 @@ def run_train(args) -> int:
     return 0
 
 
+def add_eval_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("weights", help="npseg weights file (.safetensors) or bundled model name")
+    p.add_argument("--data", nargs="+", required=True, metavar="FOLDER", help="dataset folder(s) to evaluate on")
+    p.add_argument("--splits", nargs="*", default=None, metavar="JSON",
+                   help="split files (runs/<run>/splits/<dataset>.json); default: the splits in the weights' provenance")
+    p.add_argument("--part", default="test", choices=["test", "val", "train"], help="split part (default test)")
+    p.add_argument("--backend", default=None, help="npseg backend (default: the fastest available)")
+    p.add_argument("--no-torch", action="store_true", help="skip the torch cross-check")
+    p.add_argument("--limit", type=int, default=None, help="first N images per dataset (quick checks)")
+    p.add_argument("--skip-bad", action="store_true", help="skip unreadable or mismatched files with a warning")
+    p.add_argument("-o", "--output", default=None, help="write the results as JSON here")
+    p.add_argument("--per-image", default=None, metavar="CSV", help="write per-image metrics here")
+
+
+def _read_splits(files):
+    import json
+    from pathlib import Path
+
+    return {Path(f).stem: json.loads(Path(f).read_text()) for f in files} if files else None
+
+
+def run_eval(args) -> int:
+    import json
+    from pathlib import Path
+
+    from .evaluate import evaluate
+
+    res = evaluate(args.weights, args.data, splits=_read_splits(args.splits), part=args.part,
+                   cross_check=not args.no_torch, backend=args.backend, skip_bad=args.skip_bad, limit=args.limit,
+                   per_image_csv=args.per_image)
+    text = json.dumps(res, indent=1)
+    print(text)
+    if args.output:
+        Path(args.output).write_text(text)
+    return 0
+
+
+def add_export_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("checkpoint", help="trainer checkpoint (runs/<run>/best.pt or last.pt)")
+    p.add_argument("-o", "--output", required=True, help="weights file to write (.safetensors)")
+    p.add_argument("--evaluate", action="store_true",
+                   help="evaluate the exported file on the test splits (through npseg) and store the metrics in it")
+    p.add_argument("--data", nargs="+", default=None, metavar="FOLDER",
+                   help="dataset folders for --evaluate (default: the folders the run trained on)")
+    p.add_argument("--metrics", default=None, metavar="JSON", help="store this `eval -o` result as the metrics")
+    p.add_argument("--backend", default=None, help="npseg backend for --evaluate")
+
+
+def run_export(args) -> int:
+    import json
+    from pathlib import Path
+
+    from .train import export_checkpoint, load_checkpoint
+
+    metrics = json.loads(Path(args.metrics).read_text()) if args.metrics else None
+    out = export_checkpoint(args.checkpoint, args.output, metrics=metrics)
+    if args.evaluate:
+        from .evaluate import evaluate
+
+        data = args.data or load_checkpoint(args.checkpoint)["datasets"]
+        metrics = evaluate(out, data, backend=args.backend)
+        print(json.dumps(metrics, indent=1))
+        export_checkpoint(args.checkpoint, args.output, metrics=metrics)
+    print(f"wrote {out}")
+    return 0
+
+
 SUBCOMMANDS = {
     "train": ("train a model (see examples below)", add_train_arguments, run_train),
+    "eval": ("test-split Dice/IoU/HD95 through npseg, torch cross-check", add_eval_arguments, run_eval),
+    "export": ("write a checkpoint as an npseg weights file", add_export_arguments, run_export),
 }
 
 

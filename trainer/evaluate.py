@@ -45,3 +45,111 @@ def hd95(pred: np.ndarray, gt: np.ndarray) -> float:
     to_g = ndimage.distance_transform_edt(~sg)  # distance of every pixel to the nearest gt surface pixel
     to_p = ndimage.distance_transform_edt(~sp)
     return float(np.percentile(np.concatenate([to_g[sp], to_p[sg]]), 95))
+
+
+def torch_model_from_weights(path):
+    """The torch UltraSeg holding an npseg weights file's tensors (eval mode)."""
+    import torch
+
+    from npseg.weights import load as load_weights
+
+    from .model import build
+
+    w = load_weights(path)
+    model = build(w.config)
+    missing, unexpected = model.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in w.tensors.items()},
+                                                strict=False)
+    missing = [k for k in missing if not k.endswith("num_batches_tracked")]  # BN step counters are not exported
+    if missing or unexpected:
+        raise ValueError(f"{path}: tensors do not fit the torch model: missing {missing}, unexpected {unexpected}")
+    return model.eval()
+
+
+def _torch_predict(model, seg, frame: np.ndarray) -> np.ndarray:
+    """The deployed decision made by torch: npseg's preprocessing, argmax at the network size,
+    nearest resize to the frame."""
+    import cv2
+    import torch
+
+    x = torch.from_numpy(seg.preprocess(frame))[None]
+    with torch.no_grad():
+        lo = model(x, side_outputs=False)[0]
+    small = (lo[1] > lo[0]).numpy().astype(np.uint8)
+    return cv2.resize(small, (frame.shape[1], frame.shape[0]), interpolation=cv2.INTER_NEAREST)
+
+
+def _summary(values: list[float]) -> dict:
+    a = np.asarray(values, dtype=np.float64)
+    return {"mean": round(float(a.mean()), 4), "std": round(float(a.std()), 4)}
+
+
+def evaluate(weights_path, data_roots, splits: dict | None = None, part: str = "test", cross_check: bool = True,
+             backend: str | None = None, skip_bad: bool = False, limit: int | None = None, per_image_csv=None,
+             progress: bool = True) -> dict:
+    """Per-dataset mean/std of Dice, IoU, HD95 on `part` of each dataset's split, predicted by npseg
+    at the original mask resolution; with `cross_check`, torch's Dice on the same weights too.
+    `splits` maps dataset name -> split; default: the splits recorded in the weights' provenance."""
+    import csv
+
+    import npseg
+
+    from . import data as D
+
+    seg = npseg.load(weights_path, backend=backend)
+    if splits is None:
+        splits = seg.weights.provenance.get("splits")
+        if not splits:
+            raise ValueError(f"{weights_path}: no splits in its provenance; pass the run's split files (--splits)")
+    model = torch_model_from_weights(weights_path) if cross_check else None
+    results, rows = {}, []
+    for root in data_roots:
+        name = D.dataset_name(root)
+        if name not in splits:
+            raise ValueError(f"no split for dataset {name!r} (have {sorted(splits)}); the model was not trained "
+                             f"on it: pass its split file with --splits to evaluate on it anyway")
+        pairs = {p.stem: p for p in D.list_pairs(root, skip_bad=skip_bad)}
+        stems = splits[name][part][:limit] if limit else splits[name][part]
+        scores = {"dice": [], "iou": [], "hd95": [], "torch_dice": []}
+        empty_gt = one_empty = 0
+        it = stems
+        if progress:
+            from tqdm import tqdm
+            it = tqdm(stems, desc=f"eval {name} {part}", mininterval=5)
+        for stem in it:
+            if stem not in pairs:
+                raise D.DataError(f"{root}: the split names {stem!r} but there is no such image/mask pair")
+            try:
+                frame, gt = D.read_pair(pairs[stem])
+            except D.DataError as e:
+                if not skip_bad:
+                    raise
+                import warnings
+                warnings.warn(f"skipping {e}", stacklevel=2)
+                continue
+            pred = seg.predict(frame)
+            d, j = dice_iou(pred, gt)
+            h = hd95(pred, gt)
+            empty_gt += not gt.any()
+            one_empty += gt.any() != pred.any()
+            row = {"dataset": name, "stem": stem, "dice": d, "iou": j, "hd95": h}
+            scores["dice"].append(d)
+            scores["iou"].append(j)
+            scores["hd95"].append(h)
+            if model is not None:
+                row["torch_dice"] = dice_iou(_torch_predict(model, seg, frame), gt)[0]
+                scores["torch_dice"].append(row["torch_dice"])
+            rows.append(row)
+        res = {"n": len(scores["dice"]), "dice": _summary(scores["dice"]), "iou": _summary(scores["iou"]),
+               "hd95": _summary(scores["hd95"]), "empty_ground_truth": empty_gt,
+               "one_mask_empty": one_empty}  # HD95 = image diagonal for these
+        if model is not None:
+            res["torch_dice"] = _summary(scores["torch_dice"])
+            res["npseg_torch_dice_diff"] = float(abs(np.mean(scores["dice"]) - np.mean(scores["torch_dice"])))
+        results[name] = res
+    if per_image_csv:
+        with open(per_image_csv, "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=list(rows[0]))
+            w.writeheader()
+            w.writerows(rows)
+    return {"part": part, "backend": seg.backend, "resolution": "original mask size (predict at "
+            f"{seg.input_size[0]}x{seg.input_size[1]}, nearest resize)", "datasets": results}

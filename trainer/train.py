@@ -288,3 +288,43 @@ def _mean_over_ranks(sums: dict, n: int, distributed: bool, device) -> dict:
         vals = t.tolist()
         sums, n = dict(zip(sums, vals[:-1])), vals[-1]
     return {k: v / max(n, 1) for k, v in sums.items()}
+
+
+def checkpoint_provenance(ckpt: dict, ckpt_path) -> dict:
+    """What a weights file records about its training: data, splits, recipe, seed, epochs, wall time."""
+    opts = ckpt["options"]
+    return {
+        "source": "trained with `python -m trainer train` (npseg trainer)",
+        "checkpoint": Path(ckpt_path).name,
+        "variant": opts["variant"],
+        "datasets": ckpt["datasets"],
+        "splits": ckpt["splits"],
+        "split_sha256": {name: D.split_hash(s) for name, s in ckpt["splits"].items()},
+        "split_sizes": {name: {k: len(v) for k, v in s.items()} for name, s in ckpt["splits"].items()},
+        "split_rule": f"per dataset: seeded random {1 - D.TEST_FRACTION:.0%}/{D.TEST_FRACTION:.0%} train/test, "
+                      f"validation = {D.VAL_FRACTION:.0%} of train (early stopping only)",
+        "seed": opts["seed"],
+        "recipe": f"Adam lr {opts['lr']}, cosine over {opts['epochs']} epochs, batch {opts['batch_size']}, 256x256, "
+                  f"hflip + rotation +-10 deg, CE + 2 Dice main, 0.5 BCE + Dice side heads (0.1-0.4 region, "
+                  f"0.1-0.3 boundary), early stopping patience {opts['patience']} on validation Dice",
+        "epochs_planned": opts["epochs"],
+        "epochs_run": ckpt["epoch"],
+        "best_epoch": ckpt["best_epoch"],
+        "best_val_dice": round(float(ckpt["best_val_dice"]), 4),
+        "train_minutes": round(float(ckpt["train_seconds"]) / 60, 1),
+    }
+
+
+def export_checkpoint(ckpt_path, out, metrics: dict | None = None) -> Path:
+    """Write a checkpoint's model as an npseg weights file with its provenance. For a best.pt the
+    epochs run and wall time come from the run's last.pt when it is beside it."""
+    from .export import export_weights
+
+    ckpt = load_checkpoint(ckpt_path)
+    provenance = checkpoint_provenance(ckpt, ckpt_path)
+    last = Path(ckpt_path).with_name("last.pt")
+    if last.exists() and last.resolve() != Path(ckpt_path).resolve():
+        run = load_checkpoint(last)
+        provenance.update(epochs_run=run["epoch"], train_minutes=round(float(run["train_seconds"]) / 60, 1),
+                          best_epoch=run["best_epoch"])
+    return export_weights(model_from_checkpoint(ckpt), out, provenance=provenance, metrics=metrics)

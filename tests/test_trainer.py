@@ -1,0 +1,247 @@
+"""Trainer: data, loss, metrics, a 2-epoch smoke run with export, resume, bad data."""
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from trainer import data as D  # noqa: E402
+from trainer.evaluate import dice_iou, evaluate, hd95  # noqa: E402
+from trainer.loss import main_loss, side_loss, soft_dice_loss, ultraseg_loss  # noqa: E402
+from trainer.train import TrainOptions, cosine_lr, export_checkpoint, load_checkpoint, train  # noqa: E402
+
+
+def make_dataset(root: Path, n: int = 12, seed: int = 0, size=(96, 128)) -> Path:
+    """A toy polyp dataset: a reddish ellipse (the polyp) on a textured pinkish background."""
+    rng = np.random.default_rng(seed)
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    h, w = size
+    for i in range(n):
+        img = np.clip(rng.normal((150, 140, 200), 20, (h, w, 3)), 0, 255).astype(np.uint8)
+        mask = np.zeros((h, w), np.uint8)
+        center = (int(rng.integers(30, w - 30)), int(rng.integers(25, h - 25)))
+        axes = (int(rng.integers(10, 25)), int(rng.integers(10, 20)))
+        cv2.ellipse(mask, center, axes, float(rng.uniform(0, 180)), 0, 360, 255, -1)
+        img[mask > 0] = (60, 60, 170)
+        cv2.imwrite(str(root / "images" / f"img{i:02d}.jpg"), img)
+        cv2.imwrite(str(root / "masks" / f"img{i:02d}.png"), mask)
+    return root
+
+
+def options(tmp: Path, data: Path, run: str, **kw) -> TrainOptions:
+    base = dict(variant="ultraseg-108k", data=[str(data)], run_dir=str(tmp / run), epochs=2, batch_size=2,
+                lr=1e-3, cache_dir=str(tmp / "cache"), threads=1)
+    base.update(kw)
+    return TrainOptions(**base)
+
+
+@pytest.fixture(scope="module")
+def toy(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("trainer")
+    return tmp, make_dataset(tmp / "toy")
+
+
+@pytest.fixture(scope="module")
+def two_epoch_run(toy):
+    tmp, data = toy
+    opts = options(tmp, data, "full")
+    summary = train(opts)
+    return opts, summary
+
+
+# ---------------------------------------------------------------- metrics and loss
+
+def square(size, y0, x0, side):
+    m = np.zeros((size, size), np.uint8)
+    m[y0:y0 + side, x0:x0 + side] = 1
+    return m
+
+
+def test_dice_iou_hand_made():
+    a = square(20, 0, 0, 10)  # 100 px
+    b = square(20, 0, 5, 10)  # overlap 50 px
+    d, j = dice_iou(a, b)
+    assert d == pytest.approx(0.5) and j == pytest.approx(50 / 150)
+    assert dice_iou(a, a) == (1.0, 1.0)
+    empty = np.zeros_like(a)
+    assert dice_iou(empty, empty) == (1.0, 1.0)
+    assert dice_iou(a, empty) == (0.0, 0.0)
+
+
+def test_hd95_hand_made():
+    a = square(40, 10, 10, 10)
+    assert hd95(a, a) == 0.0
+    assert hd95(a, square(40, 10, 13, 10)) == pytest.approx(3.0)  # a 3-pixel shift
+    empty = np.zeros_like(a)
+    assert hd95(empty, empty) == 0.0
+    assert hd95(a, empty) == pytest.approx(np.hypot(40, 40))  # one empty mask: the image diagonal
+    assert hd95(empty, a) == pytest.approx(np.hypot(40, 40))
+
+
+def test_soft_dice_and_losses():
+    t = torch.from_numpy(square(16, 4, 4, 8)).float()[None, None]
+    assert float(soft_dice_loss(t, t)) == pytest.approx(0.0, abs=1e-6)
+    good = torch.cat([-10 * (2 * t - 1), 10 * (2 * t - 1)], 1)  # logits that agree with the mask
+    assert float(main_loss(good, t)) < 0.01
+    assert float(main_loss(-good, t)) > 2.0
+    assert float(side_loss(10 * (2 * t - 1), t)) < 0.01
+    logits = torch.zeros(1, 2, 16, 16, requires_grad=True)
+    sides = [torch.zeros(1, 1, 16, 16, requires_grad=True) for _ in range(7)]
+    total, parts = ultraseg_loss(logits, sides[:4], sides[4:], t, t)
+    total.backward()
+    assert set(parts) == {"main", "region", "boundary"}
+    assert all(s.grad is not None and s.grad.abs().sum() > 0 for s in sides)
+    assert total.item() == pytest.approx(parts["main"] + parts["region"] + parts["boundary"], rel=1e-5)
+
+
+def test_cosine_lr():
+    assert cosine_lr(3e-4, 1, 10) == pytest.approx(3e-4)
+    assert cosine_lr(3e-4, 6, 10) == pytest.approx(1.5e-4)
+    assert cosine_lr(3e-4, 10, 10) < 1e-5
+
+
+# ---------------------------------------------------------------- data
+
+def test_boundary_target_is_a_dilated_ring():
+    m = square(64, 16, 16, 32)
+    b = D.boundary_target(m)
+    assert set(np.unique(b)) == {0, 1}
+    assert b[32, 32] == 0 and b[0, 0] == 0  # deep inside and far outside
+    assert b[16, 32] == 1 and b[32, 15] == 1  # on the edge
+    assert 0 < b.sum() < 64 * 64 / 4
+
+
+def test_split_is_deterministic_disjoint_and_80_20():
+    stems = [f"s{i:03d}" for i in range(100)]
+    s1, s2 = D.make_split(stems, 0), D.make_split(list(reversed(stems)), 0)
+    assert s1 == s2
+    assert len(s1["test"]) == 20 and len(s1["val"]) == 8 and len(s1["train"]) == 72
+    assert not (set(s1["train"]) & set(s1["test"])) and not (set(s1["val"]) & set(s1["test"]))
+    assert sorted(s1["train"] + s1["val"] + s1["test"]) == stems
+    assert D.make_split(stems, 1)["test"] != s1["test"]
+
+
+def test_mask_threshold_any_channels(tmp_path):
+    m = np.zeros((8, 8, 3), np.uint8)
+    m[2:6, 2:6] = 200
+    m[0, 0] = 100  # compression noise below the threshold
+    cv2.imwrite(str(tmp_path / "m.png"), m)
+    cv2.imwrite(str(tmp_path / "g.png"), m[:, :, 0])
+    for name in ("m.png", "g.png"):
+        r = D.read_mask(tmp_path / name)
+        assert r.shape == (8, 8) and r.sum() == 16 and r[0, 0] == 0
+
+
+def test_augment_is_seeded_and_keeps_masks_binary():
+    rng = np.random.default_rng(0)
+    img = rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)
+    m = square(64, 10, 10, 30)
+    b = D.boundary_target(m)
+    out1 = D.augment(img, m, b, np.random.default_rng(5))
+    out2 = D.augment(img, m, b, np.random.default_rng(5))
+    for a1, a2 in zip(out1, out2):
+        np.testing.assert_array_equal(a1, a2)
+    assert set(np.unique(out1[1])) <= {0, 1} and set(np.unique(out1[2])) <= {0, 1}
+    assert out1[0].shape == img.shape
+
+
+def test_cached_sample_matches_npseg_preprocessing(toy, tmp_path):
+    import npseg.segmenter as S
+
+    _, data = toy
+    stems, images, masks, bounds = D.cached_arrays(data, ["img00", "img01"], tmp_path, progress=False)
+    frame = cv2.imread(str(data / "images" / "img00.jpg"))
+    ds = D.PolypDataset([(stems, images, masks, bounds)])
+    x = ds[0][0].numpy()
+    ref = S.Segmenter.preprocess(type("Seg", (), {"input_size": (256, 256)})(), frame)
+    np.testing.assert_array_equal(x, ref)
+
+
+# ---------------------------------------------------------------- bad data
+
+def test_missing_mask_names_the_file(tmp_path):
+    data = make_dataset(tmp_path / "d", n=4)
+    (data / "masks" / "img02.png").unlink()
+    with pytest.raises(D.DataError, match="img02"):
+        D.list_pairs(data)
+    with pytest.warns(UserWarning, match="img02"):
+        assert [p.stem for p in D.list_pairs(data, skip_bad=True)] == ["img00", "img01", "img03"]
+
+
+def test_corrupt_image_and_mask_size_name_the_file(tmp_path):
+    data = make_dataset(tmp_path / "d", n=4)
+    (data / "images" / "img01.jpg").write_bytes(b"not a jpeg")
+    cv2.imwrite(str(data / "masks" / "img03.png"), np.zeros((10, 10), np.uint8))
+    stems = ["img00", "img01", "img02", "img03"]
+    with pytest.raises(D.DataError, match=r"img01\.jpg.*cannot decode.*--skip-bad"):
+        D.cached_arrays(data, stems, tmp_path / "c", progress=False)
+    with pytest.raises(D.DataError, match=r"img03\.png.*mask is 10x10"):
+        D.cached_arrays(data, ["img03"], tmp_path / "c", progress=False)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        kept, images, _, _ = D.cached_arrays(data, stems, tmp_path / "c", skip_bad=True, progress=False)
+    assert kept == ["img00", "img02"] and images.shape == (2, 256, 256, 3)
+    assert any("img01" in str(w.message) for w in caught) and any("img03" in str(w.message) for w in caught)
+
+
+def test_cli_stops_on_bad_data_with_message(tmp_path, capsys):
+    from trainer.__main__ import main
+
+    data = make_dataset(tmp_path / "d", n=6)
+    (data / "masks" / "img04.png").unlink()
+    rc = main(["train", "--data", str(data), "--run-dir", str(tmp_path / "run"), "--epochs", "1",
+               "--cache-dir", str(tmp_path / "c")])
+    assert rc == 2
+    assert "img04" in capsys.readouterr().err
+    assert not (tmp_path / "run" / "last.pt").exists()
+
+
+# ---------------------------------------------------------------- training
+
+def test_two_epoch_smoke_run_decreases_loss_and_exports(two_epoch_run, toy, tmp_path):
+    import npseg
+
+    opts, summary = two_epoch_run
+    run = Path(opts.run_dir)
+    log = json.loads((run / "log.json").read_text())
+    assert [r["epoch"] for r in log] == [1, 2]
+    assert log[1]["train_loss"] < log[0]["train_loss"]
+    assert (run / "log.csv").read_text().count("\n") == 3
+    assert json.loads((run / "splits" / "toy.json").read_text())["test"]
+    ckpt = load_checkpoint(run / "best.pt")  # weights_only loading
+    assert ckpt["epoch"] in (1, 2) and summary["epochs_run"] == 2
+
+    out = export_checkpoint(run / "best.pt", tmp_path / "toy.safetensors")
+    seg = npseg.load(out)
+    prov = seg.weights.provenance
+    assert prov["epochs_run"] == 2 and prov["splits"]["toy"]["test"] and prov["seed"] == 0
+    frame = cv2.imread(str(toy[1] / "images" / "img00.jpg"))
+    mask = seg.predict(frame)
+    assert mask.shape == frame.shape[:2] and set(np.unique(mask)) <= {0, 1}
+    res = evaluate(out, [toy[1]], limit=1, progress=False)["datasets"]["toy"]
+    assert res["n"] == 1 and res["npseg_torch_dice_diff"] < 1e-3
+
+
+def test_resume_continues_a_stopped_run_exactly(two_epoch_run, toy):
+    tmp, data = toy
+    full_opts, _ = two_epoch_run
+    opts = options(tmp, data, "resumed", max_minutes=0.0)  # a zero budget stops after the first epoch
+    assert train(opts)["epochs_run"] == 1
+    summary = train(options(tmp, data, "resumed"), resume=True)
+    assert summary["epochs_run"] == 2
+    full = json.loads((Path(full_opts.run_dir) / "log.json").read_text())
+    resumed = json.loads((tmp / "resumed" / "log.json").read_text())
+    # same seed, same splits, restored optimizer and RNG: the resumed run retraces the uninterrupted one
+    assert [r["train_loss"] for r in resumed] == pytest.approx([r["train_loss"] for r in full], rel=1e-4)
+
+
+def test_resume_without_checkpoint_says_so(tmp_path):
+    with pytest.raises(FileNotFoundError, match="nothing to resume"):
+        train(options(tmp_path, tmp_path, "none"), resume=True)
