@@ -245,3 +245,25 @@ def test_resume_continues_a_stopped_run_exactly(two_epoch_run, toy):
 def test_resume_without_checkpoint_says_so(tmp_path):
     with pytest.raises(FileNotFoundError, match="nothing to resume"):
         train(options(tmp_path, tmp_path, "none"), resume=True)
+
+
+def test_torchrun_two_processes_train(toy):
+    """DistributedDataParallel on CPU (gloo): 2 processes train, rank 0 logs and checkpoints."""
+    import os
+    import shutil
+    import subprocess
+
+    if shutil.which("torchrun") is None:
+        pytest.skip("torchrun not on PATH")
+    tmp, data = toy
+    run = tmp / "ddp"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    cmd = ["torchrun", "--standalone", "--nproc_per_node", "2", "-m", "trainer", "train", "--variant",
+           "ultraseg-108k", "--data", str(data), "--run-dir", str(run), "--epochs", "2", "--batch-size", "2",
+           "--lr", "1e-3", "--cache-dir", str(tmp / "cache")]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env, cwd=tmp)
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-3000:]
+    assert "2 process(es)" in out.stdout
+    log = json.loads((run / "log.json").read_text())
+    assert [r["epoch"] for r in log] == [1, 2] and log[1]["train_loss"] < log[0]["train_loss"]
+    assert load_checkpoint(run / "last.pt")["epoch"] == 2
