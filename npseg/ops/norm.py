@@ -39,3 +39,36 @@ def fold_affine_into_unpadded_conv(w, b, scale, shift):
 def fold_scale_shift_after_conv(w, b, scale, shift):
     """conv(x)*scale + shift == conv'(x): a per-output-channel affine after any conv folds exactly."""
     return (w * scale[:, None, None, None]).astype(w.dtype), (b * scale + shift).astype(b.dtype)
+
+
+# ---- Numba kernels -------------------------------------------------------------------------
+from ._jit import kernel  # noqa: E402
+
+
+@kernel
+def group_norm_coeffs_nb(src, groups, eps, gamma, beta, scale, shift):
+    """GroupNorm of [C,H,W] as a per-channel affine: GN(x)[c] = x[c] * scale[c] + shift[c].
+
+    Sums in float64 (one pass; float64 makes E[x^2] - E[x]^2 safe at these sizes).
+    The affine form lets the consumer (down conv input, upsample, max-pool) apply it on the fly.
+    """
+    c_n = src.shape[0]
+    n = src.size // c_n
+    flat = src.reshape(c_n, n)
+    per_group = c_n // groups
+    for g in range(groups):
+        total = 0.0
+        total_sq = 0.0
+        for c in range(g * per_group, (g + 1) * per_group):
+            row = flat[c]
+            for i in range(n):
+                v = np.float64(row[i])
+                total += v
+                total_sq += v * v
+        count = per_group * n
+        mean = total / count
+        var = max(total_sq / count - mean * mean, 0.0)
+        rstd = 1.0 / np.sqrt(var + eps)
+        for c in range(g * per_group, (g + 1) * per_group):
+            scale[c] = rstd * gamma[c]
+            shift[c] = beta[c] - mean * rstd * gamma[c]

@@ -1,0 +1,21 @@
+"""The one Numba decorator every kernel uses, and the activation codes kernels take.
+
+`error_model="numpy"` keeps divisions vectorisable (no ZeroDivisionError check);
+`fastmath` lets reductions vectorise; `cache=True` makes a warm start load the
+compiled code instead of compiling it. Without Numba the references stay
+importable and `npseg.engine_numba` refuses to import (the NumPy engine runs).
+"""
+from __future__ import annotations
+
+try:
+    import numba
+except ImportError:  # pragma: no cover - exercised only where Numba is missing
+    numba = None
+
+ACT_NONE, ACT_RELU, ACT_GELU = 0, 1, 2
+
+
+def kernel(fn):
+    if numba is None:
+        return fn
+    return numba.njit(cache=True, fastmath=True, error_model="numpy", nogil=True)(fn)

@@ -1,0 +1,171 @@
+"""Validated kernel calls: each function checks shapes, dtypes and layout in Python,
+then returns a zero-argument callable that runs the Numba kernel(s) on the given
+buffers. The kernels index without bounds checks, so nothing reaches them unchecked.
+An engine plan is a list of these steps, built once per input size.
+"""
+from __future__ import annotations
+
+from functools import partial
+
+import numpy as np
+
+from ._jit import ACT_GELU, ACT_NONE, ACT_RELU
+from .activation import add_nb, affine_act_nb
+from .conv import conv1x1_nb, conv3x3_nb, im2col3x3_nb, space_to_depth2x2_nb
+from .gsa import gsa_norm_nb
+from .heads import agf_fuse_nb, gate_head_nb, merge_nb, ssa_nb
+from .norm import group_norm_coeffs_nb
+from .resize import max_pool2x2_nb, resize_bilinear_ac_nb
+
+F32 = np.float32
+GEMM_MIN_CIN = 48  # 1x1 convs with at least this many inputs go to np.dot (OpenBLAS)
+GEMM_MAX_PIXELS = 32 * 32  # dense 3x3 convs on maps this small: im2col + np.dot
+
+
+class ShapeError(ValueError):
+    pass
+
+
+def _need(cond, msg):
+    if not cond:
+        raise ShapeError(msg)
+
+
+def _arrays(*arrays):
+    for a in arrays:
+        _need(isinstance(a, np.ndarray) and a.dtype == F32 and a.flags.c_contiguous and a.flags.writeable,
+              f"kernel arrays must be writable C-contiguous float32, got "
+              f"{getattr(a, 'dtype', type(a))} {getattr(a, 'shape', '')}")
+
+
+def _act(act):
+    _need(act in (ACT_NONE, ACT_RELU, ACT_GELU), f"unknown activation code {act}")
+    return int(act)
+
+
+def affine_act(src, scale, shift, out, act=ACT_NONE):
+    """out[c] = act(src[c] * scale[c] + shift[c]); src and out [C, ...] of one shape."""
+    _arrays(src, scale, shift, out)
+    _need(src.shape == out.shape and src.ndim >= 2, f"affine_act: {src.shape} -> {out.shape}")
+    _need(scale.shape == shift.shape == (src.shape[0],), "affine_act: scale/shift must be [C]")
+    return [partial(affine_act_nb, src, scale, shift, _act(act), out)]
+
+
+def add(a, b, out):
+    """out = a + b (same shapes; out may alias a)."""
+    _arrays(a, b, out)
+    _need(a.shape == b.shape == out.shape, f"add: {a.shape} + {b.shape} -> {out.shape}")
+    return [partial(add_nb, a, b, out)]
+
+
+def conv3x3(src, w, b, out, dilation=1, act=ACT_NONE):
+    """Grouped/dilated 3x3 conv (padding = dilation) + bias + act; im2col + GEMM for small dense maps."""
+    _arrays(src, w, b, out)
+    _need(src.ndim == 3 and w.ndim == 4 and w.shape[2:] == (3, 3), f"conv3x3: x {src.shape}, w {w.shape}")
+    cin, h, width = src.shape
+    cout, cin_g = w.shape[:2]
+    _need(cin_g >= 1 and cin % cin_g == 0 and cout % (cin // cin_g) == 0,
+          f"conv3x3: {cin} input channels do not fit weight {w.shape}")
+    _need(b.shape == (cout,) and out.shape == (cout, h, width), f"conv3x3: bias {b.shape}, out {out.shape}")
+    _need(isinstance(dilation, int) and dilation >= 1, f"conv3x3: dilation {dilation}")
+    if cin_g == cin and h * width <= GEMM_MAX_PIXELS:
+        cols = np.empty((cin * 9, h * width), dtype=F32)
+        w2 = np.ascontiguousarray(w.reshape(cout, cin * 9))
+        return ([partial(im2col3x3_nb, src, dilation, cols), partial(np.dot, w2, cols, out.reshape(cout, -1))]
+                + affine_act(out, np.ones(cout, F32), b, out, act))
+    return [partial(conv3x3_nb, src, w, b, dilation, _act(act), out)]
+
+
+def conv1x1(src, w, b, out, act=ACT_NONE):
+    """Pointwise conv (w [Cout, Cin, 1, 1] or [Cout, Cin]) + bias + act: np.dot when wide, loops when narrow."""
+    _arrays(src, b, out)
+    _need(src.ndim == 3 and out.ndim == 3 and src.shape[1:] == out.shape[1:], f"conv1x1: {src.shape} -> {out.shape}")
+    cin, cout = src.shape[0], out.shape[0]
+    w2 = np.ascontiguousarray(w.reshape(w.shape[0], -1), dtype=F32)
+    _need(w2.shape == (cout, cin) and b.shape == (cout,), f"conv1x1: weight {w.shape}, bias {b.shape}")
+    if cin >= GEMM_MIN_CIN:
+        return ([partial(np.dot, w2, src.reshape(cin, -1), out.reshape(cout, -1))]
+                + affine_act(out, np.ones(cout, F32), b, out, act))
+    return [partial(conv1x1_nb, src, w2, b, _act(act), out)]
+
+
+def group_norm_coeffs(src, groups, gamma, beta, scale, shift, eps=1e-5):
+    """GroupNorm statistics of src as per-channel scale/shift (applied by the next step)."""
+    _arrays(src, gamma, beta, scale, shift)
+    c = src.shape[0]
+    _need(src.ndim == 3 and c % groups == 0, f"group_norm: {c} channels, {groups} groups")
+    _need(gamma.shape == beta.shape == scale.shape == shift.shape == (c,), "group_norm: vectors must be [C]")
+    return [partial(group_norm_coeffs_nb, src, int(groups), float(eps), gamma, beta, scale, shift)]
+
+
+def down2x2(src, scale, shift, w, b, cols, out, act=ACT_NONE):
+    """2x2 stride-2 conv of (src * scale + shift) as space-to-depth + GEMM, + bias + act."""
+    _arrays(src, scale, shift, w, b, cols, out)
+    cin, h, width = src.shape
+    cout = w.shape[0]
+    _need(h % 2 == 0 and width % 2 == 0 and w.shape == (cout, cin, 2, 2), f"down2x2: x {src.shape}, w {w.shape}")
+    _need(out.shape == (cout, h // 2, width // 2) and cols.shape == (cin * 4, h * width // 4), "down2x2: buffers")
+    _need(scale.shape == shift.shape == (cin,) and b.shape == (cout,), "down2x2: vectors")
+    w2 = np.ascontiguousarray(w.reshape(cout, cin * 4))
+    return ([partial(space_to_depth2x2_nb, src, scale, shift, cols), partial(np.dot, w2, cols, out.reshape(cout, -1))]
+            + affine_act(out, np.ones(cout, F32), b, out, act))
+
+
+def resize_bilinear(src, scale, shift, out, act=ACT_NONE):
+    """out[c] = act(resize_align_corners(src[c]) * scale[c] + shift[c])."""
+    _arrays(src, scale, shift, out)
+    _need(src.ndim == out.ndim == 3 and src.shape[0] == out.shape[0] and min(src.shape[1:]) >= 1
+          and min(out.shape[1:]) >= 1, f"resize: {src.shape} -> {out.shape}")
+    _need(scale.shape == shift.shape == (src.shape[0],), "resize: scale/shift must be [C]")
+    return [partial(resize_bilinear_ac_nb, src, scale, shift, _act(act), out)]
+
+
+def max_pool2x2(src, scale, shift, out, act=ACT_NONE):
+    """out[c] = act(maxpool2x2(src[c] * scale[c] + shift[c]))."""
+    _arrays(src, scale, shift, out)
+    c, h, width = src.shape
+    _need(h % 2 == 0 and width % 2 == 0 and out.shape == (c, h // 2, width // 2), f"maxpool: {src.shape} -> {out.shape}")
+    _need(scale.shape == shift.shape == (c,), "maxpool: scale/shift must be [C]")
+    return [partial(max_pool2x2_nb, src, scale, shift, _act(act), out)]
+
+
+def gsa_norm(src, gate_scale, gate_shift, source, gamma2, beta2, out, eps=1e-6):
+    """LN1 (affine folded into the gates) -> gates -> shuffle -> LN2."""
+    _arrays(src, gate_scale, gate_shift, gamma2, beta2, out)
+    c = src.shape[0]
+    _need(src.ndim == 3 and src.shape == gate_scale.shape == gate_shift.shape == out.shape, "gsa_norm: shapes")
+    _need(gamma2.shape == beta2.shape == (c,), "gsa_norm: gamma2/beta2 must be [C]")
+    _need(source.dtype == np.int64 and source.shape == (c,) and np.array_equal(np.sort(source), np.arange(c)),
+          "gsa_norm: source must be a permutation of the channels")
+    return [partial(gsa_norm_nb, src, gate_scale, gate_shift, source, gamma2, beta2, F32(eps), out)]
+
+
+def gate_head(y, wb, bb, wr, br, region, bound, boundary=True):
+    """In place y <- y*(1 + b + r); region/bound [H, W] receive r and b."""
+    _arrays(y, wr, region, bound)
+    c, h, width = y.shape
+    wr = np.ascontiguousarray(wr.reshape(-1), dtype=F32)
+    wb = np.ascontiguousarray(wb.reshape(-1), dtype=F32) if boundary else np.zeros(c, F32)
+    _need(wr.shape == wb.shape == (c,) and region.shape == bound.shape == (h, width), "gate_head: shapes")
+    return [partial(gate_head_nb, y, wb, F32(bb), wr, F32(br), bool(boundary), region, bound)]
+
+
+def merge(adapted, skip, region, bound, rw, bw, out):
+    """out = adapted + skip * (1 + rw r + bw b)."""
+    _arrays(adapted, skip, region, bound, out)
+    _need(adapted.shape == skip.shape == out.shape and skip.ndim == 3 and region.shape == bound.shape == skip.shape[1:],
+          "merge: shapes")
+    return [partial(merge_nb, adapted, skip, region, bound, F32(rw), F32(bw), out)]
+
+
+def agf_fuse(logits2, f3, t4, out):
+    _arrays(logits2, f3, t4, out)
+    _need(f3.shape == t4.shape == out.shape and f3.ndim == 3 and logits2.shape == (2, *f3.shape[1:]),
+          "agf_fuse: shapes")
+    return [partial(agf_fuse_nb, logits2, f3, t4, out)]
+
+
+def ssa(b, alpha, out):
+    _arrays(b, out)
+    _need(b.shape == out.shape and b.ndim == 3, "ssa: shapes")
+    return [partial(ssa_nb, b, F32(alpha), out)]
