@@ -58,8 +58,8 @@ def _check_shape(frame: np.ndarray) -> None:
         raise ValueError(f"frame is {what}: {h}x{w} pixels ({_describe(frame)}), expected at least "
                          f"{MIN_SIDE}x{MIN_SIDE}")
     if h > MAX_SIDE or w > MAX_SIDE:
-        raise ValueError(f"frame is too large: {h}x{w} pixels, the longest side accepted is {MAX_SIDE}; "
-                         "downscale it first (cv2.resize)")
+        raise ValueError(f"frame is too large: {h}x{w} pixels ({_describe(frame)}), the longest side accepted "
+                         f"is {MAX_SIDE}; downscale it first (cv2.resize)")
 
 
 def _float_to_uint8(frame: np.ndarray) -> np.ndarray:

@@ -218,7 +218,7 @@ def _read_tensors(raw: bytes, header: dict, data_start: int, source: str) -> dic
             raise WeightsError(f"{source}: tensor {name!r} has an invalid shape {shape!r}: the file is corrupt")
         if not (isinstance(offsets, list) and len(offsets) == 2 and all(_is_count(o) for o in offsets)):
             raise WeightsError(f"{source}: tensor {name!r} has invalid data_offsets {offsets!r}: the file is corrupt")
-        if dtype not in _DTYPES:
+        if not isinstance(dtype, str) or dtype not in _DTYPES:
             raise WeightsError(f"{source}: tensor {name!r} has dtype {dtype}, expected F32 (float32); "
                                "re-export the model in float32")
         shape, (begin, end) = tuple(shape), offsets
