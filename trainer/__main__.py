@@ -8,6 +8,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from .upstream import add_convert_arguments, run_convert
+
 EXAMPLES = """examples:
   # the shipped mixed model (Kvasir-SEG + PolypGen train splits merged), one CPU thread
   python -m trainer train --variant ultraseg-130k --data ../shared/data/kvasir-seg ../shared/data/polypgen \\
@@ -138,6 +140,8 @@ SUBCOMMANDS = {
     "train": ("train a model (see examples below)", add_train_arguments, run_train),
     "eval": ("test-split Dice/IoU/HD95 through npseg, torch cross-check", add_eval_arguments, run_eval),
     "export": ("write a checkpoint as an npseg weights file", add_export_arguments, run_export),
+    "convert-upstream": ("convert the authors' published .pth to an npseg weights file",
+                         add_convert_arguments, run_convert),
 }
 
 

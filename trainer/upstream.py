@@ -34,6 +34,7 @@ def add_convert_arguments(p) -> None:
 
 
 def run_convert(args) -> int:
+    import pickle
     import sys
 
     if not Path(args.pth).is_file():
@@ -41,7 +42,7 @@ def run_convert(args) -> int:
         return 2
     try:
         out = convert_upstream(args.pth, args.output)
-    except (RuntimeError, ValueError, OSError) as e:  # unreadable, foreign, or unwritable
+    except (RuntimeError, ValueError, OSError, pickle.UnpicklingError) as e:  # unreadable, foreign, or unwritable
         print(f"error: {args.pth}: cannot convert: {str(e).splitlines()[0]}", file=sys.stderr)
         return 1
     print(f"wrote {out}")
