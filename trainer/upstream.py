@@ -42,7 +42,11 @@ def run_convert(args) -> int:
         return 2
     try:
         out = convert_upstream(args.pth, args.output)
-    except (RuntimeError, ValueError, OSError, pickle.UnpicklingError) as e:  # unreadable, foreign, or unwritable
+    except pickle.UnpicklingError:
+        print(f"error: {args.pth}: not a plain PyTorch state_dict (it must load with torch.load(weights_only=True))",
+              file=sys.stderr)
+        return 1
+    except (RuntimeError, ValueError, OSError) as e:  # foreign state_dict, or unwritable output
         print(f"error: {args.pth}: cannot convert: {str(e).splitlines()[0]}", file=sys.stderr)
         return 1
     print(f"wrote {out}")
