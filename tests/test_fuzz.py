@@ -4,12 +4,14 @@ predict: a mask of the frame's size, or TypeError/ValueError. load: the
 original weights exactly, or WeightsError; never another exception, never a
 silently different model. The engines: any input size either runs or is
 refused before a kernel loop starts (a crash here would kill the test process).
-Example counts are bounded so the whole file runs in well under a minute.
+Example counts are bounded so the whole file runs in well under a minute in CI;
+NPSEG_FUZZ_SCALE=20 multiplies them for a long campaign.
 """
 from __future__ import annotations
 
 import functools
 import json
+import os
 import struct
 import tempfile
 from pathlib import Path
@@ -27,6 +29,11 @@ from npseg.weights import load, save
 
 BACKENDS = sorted(_engines())
 FUZZ = settings(deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+SCALE = float(os.environ.get("NPSEG_FUZZ_SCALE", "1"))  # e.g. 20 for a long campaign outside CI
+
+
+def examples(n: int) -> int:
+    return max(1, int(n * SCALE))
 
 FRAME_DTYPES = [np.uint8, np.float16, np.float32, np.float64, np.uint16, np.int8, np.int64, np.bool_, np.complex64]
 
@@ -62,7 +69,7 @@ def frames(draw):
     return array
 
 
-@settings(FUZZ, max_examples=120)
+@settings(FUZZ, max_examples=examples(120))
 @given(frame=frames())
 def test_predict_answers_or_refuses_clearly(model, frame):
     before = frame.copy()
@@ -78,7 +85,7 @@ def test_predict_answers_or_refuses_clearly(model, frame):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-@settings(FUZZ, max_examples=15)
+@settings(FUZZ, max_examples=examples(15))
 @given(h=st.integers(1, 6).map(lambda k: 16 * k), w=st.integers(1, 6).map(lambda k: 16 * k))
 def test_engine_runs_at_any_valid_input_size(backend, h, w):
     model = _model(backend, (h, w))
@@ -88,7 +95,7 @@ def test_engine_runs_at_any_valid_input_size(backend, h, w):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-@settings(FUZZ, max_examples=15)
+@settings(FUZZ, max_examples=examples(15))
 @given(shape=st.tuples(st.integers(0, 5), st.integers(0, 40), st.integers(0, 40)))
 def test_engine_refuses_or_handles_any_input_shape(backend, shape):
     """The engine called directly (no Segmenter checks in front): a bad shape must raise, not crash."""
@@ -137,7 +144,7 @@ def assert_same_or_refused(raw: bytes, expected, tmp_path):
         np.testing.assert_array_equal(got.tensors[name], tensor)
 
 
-@settings(FUZZ, max_examples=150)
+@settings(FUZZ, max_examples=examples(150))
 @given(data=st.data())
 def test_flipped_bytes_are_caught(tmp_path_factory, data):
     raw, expected = original()
@@ -151,7 +158,7 @@ def test_flipped_bytes_are_caught(tmp_path_factory, data):
     assert_same_or_refused(bytes(mutated), expected, tmp_path_factory.mktemp("flip"))
 
 
-@settings(FUZZ, max_examples=60)
+@settings(FUZZ, max_examples=examples(60))
 @given(data=st.data())
 def test_truncated_inserted_or_deleted_bytes_are_caught(tmp_path_factory, data):
     raw, expected = original()
@@ -173,7 +180,7 @@ json_values = st.recursive(
 )
 
 
-@settings(FUZZ, max_examples=120)
+@settings(FUZZ, max_examples=examples(120))
 @given(data=st.data())
 def test_any_header_value_is_refused_or_harmless(tmp_path_factory, data):
     """Replace one header value (a tensor entry's field, a metadata field, or a whole entry) by any JSON."""
