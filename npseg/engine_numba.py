@@ -63,7 +63,7 @@ class _Plan:
         # decoder
         y = self._gsa("decoder1.0", z, c3, gates)  # [c3, H/16]
         scale, shift = self._gn_coeffs("dbn1", y)
-        self.steps += ops.affine_act(y, scale, shift, y, ACT_GELU)
+        self.steps += ops.affine_act(y, scale, shift, ACT_GELU)
         y = self._head_merge(y, "pred1.conv", None, "merge4", t4)
         y = self._decoder_stage(self._gsa("decoder2.0", y, c2, gates), "dbn2", "gate1", "merge3", t3)  # [c2, H/8]
         y = self._decoder_stage(self._gsa("decoder3.0", y, c1, gates), "dbn3", "gate2", "merge2", t2)  # [c1, H/4]
@@ -77,9 +77,11 @@ class _Plan:
     def _buf(c, h, w):
         return np.zeros((c, h, w), F32)
 
-    def _conv3x3(self, name, src, cout, dilation=1, act=ACT_NONE, out=None):
+    def _conv3x3(self, name, src, cout, dilation=1, act=ACT_NONE, out=None, padded=None):
         out = self._buf(cout, *src.shape[1:]) if out is None else out
-        self.steps += ops.conv3x3(src, self.p[f"{name}.weight"], self.p[f"{name}.bias"], out, dilation, act)
+        pad_width = None if padded is None else 3
+        self.steps += ops.conv3x3(src, self.p[f"{name}.weight"], self.p[f"{name}.bias"], out, dilation, act,
+                                  padded, pad_width)
         return out
 
     def _conv1x1(self, name, src, cout, act=ACT_NONE, out=None):
@@ -108,14 +110,17 @@ class _Plan:
         """In place x <- x + s * fusion(concat(branch_d1, branch_d2, branch_d3))."""
         c = x.shape[0]
         branches = self._buf(c, *x.shape[1:])
+        padded = ops.padded_buffer(x, 3)  # one padded copy serves the three dilations
+        self.steps += ops.pad(x, 3, padded)
         for i, d in enumerate((1, 2, 3)):
-            self._conv3x3(f"{name}.dilated_convs.{i}", x, c // 3, dilation=d, out=branches[i * c // 3:(i + 1) * c // 3])
+            self._conv3x3(f"{name}.dilated_convs.{i}", x, c // 3, dilation=d, out=branches[i * c // 3:(i + 1) * c // 3],
+                          padded=padded)
         fused = self._buf(c, *x.shape[1:])
         # the residual scale s folds into the fusion conv
         w = (self.p[f"{name}.fusion.weight"] * F32(res_scale)).astype(F32)
         b = (self.p[f"{name}.fusion.bias"] * F32(res_scale)).astype(F32)
         self.steps += ops.conv1x1(branches, w, b, fused)
-        self.steps += ops.add(x, fused, x)
+        self.steps += ops.add(x, fused)
 
     def _gsa(self, name, src, cout, gates):
         c = src.shape[0]

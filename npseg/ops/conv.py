@@ -35,64 +35,78 @@ def conv1x1_ref(x, w, b):
 
 # ---- Numba kernels -------------------------------------------------------------------------
 # Callers validate shapes first (npseg.ops.checks); the loops trust them and never bounds-check.
-from ._jit import kernel  # noqa: E402
+from ._jit import kernel, numba  # noqa: E402
 from .activation import activate  # noqa: E402
 
 
 @kernel
-def _conv3x3_edge_column(o, up, mid, dn, col, d, width, w, co, k):
-    """Taps of one border column (some taps fall in the zero padding)."""
-    for kx in range(3):
-        xx = col + (kx - 1) * d
-        if 0 <= xx < width:
-            o[col] += w[co, k, 0, kx] * up[xx] + w[co, k, 1, kx] * mid[xx] + w[co, k, 2, kx] * dn[xx]
+def pad_nb(src, pad, padded):
+    """Copy [C,H,W] into the interior of a zero-bordered flat buffer [C, (H+2p)*(W+2p) + 2p]
+    (its border is zeroed once by the caller and never written)."""
+    c_n, h, width = src.shape
+    wp = width + 2 * pad
+    for c in range(c_n):
+        for y in range(h):
+            start = (y + pad) * wp + pad
+            dst, line = padded[c, start:start + width], src[c, y]
+            for x in range(width):
+                dst[x] = line[x]
+
+
+@numba.njit(inline="always", fastmath=True, error_model="numpy") if numba else (lambda f: f)
+def _taps3x3(acc, r0, r1, r2, w, co, k, n, d):
+    """acc[p] += all 9 taps of input channel k; d is a literal at every call site, so the
+    offsets are compile-time constants and the loop vectorises without wraparound checks."""
+    w00, w01, w02 = w[co, k, 0, 0], w[co, k, 0, 1], w[co, k, 0, 2]
+    w10, w11, w12 = w[co, k, 1, 0], w[co, k, 1, 1], w[co, k, 1, 2]
+    w20, w21, w22 = w[co, k, 2, 0], w[co, k, 2, 1], w[co, k, 2, 2]
+    for p in range(n):
+        acc[p] += (w00 * r0[p] + w01 * r0[p + d] + w02 * r0[p + 2 * d]
+                   + w10 * r1[p] + w11 * r1[p + d] + w12 * r1[p + 2 * d]
+                   + w20 * r2[p] + w21 * r2[p + d] + w22 * r2[p + 2 * d])
 
 
 @kernel
-def conv3x3_nb(src, w, b, dilation, act, out):
-    """Grouped, dilated 3x3 conv, zero padding = dilation, stride 1, + bias, then `act`.
+def conv3x3_nb(padded, pad, w, b, dilation, act, out):
+    """Grouped, dilated 3x3 conv (zero padding = dilation, stride 1) + bias + act, reading the
+    input from pad_nb's buffer (pad >= dilation).
 
-    NCHW, one output row at a time with all 9 taps of an input channel in one
-    pass. Shifted taps are slices made per row, so the inner loop indexes with
-    its own counter only: no signed runtime offsets, no wraparound, vectorised.
-    Rows above/below the image read a zero row.
+    The padded rows are treated as one flat vector: output (y, x) accumulates at
+    (y - y0) * Wp + x of a row tile that fits L1, every tap is a constant shift of
+    that index, and the Wp - W padding columns compute values that are dropped.
     """
-    cin, h, width = src.shape
-    cout, cin_g = w.shape[0], w.shape[1]
+    cout, h, width = out.shape
+    cin, cin_g = padded.shape[0], w.shape[1]
     cout_g = cout // (cin // cin_g)
     d = dilation
-    n = width - 2 * d  # interior columns: every tap lands inside the row
-    zero_row = np.zeros(width, dtype=src.dtype)
-    for y in range(h):
+    wp = width + 2 * pad
+    tile = max(1, 4096 // wp)
+    acc = np.empty(tile * wp, dtype=np.float32)
+    for y0 in range(0, h, tile):
+        rows = min(tile, h - y0)
+        n = rows * wp
         for co in range(cout):
-            o = out[co, y]
-            for i in range(width):
-                o[i] = b[co]
+            acc[:n] = 0.0
             ci0 = (co // cout_g) * cin_g
             for k in range(cin_g):
-                plane = src[ci0 + k]
-                up = plane[y - d] if y >= d else zero_row
-                mid = plane[y]
-                dn = plane[y + d] if y + d < h else zero_row
-                if n > 0:
-                    w00, w01, w02 = w[co, k, 0, 0], w[co, k, 0, 1], w[co, k, 0, 2]
-                    w10, w11, w12 = w[co, k, 1, 0], w[co, k, 1, 1], w[co, k, 1, 2]
-                    w20, w21, w22 = w[co, k, 2, 0], w[co, k, 2, 1], w[co, k, 2, 2]
-                    oi = o[d:d + n]
-                    u0, u1, u2 = up[0:n], up[d:d + n], up[2 * d:2 * d + n]
-                    m0, m1, m2 = mid[0:n], mid[d:d + n], mid[2 * d:2 * d + n]
-                    d0, d1, d2 = dn[0:n], dn[d:d + n], dn[2 * d:2 * d + n]
-                    for i in range(n):
-                        oi[i] += (w00 * u0[i] + w01 * u1[i] + w02 * u2[i]
-                                  + w10 * m0[i] + w11 * m1[i] + w12 * m2[i]
-                                  + w20 * d0[i] + w21 * d1[i] + w22 * d2[i])
-                for col in range(min(d, width)):
-                    _conv3x3_edge_column(o, up, mid, dn, col, d, width, w, co, k)
-                for col in range(max(width - d, d), width):
-                    _conv3x3_edge_column(o, up, mid, dn, col, d, width, w, co, k)
-            if act != 0:
-                for i in range(width):
-                    o[i] = activate(o[i], act)
+                plane = padded[ci0 + k]
+                s = (y0 + pad - d) * wp + pad - d  # tap (0, 0) of output (y0, 0)
+                r0, r1, r2 = plane[s:], plane[s + d * wp:], plane[s + 2 * d * wp:]
+                if d == 1:
+                    _taps3x3(acc, r0, r1, r2, w, co, k, n, 1)
+                elif d == 2:
+                    _taps3x3(acc, r0, r1, r2, w, co, k, n, 2)
+                else:
+                    _taps3x3(acc, r0, r1, r2, w, co, k, n, 3)
+            bias = b[co]
+            for r in range(rows):
+                o, a = out[co, y0 + r], acc[r * wp:r * wp + width]
+                if act == 0:
+                    for x in range(width):
+                        o[x] = a[x] + bias
+                else:
+                    for x in range(width):
+                        o[x] = activate(a[x] + bias, act)
 
 
 @kernel

@@ -36,39 +36,50 @@ from .activation import activate  # noqa: E402
 
 
 @kernel
+def _ac_taps(n_in, n_out):
+    """Lower source index and weight of the upper one for each output of an align_corners resize."""
+    scale = (n_in - 1) / (n_out - 1) if n_out > 1 else 0.0
+    lo = np.empty(n_out, dtype=np.int64)
+    frac = np.empty(n_out, dtype=np.float32)
+    for i in range(n_out):
+        pos = i * scale
+        lo[i] = min(int(pos), n_in - 1)
+        frac[i] = pos - lo[i]
+    return lo, frac
+
+
+@kernel
 def resize_bilinear_ac_nb(src, scale, shift, act, out):
     """out[c] = act(resize(src[c]) * scale[c] + shift[c]), bilinear align_corners=True, any sizes.
 
-    Separable: blend two input rows (vectorised), then gather along x. A per-channel
-    affine (a GroupNorm) commutes with the resize because its weights sum to 1.
+    Separable: the gathering x pass runs on the input's rows (fewer when upsampling),
+    then the contiguous y pass blends two of those rows with the affine and act fused.
+    A per-channel affine (a GroupNorm) commutes with the resize: its weights sum to 1.
     """
     c_n, h, width = src.shape
     out_h, out_w = out.shape[1], out.shape[2]
-    sy = (h - 1) / (out_h - 1) if out_h > 1 else 0.0
-    sx = (width - 1) / (out_w - 1) if out_w > 1 else 0.0
-    x_lo = np.empty(out_w, dtype=np.int64)
-    x_hi = np.empty(out_w, dtype=np.int64)
-    x_frac = np.empty(out_w, dtype=np.float32)
-    for ox in range(out_w):
-        pos = ox * sx
-        lo = min(int(pos), width - 1)
-        x_lo[ox], x_hi[ox], x_frac[ox] = lo, min(lo + 1, width - 1), pos - lo
-    line = np.empty(width, dtype=np.float32)
+    x_lo, x_frac = _ac_taps(width, out_w)
+    y_lo, y_frac = _ac_taps(h, out_h)
+    rows = np.empty((h, out_w), dtype=np.float32)
+    last = width - 1
     for c in range(c_n):
+        for y in range(h):
+            line, row = src[c, y], rows[y]
+            for ox in range(out_w):
+                lo = x_lo[ox]
+                v0 = line[lo]
+                row[ox] = v0 + (line[min(lo + 1, last)] - v0) * x_frac[ox]
         a, s = scale[c], shift[c]
         for oy in range(out_h):
-            pos = oy * sy
-            lo = min(int(pos), h - 1)
-            hi = min(lo + 1, h - 1)
-            fy = np.float32(pos - lo)
-            r0, r1 = src[c, lo], src[c, hi]
-            for i in range(width):
-                line[i] = r0[i] + (r1[i] - r0[i]) * fy
+            lo = y_lo[oy]
+            r0, r1, fy = rows[lo], rows[min(lo + 1, h - 1)], y_frac[oy]
             o = out[c, oy]
-            for ox in range(out_w):
-                v0 = line[x_lo[ox]]
-                v = v0 + (line[x_hi[ox]] - v0) * x_frac[ox]
-                o[ox] = activate(v * a + s, act)
+            if act == 0:
+                for ox in range(out_w):
+                    o[ox] = (r0[ox] + (r1[ox] - r0[ox]) * fy) * a + s
+            else:
+                for ox in range(out_w):
+                    o[ox] = activate((r0[ox] + (r1[ox] - r0[ox]) * fy) * a + s, act)
 
 
 @kernel

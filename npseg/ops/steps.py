@@ -11,7 +11,7 @@ import numpy as np
 
 from ._jit import ACT_GELU, ACT_NONE, ACT_RELU
 from .activation import add_nb, affine_act_nb
-from .conv import conv1x1_nb, conv3x3_nb, im2col3x3_nb, space_to_depth2x2_nb
+from .conv import conv1x1_nb, conv3x3_nb, im2col3x3_nb, pad_nb, space_to_depth2x2_nb
 from .gsa import gsa_norm_nb
 from .heads import agf_fuse_nb, gate_head_nb, merge_nb, ssa_nb
 from .norm import group_norm_coeffs_nb
@@ -43,23 +43,41 @@ def _act(act):
     return int(act)
 
 
-def affine_act(src, scale, shift, out, act=ACT_NONE):
-    """out[c] = act(src[c] * scale[c] + shift[c]); src and out [C, ...] of one shape."""
-    _arrays(src, scale, shift, out)
-    _need(src.shape == out.shape and src.ndim >= 2, f"affine_act: {src.shape} -> {out.shape}")
-    _need(scale.shape == shift.shape == (src.shape[0],), "affine_act: scale/shift must be [C]")
-    return [partial(affine_act_nb, src, scale, shift, _act(act), out)]
+def affine_act(x, scale, shift, act=ACT_NONE):
+    """In place x[c] = act(x[c] * scale[c] + shift[c]) for x [C, ...]."""
+    _arrays(x, scale, shift)
+    _need(x.ndim >= 2, f"affine_act: {x.shape}")
+    _need(scale.shape == shift.shape == (x.shape[0],), "affine_act: scale/shift must be [C]")
+    return [partial(affine_act_nb, x, scale, shift, _act(act))]
 
 
-def add(a, b, out):
-    """out = a + b (same shapes; out may alias a)."""
-    _arrays(a, b, out)
-    _need(a.shape == b.shape == out.shape, f"add: {a.shape} + {b.shape} -> {out.shape}")
-    return [partial(add_nb, a, b, out)]
+def add(acc, other):
+    """In place acc += other (same shapes)."""
+    _arrays(acc, other)
+    _need(acc.shape == other.shape, f"add: {acc.shape} += {other.shape}")
+    _need(not np.shares_memory(acc, other), "add: operands overlap")
+    return [partial(add_nb, acc, other)]
 
 
-def conv3x3(src, w, b, out, dilation=1, act=ACT_NONE):
-    """Grouped/dilated 3x3 conv (padding = dilation) + bias + act; im2col + GEMM for small dense maps."""
+def padded_buffer(src, pad):
+    """The zero-bordered flat buffer conv3x3 reads (see conv.pad_nb)."""
+    c, h, width = src.shape
+    return np.zeros((c, (h + 2 * pad) * (width + 2 * pad) + 2 * pad), F32)
+
+
+def pad(src, pad_width, padded):
+    _arrays(src, padded)
+    c, h, width = src.shape
+    _need(src.ndim == 3 and padded.shape == padded_buffer(src, pad_width).shape, "pad: buffer does not fit")
+    return [partial(pad_nb, src, int(pad_width), padded)]
+
+
+def conv3x3(src, w, b, out, dilation=1, act=ACT_NONE, padded=None, pad_width=None):
+    """Grouped/dilated 3x3 conv (padding = dilation) + bias + act; im2col + GEMM for small dense maps.
+
+    With `padded` (a buffer filled by a pad step with `pad_width` >= dilation) the
+    conv reads it and adds no pad step: convs of one input share one padded copy.
+    """
     _arrays(src, w, b, out)
     _need(src.ndim == 3 and w.ndim == 4 and w.shape[2:] == (3, 3), f"conv3x3: x {src.shape}, w {w.shape}")
     cin, h, width = src.shape
@@ -67,13 +85,21 @@ def conv3x3(src, w, b, out, dilation=1, act=ACT_NONE):
     _need(cin_g >= 1 and cin % cin_g == 0 and cout % (cin // cin_g) == 0,
           f"conv3x3: {cin} input channels do not fit weight {w.shape}")
     _need(b.shape == (cout,) and out.shape == (cout, h, width), f"conv3x3: bias {b.shape}, out {out.shape}")
-    _need(isinstance(dilation, int) and dilation >= 1, f"conv3x3: dilation {dilation}")
-    if cin_g == cin and h * width <= GEMM_MAX_PIXELS:
+    _need(dilation in (1, 2, 3), f"conv3x3: dilation must be 1, 2 or 3, got {dilation}")
+    if padded is None and cin_g == cin and h * width <= GEMM_MAX_PIXELS:
         cols = np.empty((cin * 9, h * width), dtype=F32)
         w2 = np.ascontiguousarray(w.reshape(cout, cin * 9))
         return ([partial(im2col3x3_nb, src, dilation, cols), partial(np.dot, w2, cols, out.reshape(cout, -1))]
-                + affine_act(out, np.ones(cout, F32), b, out, act))
-    return [partial(conv3x3_nb, src, w, b, dilation, _act(act), out)]
+                + affine_act(out, np.ones(cout, F32), b, act))
+    prologue = []
+    if padded is None:
+        pad_width = dilation
+        padded = padded_buffer(src, pad_width)
+        prologue = pad(src, pad_width, padded)
+    _arrays(padded)
+    _need(pad_width >= dilation and padded.shape == padded_buffer(src, pad_width).shape,
+          "conv3x3: padded buffer does not fit")
+    return prologue + [partial(conv3x3_nb, padded, int(pad_width), w, b, int(dilation), _act(act), out)]
 
 
 def conv1x1(src, w, b, out, act=ACT_NONE):
@@ -85,7 +111,7 @@ def conv1x1(src, w, b, out, act=ACT_NONE):
     _need(w2.shape == (cout, cin) and b.shape == (cout,), f"conv1x1: weight {w.shape}, bias {b.shape}")
     if cin >= GEMM_MIN_CIN:
         return ([partial(np.dot, w2, src.reshape(cin, -1), out.reshape(cout, -1))]
-                + affine_act(out, np.ones(cout, F32), b, out, act))
+                + affine_act(out, np.ones(cout, F32), b, act))
     return [partial(conv1x1_nb, src, w2, b, _act(act), out)]
 
 
@@ -108,7 +134,7 @@ def down2x2(src, scale, shift, w, b, cols, out, act=ACT_NONE):
     _need(scale.shape == shift.shape == (cin,) and b.shape == (cout,), "down2x2: vectors")
     w2 = np.ascontiguousarray(w.reshape(cout, cin * 4))
     return ([partial(space_to_depth2x2_nb, src, scale, shift, cols), partial(np.dot, w2, cols, out.reshape(cout, -1))]
-            + affine_act(out, np.ones(cout, F32), b, out, act))
+            + affine_act(out, np.ones(cout, F32), b, act))
 
 
 def resize_bilinear(src, scale, shift, out, act=ACT_NONE):
