@@ -14,6 +14,12 @@ from .params import fold_params
 from .weights import Weights, WeightsError
 from .weights import load as load_weights
 
+from .ops._jit import numba
+from .ops.image import INV_255, bgr_to_rgb_planar_nb
+
+if numba is None:  # without Numba the kernel would be plain Python: use the NumPy path
+    bgr_to_rgb_planar_nb = None
+
 BUNDLED_DIR = Path(__file__).resolve().parent.parent / "weights"  # source checkout / editable install
 
 
@@ -106,6 +112,12 @@ class Segmenter:
             raise ValueError(f"input size must be positive multiples of 16, got {h}x{w}")
         self.input_size = (int(h), int(w))
         self._engine = engines[backend](weights.config, fold_params(weights.config, weights.tensors))
+        # per-frame buffers: predict() allocates only the mask it returns
+        self._run = getattr(self._engine, "run", self._engine.forward)  # run: no copy of the logits
+        self._small = np.empty((h, w, 3), np.uint8)
+        self._input = np.empty((3, h, w), np.float32)
+        self._small_prob = np.empty((h, w), np.float32)
+        self._small_mask = np.empty((h, w), np.bool_)
         self._lock = threading.Lock()
 
     def _forward(self, x: np.ndarray) -> np.ndarray:
@@ -119,32 +131,46 @@ class Segmenter:
                 f"weights={self.weights.path!r})")
 
     def preprocess(self, frame: np.ndarray) -> np.ndarray:
-        """BGR uint8 HxWx3 -> [3, h, w] float32 RGB in [0, 1] at the network input size."""
+        """BGR uint8 HxWx3 -> [3, h, w] float32 RGB in [0, 1] at the network input size (a new array)."""
+        return self._preprocess_into(frame, np.empty((3, *self.input_size), np.float32))
+
+    def _preprocess_into(self, frame: np.ndarray, out: np.ndarray) -> np.ndarray:
         h, w = self.input_size
-        small = cv2.resize(frame, (w, h), interpolation=cv2.INTER_LINEAR)
-        return (small[:, :, ::-1].transpose(2, 0, 1) * np.float32(1.0 / 255.0)).astype(np.float32)
+        small = cv2.resize(frame, (w, h), dst=self._small, interpolation=cv2.INTER_LINEAR)
+        if bgr_to_rgb_planar_nb is None:
+            np.multiply(small[:, :, ::-1].transpose(2, 0, 1), INV_255, out=out)
+        else:
+            bgr_to_rgb_planar_nb(small, out)
+        return out
+
+    def _forward_frame(self, frame: np.ndarray) -> np.ndarray:
+        """Logits [out_ch, h, w] of a checked frame; reuses the per-Segmenter buffers (not thread-safe)."""
+        return self._run(self._preprocess_into(frame, self._input))
 
     def logits(self, frame: np.ndarray) -> np.ndarray:
         """Raw network output [out_ch, h, w] at the network input size."""
-        return self._forward(self.preprocess(_check_frame(frame)))
+        return self._engine.forward(self.preprocess(_check_frame(frame)))
 
     def predict_proba(self, frame: np.ndarray) -> np.ndarray:
         """HxW float32 polyp probability (softmax of the two logits), resized to the frame bilinearly."""
         frame = _check_frame(frame)
-        lo = self._forward(self.preprocess(frame))
-        prob = 1.0 / (1.0 + np.exp(lo[0] - lo[1]))
+        lo = self._forward_frame(frame)
+        prob = np.subtract(lo[0], lo[1], out=self._small_prob)
+        np.exp(prob, out=prob)
+        prob += 1.0
+        np.reciprocal(prob, out=prob)
         return cv2.resize(prob, (frame.shape[1], frame.shape[0]), interpolation=cv2.INTER_LINEAR)
 
     def predict(self, frame: np.ndarray, threshold: float | None = None) -> np.ndarray:
         """HxW uint8 mask at the frame's size, 1 = polyp. Default decision: argmax of the
         logits; with `threshold`, probability > threshold."""
         frame = _check_frame(frame)
-        lo = self._forward(self.preprocess(frame))
+        lo = self._forward_frame(frame)
         if threshold is None:
-            small = (lo[1] > lo[0]).astype(np.uint8)
+            small = np.greater(lo[1], lo[0], out=self._small_mask)
         else:
-            small = (1.0 / (1.0 + np.exp(lo[0] - lo[1])) > threshold).astype(np.uint8)
-        return cv2.resize(small, (frame.shape[1], frame.shape[0]), interpolation=cv2.INTER_NEAREST)
+            small = (1.0 / (1.0 + np.exp(lo[0] - lo[1])) > threshold)
+        return cv2.resize(small.view(np.uint8), (frame.shape[1], frame.shape[0]), interpolation=cv2.INTER_NEAREST)
 
 
 def load(path_or_name: str | os.PathLike = "ultraseg-130k", backend: str | None = None,
