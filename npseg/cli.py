@@ -1,0 +1,475 @@
+"""The `npseg` command: segment images and folders, segment video, inspect weights, benchmark.
+
+Exit codes (stable, for scripts):
+  0    success
+  1    runtime failure: the run started but not everything was produced
+       (an image that could not be decoded, a write that failed mid-run)
+  2    usage or bad input: bad arguments, a missing or unreadable input,
+       unknown or invalid weights, an output path that cannot be written
+  130  interrupted (Ctrl-C); `npseg video` instead stops cleanly and exits 0
+
+Errors are one line on stderr ("npseg: error: ..."), never a traceback.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from . import __version__
+from .segmenter import bundled_names, default_backend, load, resolve_weights
+from .weights import WeightsError
+from .weights import load as load_weights
+
+OK, RUNTIME_FAILURE, BAD_INPUT, INTERRUPTED = 0, 1, 2, 130
+IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
+DEFAULT_WEIGHTS = "ultraseg-130k"
+
+
+class CliError(Exception):
+    """An expected failure: reported as one line and an exit code."""
+
+    def __init__(self, message: str, code: int = BAD_INPUT):
+        super().__init__(message)
+        self.code = code
+
+
+def one_line(message: str) -> str:
+    return "; ".join(part.strip() for part in str(message).splitlines() if part.strip())
+
+
+def warn(message: str) -> None:
+    print(f"npseg: warning: {one_line(message)}", file=sys.stderr)
+
+
+class Progress:
+    """A single self-rewriting stderr line, shown only on a terminal (scripts get clean logs)."""
+
+    def __init__(self, label: str, total: int | None, stream=sys.stderr):
+        self.label, self.total, self.stream = label, total, stream
+        self.enabled = stream.isatty()
+        self._last = 0.0
+        self._shown = False
+
+    def update(self, done: int, note: str = "") -> None:
+        now = time.monotonic()
+        if not self.enabled or (now - self._last < 0.2 and done != self.total):
+            return
+        self._last = now
+        if self.total:
+            filled = int(24 * done / self.total)
+            bar = f"[{'#' * filled}{'.' * (24 - filled)}] {done}/{self.total}"
+        else:
+            bar = f"{done}"
+        self.stream.write(f"\r{self.label} {bar} {note}\033[K")
+        self.stream.flush()
+        self._shown = True
+
+    def close(self) -> None:
+        if self._shown:
+            self.stream.write("\n")
+            self.stream.flush()
+
+
+# ---------------------------------------------------------------- argument types
+
+def _size(text: str) -> tuple[int, int]:
+    """'256' or 'HxW' such as '320x256'."""
+    try:
+        parts = [int(p) for p in text.lower().split("x")]
+    except ValueError:
+        parts = []
+    if len(parts) == 1:
+        parts *= 2
+    if len(parts) != 2 or min(parts) < 16 or parts[0] % 16 or parts[1] % 16:
+        raise argparse.ArgumentTypeError(f"{text!r}: give N or HxW, multiples of 16 (e.g. 256 or 320x256)")
+    return parts[0], parts[1]
+
+
+def _frame_size(text: str) -> tuple[int, int]:
+    """'HxW' such as '1024x1280'."""
+    try:
+        height, width = (int(p) for p in text.lower().split("x"))
+    except ValueError:
+        height = width = 0
+    if not (16 <= height <= 8192 and 16 <= width <= 8192):
+        raise argparse.ArgumentTypeError(f"{text!r}: give HxW between 16 and 8192, e.g. 1024x1280")
+    return height, width
+
+
+def _probability(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0.0 < value < 1.0:
+        raise argparse.ArgumentTypeError(f"{text!r}: give a number between 0 and 1 (exclusive)")
+    return value
+
+
+def _smoothing(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0.0 <= value < 1.0:
+        raise argparse.ArgumentTypeError(f"{text!r}: give a number in [0, 1) (0 = off)")
+    return value
+
+
+def _positive(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: give a positive whole number")
+    return int(text)
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0.0 < value <= 600.0:
+        raise argparse.ArgumentTypeError(f"{text!r}: give seconds in (0, 600]")
+    return value
+
+
+# ---------------------------------------------------------------- shared helpers
+
+def _load_model(args):
+    try:
+        return load(args.weights, backend=args.backend, size=args.size)
+    except WeightsError as e:
+        raise CliError(str(e)) from None
+    except OSError as e:
+        raise CliError(f"{args.weights}: cannot read weights file ({e.strerror or e})") from None
+    except ValueError as e:  # unknown backend, input size the model cannot take
+        raise CliError(str(e)) from None
+
+
+def _describe(model) -> str:
+    h, w = model.input_size
+    return f"{model.config.name}, {model.backend} backend, {h}x{w} input"
+
+
+def _writable_dir(path: Path) -> Path:
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise CliError(f"{path}: cannot create output folder ({e.strerror or e})") from None
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise CliError(f"{path}: output folder is not writable")
+    return path
+
+
+# ---------------------------------------------------------------- segment
+
+def collect_images(paths: list[str]) -> list[tuple[Path, Path]]:
+    """(image file, output name without suffix) for every input: files as given,
+    folders searched recursively for image files (sorted, so runs are repeatable)."""
+    found = []
+    for text in paths:
+        path = Path(text)
+        if path.is_dir():
+            files = sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_EXTS and p.is_file()
+                           and not p.name.startswith("."))
+            if not files:
+                raise CliError(f"{text}: no image files ({', '.join(sorted(IMAGE_EXTS))}) in this folder")
+            found += [(p, p.relative_to(path).with_suffix("")) for p in files]
+        elif path.is_file():
+            if not cv2.haveImageReader(str(path)):
+                raise CliError(f"{text}: not an image file OpenCV can read")
+            found.append((path, Path(path.stem)))
+        else:
+            raise CliError(f"{text}: no such file or folder")
+    names = {}
+    for image, name in found:
+        if name in names and names[name] != image:
+            raise CliError(f"{names[name]} and {image} would both be written as {name}.png: "
+                           "segment them in separate runs (different --out)")
+        names[name] = image
+    return found
+
+
+def _read_image(path: Path) -> np.ndarray | None:
+    """BGR uint8, or None when the file cannot be read or decoded."""
+    try:
+        data = np.fromfile(path, dtype=np.uint8)  # handles any path encoding, unlike cv2.imread
+    except OSError:
+        return None
+    image = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
+    return image if image is not None and image.size else None
+
+
+def _write_image(path: Path, image: np.ndarray, params=()) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if not cv2.imwrite(str(path), image, list(params)):
+        raise CliError(f"{path}: could not write (disk full or permissions?)", RUNTIME_FAILURE)
+
+
+def cmd_segment(args) -> int:
+    from .overlay import draw_overlay
+
+    images = collect_images(args.paths)[: args.limit]
+    out = Path(args.out)
+    mask_dir, overlay_dir = _writable_dir(out / "masks"), _writable_dir(out / "overlays")
+    model = _load_model(args)
+    progress = Progress("segment", len(images))
+    skipped, done, model_s = [], 0, 0.0
+    start = time.perf_counter()
+    try:
+        for image_path, name in images:
+            frame = _read_image(image_path)
+            if frame is None:
+                skipped.append(image_path)
+                progress.close()
+                warn(f"{image_path}: cannot read or decode this image; skipped")
+                continue
+            t0 = time.perf_counter()
+            mask = model.predict(frame, threshold=args.threshold)
+            model_s += time.perf_counter() - t0
+            _write_image(mask_dir / f"{name}.png", mask * np.uint8(255))
+            _write_image(overlay_dir / f"{name}.jpg", draw_overlay(frame, mask), (cv2.IMWRITE_JPEG_QUALITY, 90))
+            done += 1
+            progress.update(done + len(skipped), f"{1000 * model_s / done:.0f} ms/frame")
+    finally:
+        progress.close()
+    total_s = time.perf_counter() - start
+    if done:
+        print(f"segmented {done} image(s) with {_describe(model)}: "
+              f"{1000 * model_s / done:.1f} ms/frame model, {1000 * total_s / done:.1f} ms/frame with I/O")
+    print(f"masks:    {mask_dir}/  (PNG, 0 = background, 255 = polyp)")
+    print(f"overlays: {overlay_dir}/  (JPEG)")
+    if skipped:
+        print(f"skipped {len(skipped)} unreadable image(s), listed on stderr")
+        return RUNTIME_FAILURE
+    return OK
+
+
+# ---------------------------------------------------------------- video
+
+def cmd_video(args) -> int:
+    from . import video
+
+    if not args.input.isdigit() and Path(args.output).resolve() == Path(args.input).resolve():
+        raise CliError(f"{args.output}: the output would overwrite the input")
+    model = _load_model(args)
+    progress = Progress("video", None)
+
+    def on_frame(done, total, fps):
+        progress.total = total
+        progress.update(done, f"{fps:.1f} FPS")
+
+    try:
+        result = video.run(model, args.input, args.output, smooth=args.smooth, threshold=args.threshold,
+                           display=args.display, max_frames=args.max_frames, on_frame=on_frame)
+    except video.VideoError as e:
+        raise CliError(str(e)) from None
+    finally:
+        progress.close()
+    seg_ms = 1000 * result.segment_seconds / max(result.frames, 1)
+    print(f"wrote {result.frames} frame(s) to {args.output} with {_describe(model)}")
+    print(f"achieved {result.fps:.1f} FPS end to end (decode + segment + draw + encode); "
+          f"segmentation {seg_ms:.1f} ms/frame")
+    return OK
+
+
+# ---------------------------------------------------------------- info
+
+def cmd_info(args) -> int:
+    try:
+        weights = load_weights(resolve_weights(args.weights))
+    except WeightsError as e:
+        raise CliError(str(e)) from None
+    except OSError as e:
+        raise CliError(f"{args.weights}: cannot read weights file ({e.strerror or e})") from None
+    stats = ("running_mean", "running_var")
+    n_all = sum(int(t.size) for t in weights.tensors.values())
+    n_learned = sum(int(t.size) for k, t in weights.tensors.items() if not k.endswith(stats))
+    summary = {
+        "file": weights.path,
+        "file_bytes": Path(weights.path).stat().st_size,
+        "architecture": weights.config.name,
+        "parameters": n_learned,
+        "stored_values": n_all,
+        "tensors": len(weights.tensors),
+        "input_size": list(weights.input_size),
+        "config": weights.config.to_dict(),
+        "preprocessing": weights.preprocessing,
+        "provenance": weights.provenance,
+        "metrics": weights.metrics,
+    }
+    if args.json:
+        print(json.dumps(summary, indent=2))
+        return OK
+    h, w = weights.input_size
+    print(f"file:          {summary['file']} ({summary['file_bytes'] / 1024:.0f} KiB, sha256-verified)")
+    print(f"architecture:  UltraSeg, {weights.config.name}")
+    print(f"parameters:    {n_learned:,} learned ({n_all:,} values incl. norm statistics, "
+          f"{len(weights.tensors)} tensors)")
+    print(f"input size:    {h}x{w}")
+    print("config:        " + ", ".join(f"{k}={v}" for k, v in summary["config"].items()))
+    print("preprocessing: " + ", ".join(f"{k}={v}" for k, v in weights.preprocessing.items() if v is not None))
+    for title, table in (("provenance", weights.provenance), ("metrics", weights.metrics)):
+        print(f"{title}:" + ("" if table else "    (none recorded)"))
+        for key, value in table.items():
+            print(f"  {key}: {value if isinstance(value, str) else json.dumps(value)}")
+    return OK
+
+
+# ---------------------------------------------------------------- bench
+
+def _pin_to_one_core() -> str:
+    """Pin every thread of this process (BLAS pools included) to one CPU; Linux only."""
+    if not hasattr(os, "sched_setaffinity"):
+        return "not pinned (no CPU affinity on this OS)"
+    cpu = min(os.sched_getaffinity(0))
+    for tid in os.listdir("/proc/self/task"):
+        try:
+            os.sched_setaffinity(int(tid), {cpu})
+        except OSError:
+            pass  # a thread that ended meanwhile
+    return f"pinned to CPU {cpu}"
+
+
+def _timed(fn, seconds: float) -> list[float]:
+    times, deadline = [], time.perf_counter() + seconds
+    while time.perf_counter() < deadline or len(times) < 5:
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return times
+
+
+def cmd_bench(args) -> int:
+    pinned = _pin_to_one_core() if args.pin else "not pinned (--no-pin)"
+    model = _load_model(args)
+    height, width = args.frame_size
+    rng = np.random.default_rng(0)
+    frame = cv2.GaussianBlur(rng.integers(0, 256, (height, width, 3), dtype=np.uint8), (0, 0), 5)
+    t0 = time.perf_counter()
+    model.predict(frame)
+    first_s = time.perf_counter() - t0
+    print(f"npseg {__version__}: {_describe(model)}, {pinned}")
+    print(f"first call (compile / warm-up): {first_s:.2f} s")
+    net_h, net_w = model.input_size
+    small = np.ascontiguousarray(cv2.resize(frame, (net_w, net_h)))  # no resizing: about the network alone
+    for label, image in ((f"predict, {height}x{width} frame", frame), (f"predict, {net_h}x{net_w} frame", small)):
+        ms = 1000 * np.array(_timed(lambda: model.predict(image), args.seconds / 2))
+        print(f"{label + ':':30s} median {np.median(ms):6.2f} ms  p90 {np.percentile(ms, 90):6.2f} ms  "
+              f"-> {1000 / np.median(ms):6.1f} FPS  ({ms.size} runs)")
+    return OK
+
+
+# ---------------------------------------------------------------- parser
+
+EXIT_CODES = """exit codes: 0 ok, 1 runtime failure (the run started but not everything was
+produced), 2 usage or bad input (arguments, unreadable input, unknown or invalid
+weights, unwritable output), 130 interrupted."""
+
+
+def _add_model_options(p, threshold: bool = True) -> None:
+    p.add_argument("--weights", default=DEFAULT_WEIGHTS, metavar="NAME|FILE",
+                   help=f"bundled model name ({', '.join(bundled_names()) or 'none bundled'}) or a .safetensors "
+                        f"file (default: {DEFAULT_WEIGHTS})")
+    p.add_argument("--backend", default=None, metavar="NAME",
+                   help=f"engine: numba (fast) or numpy (reference); default: {default_backend()}")
+    p.add_argument("--size", type=_size, default=None, metavar="N|HxW",
+                   help="network input size (multiples of 16); default: the size the weights were trained at")
+    if threshold:
+        p.add_argument("--threshold", type=_probability, default=None, metavar="P",
+                       help="polyp where probability > P; default: the argmax of the two classes (= 0.5)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    fmt = argparse.RawDescriptionHelpFormatter
+    parser = argparse.ArgumentParser(
+        prog="npseg", formatter_class=fmt,
+        description="Real-time colonoscopy polyp segmentation (UltraSeg) on one CPU core.",
+        epilog="examples:\n  npseg segment frames/ --out results\n  npseg video clip.mp4 -o overlay.mp4\n"
+               "  npseg info ultraseg-130k\n  npseg bench\n\n" + EXIT_CODES)
+    parser.add_argument("--version", action="version", version=f"npseg {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = sub.add_parser(
+        "segment", formatter_class=fmt, help="images or folders -> masks and overlays",
+        description="Segment images (files, or folders searched recursively) into OUT/masks/NAME.png "
+                    "(0/255, the frame's size) and OUT/overlays/NAME.jpg (frame, translucent mask, outline). "
+                    "NAME keeps the path inside a given folder.",
+        epilog="example:\n  npseg segment kvasir-seg/images/ extra.jpg --out results --limit 50\n\n" + EXIT_CODES)
+    p.add_argument("paths", nargs="+", metavar="PATH", help="image files and/or folders")
+    p.add_argument("--out", "-o", default="npseg-out", metavar="DIR", help="output folder (default: npseg-out)")
+    p.add_argument("--limit", type=_positive, default=None, metavar="N", help="segment only the first N images")
+    _add_model_options(p)
+    p.set_defaults(run=cmd_segment)
+
+    p = sub.add_parser(
+        "video", formatter_class=fmt, help="video file or camera -> overlay video",
+        description="Segment every frame of a video file (or a camera, by index) and write a video of overlays "
+                    "with the mask outline and an FPS readout. Output by extension: .mp4/.m4v/.mov/.mkv (MPEG-4 "
+                    "Part 2), .avi (Motion JPEG). Stop a camera with Ctrl-C (or q in the window).",
+        epilog="examples:\n  npseg video colonoscopy.mp4 -o overlay.mp4 --smooth 0.5\n"
+               "  npseg video 0 -o live.mp4 --display\n\n" + EXIT_CODES)
+    p.add_argument("input", metavar="INPUT", help="video file, or camera index such as 0")
+    p.add_argument("-o", "--output", required=True, metavar="OUTPUT", help="overlay video to write")
+    p.add_argument("--smooth", type=_smoothing, default=0.0, metavar="ALPHA",
+                   help="temporal smoothing: exponential moving average of the polyp probability with weight "
+                        "ALPHA on the past, in [0, 1); 0 (default) = off, 0.5 = steadier outlines")
+    display = p.add_mutually_exclusive_group()
+    display.add_argument("--display", dest="display", action="store_true", help="also show the overlay in a window")
+    display.add_argument("--no-display", dest="display", action="store_false", help="no window (default)")
+    p.add_argument("--max-frames", type=_positive, default=None, metavar="N", help="stop after N frames")
+    _add_model_options(p)
+    p.set_defaults(run=cmd_video, display=False)
+
+    p = sub.add_parser(
+        "info", formatter_class=fmt, help="what a weights file holds",
+        description="Architecture, parameter count, config, preprocessing, provenance and metrics recorded in a "
+                    "weights file (after verifying its checksum).",
+        epilog="examples:\n  npseg info ultraseg-130k\n  npseg info my-model.safetensors --json\n\n" + EXIT_CODES)
+    p.add_argument("weights", nargs="?", default=DEFAULT_WEIGHTS, metavar="WEIGHTS",
+                   help=f"bundled model name or .safetensors file (default: {DEFAULT_WEIGHTS})")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(run=cmd_info)
+
+    p = sub.add_parser(
+        "bench", formatter_class=fmt, help="quick single-core speed check",
+        description="Time predict() on a synthetic frame with this machine's engine, pinned to one CPU core "
+                    "(Linux), after a warm-up call (which includes Numba compilation on a cold cache).",
+        epilog="examples:\n  npseg bench\n  npseg bench --backend numpy --seconds 2 --frame-size 1080x1920\n\n"
+               + EXIT_CODES)
+    p.add_argument("--seconds", type=_seconds, default=3.0, metavar="S", help="time to spend measuring (default 3)")
+    p.add_argument("--frame-size", type=_frame_size, default=(1024, 1280), metavar="HxW",
+                   help="frame size handed to predict (default 1024x1280)")
+    p.add_argument("--no-pin", dest="pin", action="store_false", help="do not pin to one CPU core")
+    _add_model_options(p, threshold=False)
+    p.set_defaults(run=cmd_bench)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)  # usage errors: argparse prints usage + error and exits 2
+    if args.command is None:
+        parser.print_help(sys.stderr)
+        return BAD_INPUT
+    try:
+        return args.run(args)
+    except CliError as e:
+        print(f"npseg: error: {one_line(e)}", file=sys.stderr)
+        return e.code
+    except KeyboardInterrupt:
+        print("npseg: interrupted", file=sys.stderr)
+        return INTERRUPTED
+    except BrokenPipeError:  # e.g. `npseg info | head`: the reader left, nothing to report
+        sys.stderr.close()
+        return OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())

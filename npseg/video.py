@@ -1,0 +1,149 @@
+"""Video in, overlay video out: decode, segment, draw, encode, one frame at a time.
+
+The mask is computed and outlined at the network's resolution and only stretched
+to the frame inside its bounding box, so drawing stays a few ms per frame at
+1280x1024; decoding and encoding are OpenCV's (FFmpeg).
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from .overlay import draw_label, draw_overlay
+from .segmenter import Segmenter
+
+# Output container by extension -> FourCC that OpenCV's bundled FFmpeg can encode.
+CODECS = {".mp4": "mp4v", ".m4v": "mp4v", ".mov": "mp4v", ".avi": "MJPG", ".mkv": "mp4v"}
+DEFAULT_FPS = 30.0
+
+
+class VideoError(Exception):
+    """An input that cannot be opened or an output that cannot be written."""
+
+
+class MaskStream:
+    """Per-frame masks at the network resolution, optionally smoothed over time.
+
+    `smooth` is the weight of the past in an exponential moving average of the
+    polyp probability (0 = off, 0.5 = the newest frame counts half). Without
+    smoothing or a threshold the decision is predict's argmax, so the masks
+    (stretched to the frame) equal `Segmenter.predict`."""
+
+    def __init__(self, model: Segmenter, smooth: float = 0.0, threshold: float | None = None):
+        if not 0.0 <= smooth < 1.0:
+            raise ValueError(f"smooth must be in [0, 1), got {smooth}")
+        self.model, self.smooth, self.threshold = model, smooth, threshold
+        self._avg = None
+
+    def next(self, frame: np.ndarray) -> np.ndarray:
+        lo = self.model.logits(frame)
+        if self.smooth == 0.0 and self.threshold is None:
+            return (lo[1] > lo[0]).astype(np.uint8)
+        prob = 1.0 / (1.0 + np.exp(lo[0] - lo[1]))
+        if self.smooth and self._avg is not None:
+            prob = self.smooth * self._avg + (1.0 - self.smooth) * prob
+        self._avg = prob
+        return (prob > (0.5 if self.threshold is None else self.threshold)).astype(np.uint8)
+
+
+def open_input(source: str) -> tuple[cv2.VideoCapture, bool]:
+    """A video file, or a camera given by its index ("0"). Returns (capture, is_camera)."""
+    is_camera = source.isdigit()
+    if not is_camera and not Path(source).is_file():
+        raise VideoError(f"{source}: no such video file (give a file or a camera index such as 0)")
+    cap = cv2.VideoCapture(int(source) if is_camera else source)
+    if not cap.isOpened():
+        raise VideoError(f"{source}: cannot open {'camera' if is_camera else 'as a video'}")
+    return cap, is_camera
+
+
+def open_output(path: str, fps: float, width: int, height: int) -> cv2.VideoWriter:
+    ext = Path(path).suffix.lower()
+    if ext not in CODECS:
+        raise VideoError(f"{path}: unsupported output extension {ext or '(none)'!r}; use one of {sorted(CODECS)}")
+    if not Path(path).parent.is_dir():
+        raise VideoError(f"{path}: cannot write, folder {str(Path(path).parent)!r} does not exist")
+    writer = cv2.VideoWriter(path, cv2.VideoWriter_fourcc(*CODECS[ext]), fps, (width, height))
+    if not writer.isOpened():
+        raise VideoError(f"{path}: cannot write a video there (permissions?)")
+    return writer
+
+
+@dataclass
+class VideoResult:
+    frames: int
+    seconds: float  # decode + segment + draw + encode (+ display), after warm-up
+    segment_seconds: float  # network part only
+
+    @property
+    def fps(self) -> float:
+        return self.frames / self.seconds if self.seconds else 0.0
+
+
+def run(model: Segmenter, source: str, output: str, smooth: float = 0.0, threshold: float | None = None,
+        display: bool = False, max_frames: int | None = None, on_frame=None) -> VideoResult:
+    """Segment `source` into the overlay video `output`; `on_frame(done, total, fps)` reports progress.
+
+    Stops at the end of the input, after `max_frames`, on Ctrl-C, or on q/Esc in the window;
+    the output is always closed properly."""
+    cap, is_camera = open_input(source)
+    writer, window = None, False
+    try:
+        ok, frame = cap.read()
+        if not ok:
+            raise VideoError(f"{source}: no frame could be read")
+        fps_in = cap.get(cv2.CAP_PROP_FPS)
+        fps_in = fps_in if 1.0 <= fps_in <= 240.0 else DEFAULT_FPS
+        total = None if is_camera else int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) or None
+        if max_frames is not None:
+            total = min(total or max_frames, max_frames)
+        height, width = frame.shape[:2]
+        writer = open_output(output, fps_in, width, height)
+        if display:
+            _open_window()
+            window = True
+        masks = MaskStream(model, smooth, threshold)
+        model.logits(frame)  # warm-up (JIT, buffers) outside the timed loop
+        frames, seg_s, recent = 0, 0.0, []
+        start = time.perf_counter()
+        try:
+            while ok:
+                t0 = time.perf_counter()
+                mask = masks.next(frame)
+                seg_s += time.perf_counter() - t0
+                draw_overlay(frame, mask, in_place=True)
+                recent = (recent + [t0])[-30:]
+                fps_now = (len(recent) - 1) / (recent[-1] - recent[0]) if len(recent) > 1 else 0.0
+                draw_label(frame, f"{fps_now:5.1f} FPS")
+                writer.write(frame)
+                frames += 1
+                if on_frame:
+                    on_frame(frames, total, fps_now)
+                if window:
+                    cv2.imshow("npseg", frame)
+                    if cv2.waitKey(1) & 0xFF in (ord("q"), 27):
+                        break
+                if max_frames is not None and frames >= max_frames:
+                    break
+                ok, frame = cap.read()
+        except KeyboardInterrupt:
+            pass  # stopping a camera with Ctrl-C is normal: finish the file and report
+        return VideoResult(frames, time.perf_counter() - start, seg_s)
+    finally:
+        cap.release()
+        if writer is not None:
+            writer.release()
+        if window:
+            cv2.destroyAllWindows()
+
+
+def _open_window() -> None:
+    try:
+        cv2.namedWindow("npseg", cv2.WINDOW_NORMAL)
+    except cv2.error:
+        raise VideoError("--display needs an OpenCV with GUI support; this one has none "
+                         "(opencv-python-headless): pip install opencv-python, or drop --display") from None
