@@ -79,6 +79,7 @@ def add_eval_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-torch", action="store_true", help="skip the torch cross-check")
     p.add_argument("--limit", type=int, default=None, help="first N images per dataset (quick checks)")
     p.add_argument("--skip-bad", action="store_true", help="skip unreadable or mismatched files with a warning")
+    p.add_argument("--threads", type=int, default=1, help="torch CPU threads for the cross-check (default 1)")
     p.add_argument("-o", "--output", default=None, help="write the results as JSON here")
     p.add_argument("--per-image", default=None, metavar="CSV", help="write per-image metrics here")
 
@@ -94,8 +95,11 @@ def run_eval(args) -> int:
     import json
     from pathlib import Path
 
+    import torch
+
     from .evaluate import evaluate
 
+    torch.set_num_threads(args.threads)
     res = evaluate(args.weights, args.data, splits=_read_splits(args.splits), part=args.part,
                    cross_check=not args.no_torch, backend=args.backend, skip_bad=args.skip_bad, limit=args.limit,
                    per_image_csv=args.per_image)
@@ -115,6 +119,7 @@ def add_export_arguments(p: argparse.ArgumentParser) -> None:
                    help="dataset folders for --evaluate (default: the folders the run trained on)")
     p.add_argument("--metrics", default=None, metavar="JSON", help="store this `eval -o` result as the metrics")
     p.add_argument("--backend", default=None, help="npseg backend for --evaluate")
+    p.add_argument("--threads", type=int, default=1, help="torch CPU threads for --evaluate's cross-check")
 
 
 def run_export(args) -> int:
@@ -126,8 +131,11 @@ def run_export(args) -> int:
     metrics = json.loads(Path(args.metrics).read_text()) if args.metrics else None
     out = export_checkpoint(args.checkpoint, args.output, metrics=metrics)
     if args.evaluate:
+        import torch
+
         from .evaluate import evaluate
 
+        torch.set_num_threads(args.threads)
         data = args.data or load_checkpoint(args.checkpoint)["datasets"]
         metrics = evaluate(out, data, backend=args.backend)
         print(json.dumps(metrics, indent=1))

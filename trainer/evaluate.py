@@ -129,8 +129,8 @@ def evaluate(weights_path, data_roots, splits: dict | None = None, part: str = "
             pred = seg.predict(frame)
             d, j = dice_iou(pred, gt)
             h = hd95(pred, gt)
-            empty_gt += not gt.any()
-            one_empty += gt.any() != pred.any()
+            empty_gt += int(not gt.any())
+            one_empty += int(gt.any() != pred.any())
             row = {"dataset": name, "stem": stem, "dice": d, "iou": j, "hd95": h}
             scores["dice"].append(d)
             scores["iou"].append(j)
