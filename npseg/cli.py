@@ -243,8 +243,8 @@ def cmd_segment(args) -> int:
     if done:
         print(f"segmented {done} image(s) with {_describe(model)}: "
               f"{1000 * model_s / done:.1f} ms/frame model, {1000 * total_s / done:.1f} ms/frame with I/O")
-    print(f"masks:    {mask_dir}/  (PNG, 0 = background, 255 = polyp)")
-    print(f"overlays: {overlay_dir}/  (JPEG)")
+        print(f"masks:    {mask_dir}/  (PNG, 0 = background, 255 = polyp)")
+        print(f"overlays: {overlay_dir}/  (JPEG)")
     if skipped:
         print(f"skipped {len(skipped)} unreadable image(s), listed on stderr")
         return RUNTIME_FAILURE
@@ -453,6 +453,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # Our one-line errors say what went wrong; FFmpeg's own log lines (e.g. "moov atom not
+    # found") would only add noise. Set OPENCV_FFMPEG_LOGLEVEL=32 to see them again.
+    os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
     parser = build_parser()
     args = parser.parse_args(argv)  # usage errors: argparse prints usage + error and exits 2
     if args.command is None:
