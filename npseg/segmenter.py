@@ -118,13 +118,10 @@ class Segmenter:
         self._input = np.empty((3, h, w), np.float32)
         self._small_prob = np.empty((h, w), np.float32)
         self._small_mask = np.empty((h, w), np.bool_)
-        self._lock = threading.Lock()
-
-    def _forward(self, x: np.ndarray) -> np.ndarray:
-        # the engine's buffers and caches are shared state; its result must be a fresh
-        # array (not a reused buffer), since it is read after the lock is released
-        with self._lock:
-            return self._engine.forward(x)
+        # one lock guards the engine's per-size plans and the buffers above: every call
+        # holds it from preprocessing until its result is a new array (re-entrant:
+        # logits() holds it while calling preprocess())
+        self._lock = threading.RLock()
 
     def __repr__(self):
         return (f"Segmenter({self.config.name}, backend={self.backend!r}, input_size={self.input_size}, "
@@ -132,7 +129,8 @@ class Segmenter:
 
     def preprocess(self, frame: np.ndarray) -> np.ndarray:
         """BGR uint8 HxWx3 -> [3, h, w] float32 RGB in [0, 1] at the network input size (a new array)."""
-        return self._preprocess_into(frame, np.empty((3, *self.input_size), np.float32))
+        with self._lock:  # the resize writes the shared self._small
+            return self._preprocess_into(frame, np.empty((3, *self.input_size), np.float32))
 
     def _preprocess_into(self, frame: np.ndarray, out: np.ndarray) -> np.ndarray:
         h, w = self.input_size
@@ -144,33 +142,38 @@ class Segmenter:
         return out
 
     def _forward_frame(self, frame: np.ndarray) -> np.ndarray:
-        """Logits [out_ch, h, w] of a checked frame; reuses the per-Segmenter buffers (not thread-safe)."""
+        """Logits [out_ch, h, w] of a checked frame; reuses the per-Segmenter buffers: hold self._lock."""
         return self._run(self._preprocess_into(frame, self._input))
 
     def logits(self, frame: np.ndarray) -> np.ndarray:
         """Raw network output [out_ch, h, w] at the network input size."""
-        return self._engine.forward(self.preprocess(_check_frame(frame)))
+        frame = _check_frame(frame)
+        with self._lock:
+            return self._engine.forward(self.preprocess(frame))
 
     def predict_proba(self, frame: np.ndarray) -> np.ndarray:
         """HxW float32 polyp probability (softmax of the two logits), resized to the frame bilinearly."""
         frame = _check_frame(frame)
-        lo = self._forward_frame(frame)
-        prob = np.subtract(lo[0], lo[1], out=self._small_prob)
-        np.exp(prob, out=prob)
-        prob += 1.0
-        np.reciprocal(prob, out=prob)
-        return cv2.resize(prob, (frame.shape[1], frame.shape[0]), interpolation=cv2.INTER_LINEAR)
+        with self._lock:
+            lo = self._forward_frame(frame)
+            prob = np.subtract(lo[0], lo[1], out=self._small_prob)
+            np.exp(prob, out=prob)
+            prob += 1.0
+            np.reciprocal(prob, out=prob)
+            return cv2.resize(prob, (frame.shape[1], frame.shape[0]), interpolation=cv2.INTER_LINEAR)
 
     def predict(self, frame: np.ndarray, threshold: float | None = None) -> np.ndarray:
         """HxW uint8 mask at the frame's size, 1 = polyp. Default decision: argmax of the
         logits; with `threshold`, probability > threshold."""
         frame = _check_frame(frame)
-        lo = self._forward_frame(frame)
-        if threshold is None:
-            small = np.greater(lo[1], lo[0], out=self._small_mask)
-        else:
-            small = (1.0 / (1.0 + np.exp(lo[0] - lo[1])) > threshold)
-        return cv2.resize(small.view(np.uint8), (frame.shape[1], frame.shape[0]), interpolation=cv2.INTER_NEAREST)
+        with self._lock:
+            lo = self._forward_frame(frame)
+            if threshold is None:
+                small = np.greater(lo[1], lo[0], out=self._small_mask)
+            else:
+                small = (1.0 / (1.0 + np.exp(lo[0] - lo[1])) > threshold)
+            return cv2.resize(small.view(np.uint8), (frame.shape[1], frame.shape[0]),
+                              interpolation=cv2.INTER_NEAREST)
 
 
 def load(path_or_name: str | os.PathLike = "ultraseg-130k", backend: str | None = None,
