@@ -10,13 +10,17 @@ the producer's epilogue; the training-only side outputs are never computed.
 """
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from . import reference
 from .config import UltraSegConfig
 from .ops import steps as ops
 from .ops._jit import ACT_GELU, ACT_NONE, ACT_RELU, numba
+from .ops.conv import conv1x1_ref, conv2d_ref
 from .ops.gsa import shuffle_source
+from .ops.resize import resize_bilinear_ac_ref
 
 if numba is None:  # segmenter._engines() then offers the NumPy engine only
     raise ImportError("npseg.engine_numba needs numba")
@@ -24,6 +28,30 @@ if numba is None:  # segmenter._engines() then offers the NumPy engine only
 F32 = np.float32
 GN_GROUPS = reference.GN_GROUPS
 GN_EPS, LN_EPS = 1e-5, 1e-6
+
+
+def _gelu64(x):
+    """Exact GELU in float64 through math.erf (the gates are small; SciPy stays unimported)."""
+    return 0.5 * x * (1.0 + _erf(x / math.sqrt(2.0)).astype(np.float64))
+
+
+_erf = np.frompyfunc(math.erf, 1, 1)
+
+
+def _all_gates(p, h, w):
+    """reference.all_gates in float64, with the GELU above."""
+    p64 = {k: v.astype(np.float64) for k, v in p.items() if ".share_space" in k or ".conv" in k}
+    gates = {}
+    for name in reference.GSA_NAMES:
+        gh, gw = h // reference.GSA_DOWNSCALE[name], w // reference.GSA_DOWNSCALE[name]
+        gates[name] = []
+        for i in range(1, 5):
+            seed = resize_bilinear_ac_ref(p64[f"{name}.share_space{i}"][0], gh, gw)
+            dw = f"{name}.conv{i}.0"
+            hidden = conv2d_ref(seed, p64[f"{dw}.weight"], p64[f"{dw}.bias"], padding=1, groups=seed.shape[0])
+            pw = f"{name}.conv{i}.2"
+            gates[name].append(conv1x1_ref(_gelu64(hidden), p64[f"{pw}.weight"], p64[f"{pw}.bias"]))
+    return gates
 
 
 class _Plan:
@@ -34,7 +62,7 @@ class _Plan:
         self.steps = []
         self.input = np.zeros((3, h, w), F32)
         c0, c1, c2, c3, c4 = cfg.widths
-        gates = reference.all_gates({k: v.astype(np.float64) for k, v in p.items()}, h, w)
+        gates = _all_gates(p, h, w)
         self.ones = {c: np.ones(c, F32) for c in set(cfg.widths) | {cfg.out_ch, 2}}
         self.zeros = {c: np.zeros(c, F32) for c in self.ones}
         res_scale = [p[f"encoder3.{i}.res_weight"] if cfg.learned_res_scale else 0.1 for i in (1, 2)]

@@ -1,0 +1,362 @@
+"""Single-core speed of npseg against the runtimes a user could install instead.
+
+    OPENBLAS_NUM_THREADS=1 python benchmarks/speed.py            # full run (several minutes)
+    python benchmarks/speed.py --frames 60 --rounds 2            # quick look
+
+Every measurement runs in its own subprocess pinned to one core (`taskset -c 0`)
+with one thread everywhere, on the same weights and the same input. The shared
+machine is noisy, so engines run in alternating rounds (numba, ORT, torch,
+numba, ...) and are compared as ratios measured in the same run. Writes
+benchmarks/results/speed.json, the table in benchmarks/RESULTS.md (any section
+from "## Soak" on is kept) and benchmarks/speed.png.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+RESULTS = HERE / "results"
+SIZE = 256
+VARIANTS = ("ultraseg-108k", "ultraseg-130k")
+ENGINES = ("npseg-numba", "onnxruntime", "torch-eager", "npseg-numpy")
+ONE_THREAD = {k: "1" for k in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS")}
+FRAME_SIZES = ((1024, 1280), (1080, 1920))
+
+
+# ---------------------------------------------------------------------------------------------
+# workers: each runs in a fresh pinned process and prints one JSON line
+# ---------------------------------------------------------------------------------------------
+def _input(seed=0):
+    return np.random.default_rng(seed).random((3, SIZE, SIZE), dtype=np.float32)
+
+
+def _torch_model(weights_path):
+    import torch
+
+    from npseg.weights import load
+    from trainer.model import build
+
+    w = load(weights_path)
+    model = build(w.config.name)
+    model.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in w.tensors.items()}, strict=False)
+    return model.eval()
+
+
+def _engine_forward(engine, weights_path, onnx_path):
+    """A callable running one forward of the fixed input with `engine`."""
+    x = _input()
+    if engine.startswith("npseg-"):
+        import npseg
+
+        seg = npseg.load(weights_path, backend=engine.split("-")[1], size=SIZE)
+        run = getattr(seg._engine, "run", seg._engine.forward)
+        return lambda: run(x)
+    if engine == "torch-eager":
+        import torch
+
+        torch.set_num_threads(1)
+        torch.set_num_interop_threads(1)
+        model, xt = _torch_model(weights_path), torch.from_numpy(x)[None]
+
+        def run():
+            with torch.inference_mode():
+                return model(xt)
+        return run
+    if engine == "onnxruntime":
+        import onnxruntime as ort
+
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = opts.inter_op_num_threads = 1
+        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        sess = ort.InferenceSession(onnx_path, opts, providers=["CPUExecutionProvider"])
+        name, feed = sess.get_inputs()[0].name, x[None]
+        return lambda: sess.run(None, {name: feed})
+    raise ValueError(engine)
+
+
+def worker_forward(args):
+    run = _engine_forward(args.engine, args.weights, args.onnx)
+    for _ in range(args.warmup):
+        run()
+    times = []
+    for _ in range(args.frames):
+        t = time.perf_counter()
+        run()
+        times.append((time.perf_counter() - t) * 1e3)
+    return {"ms": times}
+
+
+def worker_e2e(args):
+    """predict() on BGR frames of each size vs the bare forward, in one process; then peak RSS."""
+    import cv2
+
+    import npseg
+
+    seg = npseg.load(args.weights, size=SIZE)
+    x = seg.preprocess(np.zeros((SIZE, SIZE, 3), np.uint8))
+    rng = np.random.default_rng(1)
+    out = {"backend": seg.backend}
+    for h, w in FRAME_SIZES:
+        frame = cv2.GaussianBlur(rng.integers(0, 256, (h, w, 3), dtype=np.uint8), (0, 0), 8)  # image-like
+        fwd, e2e = [], []
+        for i in range(args.warmup + args.frames):  # interleaved: the same noise hits both
+            t0 = time.perf_counter()
+            seg._engine.run(x)
+            t1 = time.perf_counter()
+            seg.predict(frame)
+            t2 = time.perf_counter()
+            if i >= args.warmup:
+                fwd.append((t1 - t0) * 1e3)
+                e2e.append((t2 - t1) * 1e3)
+        out[f"{w}x{h}"] = {"forward_ms": fwd, "predict_ms": e2e}
+    out["peak_rss_mb"] = _peak_rss_mb()
+    return out
+
+
+def worker_cold(args):
+    """import + load + first frame, timed from inside (the parent adds interpreter start-up)."""
+    t0 = time.perf_counter()
+    import npseg
+
+    t1 = time.perf_counter()
+    seg = npseg.load(args.weights)
+    t2 = time.perf_counter()
+    seg.predict(np.zeros((1080, 1920, 3), np.uint8))
+    t3 = time.perf_counter()
+    return {"import_s": t1 - t0, "load_s": t2 - t1, "first_frame_s": t3 - t2, "backend": seg.backend,
+            "peak_rss_mb": _peak_rss_mb()}
+
+
+def _peak_rss_mb():
+    """VmHWM: unlike ru_maxrss it is not inherited from the (large) parent across fork + exec."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError("no VmHWM in /proc/self/status")
+
+
+# ---------------------------------------------------------------------------------------------
+# orchestration
+# ---------------------------------------------------------------------------------------------
+def _spawn(mode, extra_env=None, **kw):
+    cmd = ["taskset", "-c", "0", sys.executable, str(Path(__file__).resolve()), "--worker", mode]
+    for k, v in kw.items():
+        cmd += [f"--{k.replace('_', '-')}", str(v)]
+    env = {**os.environ, **ONE_THREAD, "PYTHONPATH": str(REPO), **(extra_env or {})}
+    t = time.perf_counter()
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=REPO)
+    wall = time.perf_counter() - t
+    if proc.returncode:
+        raise RuntimeError(f"{mode} worker failed:\n{proc.stderr[-3000:]}")
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    result["process_wall_s"] = wall
+    return result
+
+
+def _prepare_weights(tmp: Path) -> dict:
+    """130K: the bundled weights file; 108K: seeded random init (no trained 108K file ships).
+    Each also exported to ONNX from the torch model built on the same tensors."""
+    import torch
+
+    from trainer.export import export_weights
+    from trainer.model import build
+
+    paths = {"ultraseg-130k": REPO / "weights" / "ultraseg-130k.safetensors"}
+    torch.manual_seed(0)
+    paths["ultraseg-108k"] = export_weights(build("ultraseg-108k").eval(), tmp / "ultraseg-108k.safetensors",
+                                            provenance={"source": "benchmarks/speed.py: seeded random init"})
+    out = {}
+    for variant, path in paths.items():
+        model = _torch_model(path)
+        onnx_path = tmp / f"{variant}.onnx"
+        torch.onnx.export(model, (torch.from_numpy(_input())[None],), str(onnx_path), input_names=["x"],
+                          output_names=["logits"], opset_version=17, dynamo=False)
+        out[variant] = {"weights": str(path), "onnx": str(onnx_path)}
+    return out
+
+
+def _stats(ms):
+    a = np.asarray(ms)
+    return {"median_ms": float(np.median(a)), "p90_ms": float(np.percentile(a, 90)), "frames": int(a.size),
+            "fps": float(1e3 / np.median(a))}
+
+
+def run_benchmark(frames: int, rounds: int, numpy_frames: int, tmp: Path) -> dict:
+    files = _prepare_weights(tmp)
+    load_before = os.getloadavg()
+    speed = {}
+    for variant in VARIANTS:
+        f = files[variant]
+        samples = {e: [] for e in ENGINES}
+        for r in range(rounds):
+            for engine in ENGINES:
+                n = numpy_frames if engine == "npseg-numpy" else frames
+                if engine == "npseg-numpy" and r:  # the slow reference: one round is enough
+                    continue
+                res = _spawn("forward", engine=engine, weights=f["weights"], onnx=f["onnx"], frames=n,
+                             warmup=3 if engine == "npseg-numpy" else 20)
+                samples[engine] += res["ms"]
+                print(f"{variant} round {r + 1}/{rounds} {engine:12s} median {np.median(res['ms']):7.2f} ms",
+                      flush=True)
+        table = {e: _stats(ms) for e, ms in samples.items()}
+        ort = table["onnxruntime"]["median_ms"]
+        torch_ms = table["torch-eager"]["median_ms"]
+        for e in table:
+            table[e]["vs_onnxruntime"] = table[e]["median_ms"] / ort
+            table[e]["speedup_vs_torch"] = torch_ms / table[e]["median_ms"]
+        speed[variant] = table
+
+    e2e_raw = _spawn("e2e", weights=files["ultraseg-130k"]["weights"], frames=max(frames // 2, 50), warmup=10)
+    e2e = {"backend": e2e_raw["backend"], "peak_rss_mb": e2e_raw["peak_rss_mb"]}
+    for h, w in FRAME_SIZES:
+        d = e2e_raw[f"{w}x{h}"]
+        fwd, pred = np.median(d["forward_ms"]), np.median(d["predict_ms"])
+        e2e[f"{w}x{h}"] = {"forward_median_ms": float(fwd), "predict_median_ms": float(pred),
+                           "predict_p90_ms": float(np.percentile(d["predict_ms"], 90)), "ratio": float(pred / fwd)}
+
+    cache = tmp / "numba-cache"
+    shutil.rmtree(cache, ignore_errors=True)
+    cold = {}
+    for label in ("empty_cache", "warm_cache"):  # the first run fills the fresh cache the second one reads
+        res = _spawn("cold", extra_env={"NUMBA_CACHE_DIR": str(cache)}, weights=files["ultraseg-130k"]["weights"])
+        cold[label] = res
+        print(f"cold start, {label}: {res['process_wall_s']:.2f} s", flush=True)
+
+    import numba
+    import onnxruntime
+    import torch
+
+    return {
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "machine": {"cpu": _cpu_name(), "python": platform.python_version(), "numpy": np.__version__,
+                    "numba": numba.__version__, "onnxruntime": onnxruntime.__version__,
+                    "torch": torch.__version__, "load_average_before": load_before,
+                    "load_average_after": os.getloadavg()},
+        "setup": {"input": f"3x{SIZE}x{SIZE}", "pinning": "taskset -c 0", "threads": 1, "frames_per_round": frames,
+                  "rounds": rounds, "numpy_reference_frames": numpy_frames,
+                  "weights": {v: ("bundled weights/ultraseg-130k.safetensors" if v == "ultraseg-130k"
+                                  else "seeded random init") for v in VARIANTS}},
+        "forward": speed, "end_to_end": e2e, "cold_start": cold,
+    }
+
+
+def _cpu_name():
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor()
+
+
+def write_markdown(res: dict, path: Path):
+    m, s = res["machine"], res["setup"]
+    lines = [
+        "# Speed",
+        "",
+        f"`benchmarks/speed.py`, {res['date']}, {m['cpu']}; one core (`{s['pinning']}`), one thread everywhere, "
+        f"input {s['input']}, batch 1. numba {m['numba']}, onnxruntime {m['onnxruntime']}, torch {m['torch']}.",
+        f"Engines alternate in {s['rounds']} rounds of {s['frames_per_round']} frames after warm-up, each in its own "
+        f"process; the NumPy reference (float64, readable) runs {s['numpy_reference_frames']} frames once. "
+        f"Load average before/after: {m['load_average_before'][0]:.1f} / {m['load_average_after'][0]:.1f} "
+        "(shared machine: compare the ratios, not the absolute times).",
+        "",
+        "## Forward, 256×256, one core",
+        "",
+        "| model | engine | median ms | p90 ms | FPS | × ONNX Runtime time | speed-up vs torch |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for variant, table in res["forward"].items():
+        for engine, t in table.items():
+            lines.append(f"| {variant} | {engine} | {t['median_ms']:.2f} | {t['p90_ms']:.2f} | {t['fps']:.0f} | "
+                         f"{t['vs_onnxruntime']:.2f} | {t['speedup_vs_torch']:.1f} |")
+    e = res["end_to_end"]
+    lines += ["", f"## End to end: `predict(frame)` (BGR uint8 frame → mask), UltraSeg-130K, backend {e['backend']}", "",
+              "| frame | forward median ms | predict median ms | predict p90 ms | predict / forward |",
+              "|---|---|---|---|---|"]
+    for h, w in FRAME_SIZES:
+        d = e[f"{w}x{h}"]
+        lines.append(f"| {w}×{h} | {d['forward_median_ms']:.2f} | {d['predict_median_ms']:.2f} | "
+                     f"{d['predict_p90_ms']:.2f} | {d['ratio']:.2f} |")
+    c = res["cold_start"]
+    lines += ["", "## Cold start and memory (new process: import, load, first 1920×1080 frame)", "",
+              "| Numba cache | process wall s | import s | load s | first frame s | peak RSS MB |", "|---|---|---|---|---|---|"]
+    for label, d in c.items():
+        lines.append(f"| {label.replace('_', ' ')} | {d['process_wall_s']:.2f} | {d['import_s']:.2f} | "
+                     f"{d['load_s']:.2f} | {d['first_frame_s']:.2f} | {d['peak_rss_mb']:.0f} |")
+    lines += ["", f"Peak RSS of the end-to-end process (after 1280×1024 and 1920×1080 frames): "
+              f"{e['peak_rss_mb']:.0f} MB.", "", "![speed](speed.png)", ""]
+    soak = ""
+    if path.exists():
+        old = path.read_text()
+        if "## Soak" in old:
+            soak = "\n" + old[old.index("## Soak"):]
+    path.write_text("\n".join(lines) + soak)
+
+
+def plot(res: dict, path: Path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    variants = list(res["forward"])
+    engines = [e for e in ENGINES if e != "npseg-numpy"]
+    width = 0.8 / len(engines)
+    for i, engine in enumerate(engines):
+        med = [res["forward"][v][engine]["median_ms"] for v in variants]
+        p90 = [res["forward"][v][engine]["p90_ms"] for v in variants]
+        xs = np.arange(len(variants)) + (i - (len(engines) - 1) / 2) * width
+        bars = ax.bar(xs, med, width, label=engine, yerr=[np.zeros(len(med)), np.subtract(p90, med)], capsize=3)
+        ax.bar_label(bars, fmt="%.1f", padding=2, fontsize=8)
+    ax.set_xticks(range(len(variants)), variants)
+    ax.set_ylabel("ms / frame (median, bar to p90)")
+    ax.set_title(f"UltraSeg forward, {res['setup']['input']}, one core, one thread")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--frames", type=int, default=100, help="timed frames per engine per round")
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--numpy-frames", type=int, default=20)
+    ap.add_argument("--worker", choices=["forward", "e2e", "cold"], help=argparse.SUPPRESS)
+    ap.add_argument("--engine", help=argparse.SUPPRESS)
+    ap.add_argument("--weights", help=argparse.SUPPRESS)
+    ap.add_argument("--onnx", help=argparse.SUPPRESS)
+    ap.add_argument("--warmup", type=int, default=20, help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    if args.worker:
+        print(json.dumps({"forward": worker_forward, "e2e": worker_e2e, "cold": worker_cold}[args.worker](args)))
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        res = run_benchmark(args.frames, args.rounds, args.numpy_frames, Path(tmp))
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "speed.json").write_text(json.dumps(res, indent=1))
+    write_markdown(res, HERE / "RESULTS.md")
+    plot(res, HERE / "speed.png")
+    for variant, table in res["forward"].items():
+        print(variant, {e: round(t["median_ms"], 2) for e, t in table.items()},
+              "numba/ORT %.2f" % table["npseg-numba"]["vs_onnxruntime"])
+
+
+if __name__ == "__main__":
+    main()
