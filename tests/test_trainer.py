@@ -153,14 +153,14 @@ def test_augment_is_seeded_and_keeps_masks_binary():
 
 
 def test_cached_sample_matches_npseg_preprocessing(toy, tmp_path):
-    import npseg.segmenter as S
+    import npseg
 
     _, data = toy
     stems, images, masks, bounds = D.cached_arrays(data, ["img00", "img01"], tmp_path, progress=False)
     frame = cv2.imread(str(data / "images" / "img00.jpg"))
     ds = D.PolypDataset([(stems, images, masks, bounds)])
     x = ds[0][0].numpy()
-    ref = S.Segmenter.preprocess(type("Seg", (), {"input_size": (256, 256)})(), frame)
+    ref = npseg.load("ultraseg-130k", backend="numpy").preprocess(frame)  # the deployed preprocessing
     np.testing.assert_array_equal(x, ref)
 
 

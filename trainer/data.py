@@ -178,8 +178,7 @@ def cached_arrays(root, stems: list[str], cache_dir, skip_bad: bool = False, pro
     stems = [s for s in stems if s in pairs]
     d = Path(cache_dir) / f"{dataset_name(root)}-{_cache_key(root, stems, pairs)}"
     if (d / "done").exists():
-        kept = json.loads((d / "stems.json").read_text())
-        return (kept, *(np.load(d / f"{k}.npy", mmap_mode="r") for k in ("images", "masks", "boundaries")))
+        return _load_cache(d)
     imgs, masks, bounds, kept = [], [], [], []
     it = stems
     if progress:
@@ -208,10 +207,15 @@ def cached_arrays(root, stems: list[str], cache_dir, skip_bad: bool = False, pro
     (tmp / "done").write_text("")
     try:
         os.replace(tmp, d)  # atomic: a concurrent run either sees the finished cache or builds its own
-    except OSError:
+    except OSError:  # another process finished the same cache first
         import shutil
         shutil.rmtree(tmp, ignore_errors=True)
-    return cached_arrays(root, kept, cache_dir, skip_bad=skip_bad, progress=False)
+    return _load_cache(d)
+
+
+def _load_cache(d: Path):
+    kept = json.loads((d / "stems.json").read_text())
+    return (kept, *(np.load(d / f"{k}.npy", mmap_mode="r") for k in ("images", "masks", "boundaries")))
 
 
 # ---------------------------------------------------------------- torch dataset

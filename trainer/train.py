@@ -153,7 +153,8 @@ def train(opts: TrainOptions, resume: bool = False, epochs_override: bool = Fals
     distributed = world > 1
     if opts.device.startswith("cuda"):
         device = torch.device(f"cuda:{local_rank}" if distributed else opts.device)
-        torch.cuda.set_device(device)
+        if distributed:
+            torch.cuda.set_device(device)
     else:
         device = torch.device("cpu")
     if distributed:
