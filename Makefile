@@ -15,8 +15,16 @@ install:
 test: install
 	$(PY) -m pytest -q
 
+# DATA: the shared data folder, a dataset folder with images/, or any folder of frames.
 demo: install-runtime
-	$(PY) -m npseg.cli segment $(DATA)/kvasir-seg/images --limit 12 --out $(OUT)
+	@for dir in "$(DATA)/kvasir-seg/images" "$(DATA)/images" "$(DATA)"; do \
+	  if [ -d "$$dir" ]; then \
+	    $(PY) -m npseg segment "$$dir" --limit 12 --out "$(OUT)" || exit $$?; \
+	    echo "look at the overlays in $(OUT)/overlays/"; exit 0; \
+	  fi; \
+	done; \
+	echo "make demo: no images at DATA=$(DATA); pass a folder of colonoscopy frames: make demo DATA=/path/to/frames" >&2; \
+	exit 2
 
 bench: install
 	OPENBLAS_NUM_THREADS=1 $(PY) benchmarks/speed.py
