@@ -17,6 +17,7 @@ import pytest
 
 import npseg
 from npseg import WeightsError
+from npseg.cli import main as cli_main  # imported at collection: its default streams stay open
 from npseg.frames import MAX_SIDE, MIN_SIDE
 from npseg.segmenter import BUNDLED_DIR
 from npseg.weights import _metadata_checksum, load, save, tensors_checksum
@@ -316,3 +317,51 @@ def test_any_memory_layout_works_and_the_frame_is_not_modified(model):
 def test_size_limits_are_inclusive(model):
     for h, w in ((MIN_SIDE, MIN_SIDE), (MAX_SIDE, MIN_SIDE)):
         assert model.predict(np.zeros((h, w, 3), np.uint8)).shape == (h, w)
+
+
+# ---- the CLI: every bad input above ends in a one-line message and an exit code, no traceback ----
+
+def run_cli(capsys, *argv) -> tuple[int, str]:
+    code = cli_main(list(argv))  # an uncaught exception here is what a user would see as a traceback
+    return code, capsys.readouterr().err
+
+
+@pytest.mark.parametrize("name", list(BAD_FILES))
+def test_cli_reports_a_bad_weights_file_in_one_line(valid_file, base_weights, tmp_path, capsys, name):
+    make, fragment = BAD_FILES[name]
+    path = tmp_path / "bad.safetensors"
+    path.write_bytes(make(valid_file, base_weights, tmp_path))
+    code, err = run_cli(capsys, "info", str(path))
+    assert code == 2 and err.startswith("npseg: error: ") and fragment in err
+
+
+CLI_BUG = pytest.mark.xfail(raises=ValueError, strict=False,
+                            reason="npseg/cli.py lets predict's ValueError for a refused frame escape (reported)")
+
+
+@pytest.mark.parametrize("shape", [
+    pytest.param((8, 8, 3), marks=CLI_BUG, id="tiny image"),
+    pytest.param((MAX_SIDE + 8, 16, 3), marks=CLI_BUG, id="huge image"),
+    pytest.param((64, 64), id="grayscale image"),
+    pytest.param((64, 64, 4), id="BGRA image"),
+])
+def test_cli_segment_never_shows_a_traceback(tmp_path, capsys, shape):
+    image = tmp_path / "in" / "frame.png"
+    image.parent.mkdir()
+    cv2.imwrite(str(image), np.zeros(shape, np.uint8))
+    code, err = run_cli(capsys, "segment", str(image), "--out", str(tmp_path / "out"),
+                        "--backend", "numpy", "--size", "32")
+    assert "Traceback" not in err
+    assert code == 0 or err.startswith("npseg: ")
+
+
+@CLI_BUG
+def test_cli_video_with_tiny_frames_never_shows_a_traceback(tmp_path, capsys):
+    clip = tmp_path / "tiny.avi"
+    writer = cv2.VideoWriter(str(clip), cv2.VideoWriter_fourcc(*"MJPG"), 10, (8, 8))
+    for _ in range(3):
+        writer.write(np.zeros((8, 8, 3), np.uint8))
+    writer.release()
+    code, err = run_cli(capsys, "video", str(clip), "-o", str(tmp_path / "out.avi"),
+                        "--backend", "numpy", "--size", "32")
+    assert code != 0 and err.startswith("npseg: ")
