@@ -396,7 +396,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="npseg", formatter_class=fmt,
         description="Real-time colonoscopy polyp segmentation (UltraSeg) on one CPU core.",
-        epilog="examples:\n  npseg segment frames/ --out results\n  npseg video clip.mp4 -o overlay.mp4\n"
+        epilog="examples:\n  npseg segment frames/ --out results\n  npseg video clip.mp4 -o overlay.avi\n"
                "  npseg info ultraseg-130k\n  npseg bench\n\n" + EXIT_CODES)
     parser.add_argument("--version", action="version", version=f"npseg {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -416,10 +416,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "video", formatter_class=fmt, help="video file or camera -> overlay video",
         description="Segment every frame of a video file (or a camera, by index) and write a video of overlays "
-                    "with the mask outline and an FPS readout. Output by extension: .mp4/.m4v/.mov/.mkv (MPEG-4 "
-                    "Part 2), .avi (Motion JPEG). Stop a camera with Ctrl-C (or q in the window).",
-        epilog="examples:\n  npseg video colonoscopy.mp4 -o overlay.mp4 --smooth 0.5\n"
-               "  npseg video 0 -o live.mp4 --display\n\n" + EXIT_CODES)
+                    "with the mask outline and an FPS readout. Output by extension: .avi/.mkv (Motion JPEG: "
+                    "least CPU, larger files; best for real time) or .mp4/.m4v/.mov (MPEG-4 Part 2: compact, "
+                    "about twice the encoding CPU). Stop a camera with Ctrl-C (or q in the window).",
+        epilog="examples:\n  npseg video colonoscopy.mp4 -o overlay.avi --smooth 0.5\n"
+               "  npseg video 0 -o live.avi --display\n\n" + EXIT_CODES)
     p.add_argument("input", metavar="INPUT", help="video file, or camera index such as 0")
     p.add_argument("-o", "--output", required=True, metavar="OUTPUT", help="overlay video to write")
     p.add_argument("--smooth", type=_smoothing, default=0.0, metavar="ALPHA",

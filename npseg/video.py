@@ -2,7 +2,9 @@
 
 The mask is computed and outlined at the network's resolution and only stretched
 to the frame inside its bounding box, so drawing stays a few ms per frame at
-1280x1024; decoding and encoding are OpenCV's (FFmpeg).
+1280x1024. Decoding is OpenCV's (FFmpeg). Encoding is the costly part: .avi/.mkv
+are Motion JPEG whose frames libjpeg-turbo compresses (cv2.imencode) and FFmpeg
+only packs, about half the CPU of FFmpeg's MPEG-4 encoder used for .mp4/.mov.
 """
 from __future__ import annotations
 
@@ -16,8 +18,9 @@ import numpy as np
 from .overlay import draw_label, draw_overlay
 from .segmenter import Segmenter
 
-# Output container by extension -> FourCC that OpenCV's bundled FFmpeg can encode.
-CODECS = {".mp4": "mp4v", ".m4v": "mp4v", ".mov": "mp4v", ".avi": "MJPG", ".mkv": "mp4v"}
+# Output container by extension -> codec (FourCC) that OpenCV's bundled FFmpeg can write.
+CODECS = {".avi": "MJPG", ".mkv": "MJPG", ".mp4": "mp4v", ".m4v": "mp4v", ".mov": "mp4v"}
+JPEG_QUALITY = 85
 DEFAULT_FPS = 30.0
 
 
@@ -61,16 +64,36 @@ def open_input(source: str) -> tuple[cv2.VideoCapture, bool]:
     return cap, is_camera
 
 
-def open_output(path: str, fps: float, width: int, height: int) -> cv2.VideoWriter:
-    ext = Path(path).suffix.lower()
-    if ext not in CODECS:
-        raise VideoError(f"{path}: unsupported output extension {ext or '(none)'!r}; use one of {sorted(CODECS)}")
-    if not Path(path).parent.is_dir():
-        raise VideoError(f"{path}: cannot write, folder {str(Path(path).parent)!r} does not exist")
-    writer = cv2.VideoWriter(path, cv2.VideoWriter_fourcc(*CODECS[ext]), fps, (width, height))
-    if not writer.isOpened():
-        raise VideoError(f"{path}: cannot write a video there (permissions?)")
-    return writer
+class VideoOutput:
+    """An overlay video file; Motion JPEG frames are compressed here and passed to FFmpeg
+    as ready packets (VIDEOWRITER_PROP_RAW_VIDEO) when this OpenCV supports it."""
+
+    def __init__(self, path: str, fps: float, width: int, height: int):
+        ext = Path(path).suffix.lower()
+        if ext not in CODECS:
+            raise VideoError(f"{path}: unsupported output extension {ext or '(none)'!r}; use one of {sorted(CODECS)}")
+        if not Path(path).parent.is_dir():
+            raise VideoError(f"{path}: cannot write, folder {str(Path(path).parent)!r} does not exist")
+        fourcc = cv2.VideoWriter_fourcc(*CODECS[ext])
+        self.packets = False
+        if CODECS[ext] == "MJPG" and hasattr(cv2, "VIDEOWRITER_PROP_RAW_VIDEO"):
+            self._writer = cv2.VideoWriter(path, cv2.CAP_FFMPEG, fourcc, fps, (width, height),
+                                           [cv2.VIDEOWRITER_PROP_RAW_VIDEO, 1])
+            self.packets = self._writer.isOpened() and self._writer.set(cv2.VIDEOWRITER_PROP_KEY_FLAG, 1)
+        if not self.packets:
+            self._writer = cv2.VideoWriter(path, cv2.CAP_FFMPEG, fourcc, fps, (width, height))
+        if not self._writer.isOpened():
+            raise VideoError(f"{path}: cannot write a video there (permissions?)")
+
+    def write(self, frame: np.ndarray) -> None:
+        if self.packets:
+            ok, jpeg = cv2.imencode(".jpg", frame, [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
+            self._writer.write(jpeg.reshape(1, -1))
+        else:
+            self._writer.write(frame)
+
+    def release(self) -> None:
+        self._writer.release()
 
 
 @dataclass
@@ -114,7 +137,7 @@ def run(model: Segmenter, source: str, output: str, smooth: float = 0.0, thresho
         if max_frames is not None:
             total = min(total or max_frames, max_frames)
         height, width = frame.shape[:2]
-        writer = open_output(output, fps_in, width, height)
+        writer = VideoOutput(output, fps_in, width, height)
         if display:
             _open_window()
             window = True
