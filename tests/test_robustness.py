@@ -258,6 +258,11 @@ def test_bad_weights_path_is_refused(tmp_path, name):
     assert fragment in str(info.value)
 
 
+def test_the_published_pth_checkpoint_is_refused_unread(upstream_dir):
+    with pytest.raises(WeightsError, match="never unpickles"):
+        load(upstream_dir / "best-ultraseg-130K.pth")
+
+
 def test_the_table_is_big_enough():
     assert len(BAD_FRAMES) + len(BAD_FILES) + len(BAD_PATHS) >= 25
 
