@@ -1,0 +1,106 @@
+"""The Numba engine as a whole: numba vs numpy vs torch, golden logits, and proof that it is the default.
+
+Random weights and random BN statistics (conftest.random_torch_model), random
+input sizes (multiples of 16 from 32 to 256), 108K and 130K graphs. Logits must
+agree within 1e-4 relative to their scale: max|a - b| <= 1e-4 * max|ref|. The
+engine's GELU and sigmoid are the fast rational forms, so this bounds them too.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+pytest.importorskip("numba")
+torch = pytest.importorskip("torch")
+
+import npseg  # noqa: E402
+from conftest import random_torch_model, write_weights  # noqa: E402
+from npseg.engine_numba import NumbaEngine  # noqa: E402
+from npseg.ops import conv, heads  # noqa: E402
+
+TOL = 1e-4
+SIZES = st.integers(2, 16).map(lambda k: 16 * k)
+
+
+@pytest.fixture(scope="module", params=["ultraseg-108k", "ultraseg-130k"])
+def trio(request, tmp_path_factory):
+    """(torch model, numba Segmenter, numpy Segmenter) on the same random weights."""
+    model = random_torch_model(request.param, seed=11)
+    path = write_weights(model, tmp_path_factory.mktemp("w") / f"{request.param}.safetensors")
+    return model, npseg.load(path, backend="numba"), npseg.load(path, backend="numpy")
+
+
+def relative_error(ours, ref):
+    return float(np.abs(ours - ref).max() / np.abs(ref).max())
+
+
+@settings(max_examples=5, deadline=None)
+@given(h=SIZES, w=SIZES, seed=st.integers(0, 2**31))
+def test_numba_matches_numpy_and_torch(trio, h, w, seed):
+    model, fast, reference = trio
+    x = np.random.default_rng(seed).random((3, h, w), dtype=np.float32)
+    with torch.no_grad():
+        ref_torch = model(torch.from_numpy(x)[None])[0].numpy()
+    ours = fast._engine.forward(x)
+    ref_numpy = reference._engine.forward(x)
+    assert ours.shape == ref_torch.shape == (2, h, w) and ours.dtype == np.float32
+    assert np.abs(ref_torch).max() > 1e-3, "degenerate logits would make the comparison vacuous"
+    assert relative_error(ours, ref_numpy) <= TOL
+    assert relative_error(ours, ref_torch) <= TOL
+
+
+def test_forward_returns_fresh_arrays_and_plans_per_size(trio):
+    _, fast, _ = trio
+    rng = np.random.default_rng(3)
+    a, b = rng.random((3, 64, 96), dtype=np.float32), rng.random((3, 32, 32), dtype=np.float32)
+    out_a = fast._engine.forward(a)
+    out_b = fast._engine.forward(b)
+    again = fast._engine.forward(a)
+    np.testing.assert_array_equal(out_a, again)  # deterministic, and not overwritten by later calls
+    assert out_b.shape == (2, 32, 32)
+    assert {(64, 96), (32, 32)} <= set(fast._engine._plans)
+
+
+def test_rejects_sizes_that_are_not_multiples_of_16(trio):
+    _, fast, _ = trio
+    with pytest.raises(ValueError):
+        fast._engine.forward(np.zeros((3, 40, 48), np.float32))
+    with pytest.raises(ValueError):
+        fast._engine.forward(np.zeros((1, 32, 32), np.float32))
+
+
+def test_predict_end_to_end_agrees_with_reference_backend(trio):
+    import cv2
+
+    _, fast, reference = trio
+    frame = cv2.GaussianBlur(np.random.default_rng(5).integers(0, 256, (300, 420, 3), dtype=np.uint8), (0, 0), 6)
+    np.testing.assert_array_equal(fast.preprocess(frame), reference.preprocess(frame))
+    mask, ref_mask = fast.predict(frame), reference.predict(frame)
+    assert mask.shape == (300, 420) and mask.dtype == np.uint8
+    assert (mask == ref_mask).mean() >= 0.999
+    np.testing.assert_allclose(fast.predict_proba(frame), reference.predict_proba(frame), atol=1e-5)
+    np.testing.assert_array_equal(fast.predict(frame, threshold=0.5), reference.predict(frame, threshold=0.5))
+    assert fast.predict(frame) is not mask  # the returned mask is the caller's, not a reused buffer
+
+
+def test_golden_upstream_logits_through_the_default_backend(upstream_weights, upstream_dir):
+    golden = np.load(upstream_dir / "golden_ultraseg130k.npz")
+    seg = npseg.load(upstream_weights)  # no backend argument: the default
+    assert seg.backend == "numba"
+    for key in ("256", "320x384"):
+        outs = np.stack([seg._engine.forward(x) for x in golden[f"inputs_{key}"]])
+        assert np.abs(outs - golden[f"logits_{key}"]).max() <= 1e-4, key
+
+
+def test_numba_is_the_default_and_its_compiled_kernels_run():
+    seg = npseg.load("ultraseg-130k")
+    assert seg.backend == "numba" and npseg.segmenter.default_backend() == "numba"
+    assert isinstance(seg._engine, NumbaEngine) and seg._engine.name == "numba"
+    seg.predict(np.zeros((120, 160, 3), np.uint8))
+    plan = seg._engine.plan(*seg.input_size)
+    kernels = {step.func for step in plan.steps if step.func is not np.dot}
+    assert conv.conv3x3_nb in kernels and heads.gate_head_nb in kernels
+    for kernel in kernels:  # every other step is a Numba dispatcher that has compiled (or loaded) machine code
+        assert isinstance(kernel, type(conv.conv3x3_nb)) and kernel.signatures, kernel
