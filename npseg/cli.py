@@ -3,7 +3,8 @@
 Exit codes (stable, for scripts):
   0    success
   1    runtime failure: the run started but not everything was produced
-       (an image that could not be decoded, a write that failed mid-run)
+       (an image that could not be decoded or is too small/large for predict,
+       a write that failed mid-run)
   2    usage or bad input: bad arguments, a missing or unreadable input,
        unknown or invalid weights, an output path that cannot be written
   130  interrupted (Ctrl-C); `npseg video` instead stops cleanly and exits 0
@@ -169,15 +170,17 @@ def _writable_dir(path: Path) -> Path:
 
 # ---------------------------------------------------------------- segment
 
-def collect_images(paths: list[str]) -> list[tuple[Path, Path]]:
+def collect_images(paths: list[str], out: Path) -> list[tuple[Path, Path]]:
     """(image file, output name without suffix) for every input: files as given,
-    folders searched recursively for image files (sorted, so runs are repeatable)."""
+    folders searched recursively for image files (sorted, so runs are repeatable),
+    leaving out the output folder should it lie inside an input folder."""
+    out = out.resolve()
     found = []
     for text in paths:
         path = Path(text)
         if path.is_dir():
             files = sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_EXTS and p.is_file()
-                           and not p.name.startswith("."))
+                           and not p.name.startswith(".") and out not in p.resolve().parents)
             if not files:
                 raise CliError(f"{text}: no image files ({', '.join(sorted(IMAGE_EXTS))}) in this folder")
             found += [(p, p.relative_to(path).with_suffix("")) for p in files]
@@ -215,8 +218,8 @@ def _write_image(path: Path, image: np.ndarray, params=()) -> None:
 def cmd_segment(args) -> int:
     from .overlay import draw_overlay
 
-    images = collect_images(args.paths)[: args.limit]
     out = Path(args.out)
+    images = collect_images(args.paths, out)[: args.limit]
     mask_dir, overlay_dir = _writable_dir(out / "masks"), _writable_dir(out / "overlays")
     model = _load_model(args)
     t0 = time.perf_counter()
@@ -234,7 +237,13 @@ def cmd_segment(args) -> int:
                 warn(f"{image_path}: cannot read or decode this image; skipped")
                 continue
             t0 = time.perf_counter()
-            mask = model.predict(frame, threshold=args.threshold)
+            try:
+                mask = model.predict(frame, threshold=args.threshold)
+            except ValueError as e:  # a frame predict refuses (too small or too large): its message says why
+                skipped.append(image_path)
+                progress.close()
+                warn(f"{image_path}: {e}; skipped")
+                continue
             model_s += time.perf_counter() - t0
             _write_image(mask_dir / f"{name}.png", mask * np.uint8(255))
             _write_image(overlay_dir / f"{name}.jpg", draw_overlay(frame, mask), (cv2.IMWRITE_JPEG_QUALITY, 90))
@@ -250,7 +259,7 @@ def cmd_segment(args) -> int:
         print(f"masks:    {mask_dir}/  (PNG, 0 = background, 255 = polyp)")
         print(f"overlays: {overlay_dir}/  (JPEG)")
     if skipped:
-        print(f"skipped {len(skipped)} unreadable image(s), listed on stderr")
+        print(f"skipped {len(skipped)} image(s) that could not be segmented, listed on stderr")
         return RUNTIME_FAILURE
     return OK
 

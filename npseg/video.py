@@ -142,7 +142,10 @@ def run(model: Segmenter, source: str, output: str, smooth: float = 0.0, thresho
             _open_window()
             window = True
         masks = MaskStream(model, smooth, threshold)
-        model.logits(frame)  # warm-up (JIT, buffers) outside the timed loop
+        try:
+            model.logits(frame)  # warm-up (JIT, buffers) outside the timed loop; checks the frame size
+        except ValueError as e:
+            raise VideoError(f"{source}: {e}") from None
         frames, seg_cpu, recent = 0, 0.0, []
         start, start_cpu = time.perf_counter(), time.process_time()
         try:

@@ -97,6 +97,21 @@ def test_segment_skips_undecodable_image_and_exits_1(image_folder, tmp_path, cap
     assert len(list((tmp_path / "out" / "masks").rglob("*.png"))) == N_IMAGES
 
 
+def test_segment_skips_frame_predict_refuses(tmp_path, capsys):
+    cv2.imwrite(str(tmp_path / "tiny.png"), np.zeros((8, 8, 3), np.uint8))
+    assert main(["segment", str(tmp_path / "tiny.png"), "--out", str(tmp_path / "out"), "--backend", BACKEND]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "too small" in err[0]
+
+
+def test_segment_ignores_its_own_output_inside_the_input_folder(image_folder, tmp_path, capsys):
+    folder = tmp_path / "in"
+    shutil.copytree(image_folder, folder)
+    for _ in range(2):  # the second run must not segment the first run's overlays
+        assert main(["segment", str(folder), "--out", str(folder / "results"), "--backend", BACKEND]) == 0
+    assert f"segmented {N_IMAGES} image(s)" in capsys.readouterr().out.splitlines()[-3]
+
+
 def test_video_writes_every_frame(clip, tmp_path, capsys):
     out = tmp_path / "overlay.mp4"
     assert main(["video", str(clip), "-o", str(out), "--backend", BACKEND]) == 0
@@ -156,6 +171,11 @@ def _bad_inputs(tmp: Path) -> dict[str, list[str]]:
     (tmp / "truncated.safetensors").write_bytes((REPO / "weights" / "ultraseg-130k.safetensors").read_bytes()[:5000])
     (tmp / "model.pth").write_bytes(b"PK\x03\x04 zip checkpoint")
     (tmp / "clip.mp4").write_text("not a video")
+    tiny = str(tmp / "tiny.avi")
+    writer = cv2.VideoWriter(tiny, cv2.VideoWriter_fourcc(*"MJPG"), 25, (8, 8))
+    for _ in range(2):
+        writer.write(np.zeros((8, 8, 3), np.uint8))
+    writer.release()
     frame = str(tmp / "frame.png")
     cv2.imwrite(frame, np.zeros((64, 64, 3), np.uint8))
     video = str(tmp / "two_frames.avi")
@@ -174,6 +194,7 @@ def _bad_inputs(tmp: Path) -> dict[str, list[str]]:
         "missing video": ["video", str(tmp / "nope.mp4"), "-o", str(tmp / "o.mp4")],
         "not a video": ["video", str(tmp / "clip.mp4"), "-o", str(tmp / "o.mp4")],
         "video output folder missing": ["video", video, "-o", str(tmp / "no" / "o.mp4")],
+        "video frames too small": ["video", tiny, "-o", str(tmp / "o.avi")],
         "info of a .pth": ["info", str(tmp / "model.pth")],
         "info of a missing file": ["info", str(tmp / "nope.safetensors")],
     }
@@ -181,7 +202,7 @@ def _bad_inputs(tmp: Path) -> dict[str, list[str]]:
 
 BAD_CASES = ("missing image", "non-image file", "folder without images", "unknown weights name",
              "truncated weights", "unknown backend", "unwritable output", "missing video", "not a video",
-             "video output folder missing", "info of a .pth", "info of a missing file")
+             "video output folder missing", "video frames too small", "info of a .pth", "info of a missing file")
 
 
 @pytest.mark.parametrize("case", BAD_CASES)
