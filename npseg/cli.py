@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -338,30 +339,37 @@ def cmd_info(args) -> int:
 
 # ---------------------------------------------------------------- bench
 
-def _pin_to_one_core() -> str:
-    """Pin every thread of this process (BLAS pools included) to one CPU; Linux only."""
-    if not hasattr(os, "sched_setaffinity"):
-        return "not pinned (no CPU affinity on this OS)"
+def _one_core_rerun(argv: list[str]) -> int | None:
+    """Run this command again in a child process restricted to one CPU, unless this process
+    already is. Pinning a running process is not enough: thread pools (OpenBLAS, which
+    Numba's np.dot calls) sized themselves at import from the CPUs then allowed, and
+    their threads would fight over the one core. Linux only; elsewhere None."""
+    if not hasattr(os, "sched_setaffinity") or len(os.sched_getaffinity(0)) == 1:
+        return None
     cpu = min(os.sched_getaffinity(0))
-    for tid in os.listdir("/proc/self/task"):
-        try:
-            os.sched_setaffinity(int(tid), {cpu})
-        except OSError:
-            pass  # a thread that ended meanwhile
-    return f"pinned to CPU {cpu}"
+    env = dict(os.environ, OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    return subprocess.call([sys.executable, "-m", "npseg", *argv], env=env,
+                           preexec_fn=lambda: os.sched_setaffinity(0, {cpu}))
 
 
-def _timed(fn, seconds: float) -> list[float]:
-    times, deadline = [], time.perf_counter() + seconds
-    while time.perf_counter() < deadline or len(times) < 5:
-        t0 = time.perf_counter()
+def _timed(fn, seconds: float) -> tuple[np.ndarray, np.ndarray]:
+    """Wall and CPU milliseconds per call (CPU time is the figure to trust on a shared core)."""
+    wall, cpu, deadline = [], [], time.perf_counter() + seconds
+    while time.perf_counter() < deadline or len(wall) < 5:
+        t0, c0 = time.perf_counter(), time.process_time()
         fn()
-        times.append(time.perf_counter() - t0)
-    return times
+        wall.append(time.perf_counter() - t0)
+        cpu.append(time.process_time() - c0)
+    return 1000 * np.array(wall), 1000 * np.array(cpu)
 
 
 def cmd_bench(args) -> int:
-    pinned = _pin_to_one_core() if args.pin else "not pinned (--no-pin)"
+    if args.pin:
+        code = _one_core_rerun(args.argv)
+        if code is not None:
+            return code
+    cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
+    where = f"on CPU {cpus[0]} only" if len(cpus) == 1 else f"not pinned ({len(cpus) or 'all'} CPUs)"
     model = _load_model(args)
     height, width = args.frame_size
     rng = np.random.default_rng(0)
@@ -369,14 +377,14 @@ def cmd_bench(args) -> int:
     t0 = time.perf_counter()
     model.predict(frame)
     first_s = time.perf_counter() - t0
-    print(f"npseg {__version__}: {_describe(model)}, {pinned}")
+    print(f"npseg {__version__}: {_describe(model)}, {where}")
     print(f"first call (compile / warm-up): {first_s:.2f} s")
     net_h, net_w = model.input_size
     small = np.ascontiguousarray(cv2.resize(frame, (net_w, net_h)))  # no resizing: about the network alone
     for label, image in ((f"predict, {height}x{width} frame", frame), (f"predict, {net_h}x{net_w} frame", small)):
-        ms = 1000 * np.array(_timed(lambda: model.predict(image), args.seconds / 2))
-        print(f"{label + ':':30s} median {np.median(ms):6.2f} ms  p90 {np.percentile(ms, 90):6.2f} ms  "
-              f"-> {1000 / np.median(ms):6.1f} FPS  ({ms.size} runs)")
+        wall, cpu = _timed(lambda: model.predict(image), args.seconds / 2)
+        print(f"{label + ':':30s} median {np.median(wall):6.2f} ms  p90 {np.percentile(wall, 90):6.2f} ms  "
+              f"-> {1000 / np.median(wall):6.1f} FPS  (CPU time median {np.median(cpu):.2f} ms; {wall.size} runs)")
     return OK
 
 
@@ -454,14 +462,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "bench", formatter_class=fmt, help="quick single-core speed check",
-        description="Time predict() on a synthetic frame with this machine's engine, pinned to one CPU core "
-                    "(Linux), after a warm-up call (which includes Numba compilation on a cold cache).",
+        description="Time predict() on a synthetic frame with this machine's engine on one CPU core (Linux: "
+                    "re-runs itself restricted to one CPU, BLAS with one thread), after a warm-up call (which "
+                    "includes Numba compilation on a cold cache).",
         epilog="examples:\n  npseg bench\n  npseg bench --backend numpy --seconds 2 --frame-size 1080x1920\n\n"
                + EXIT_CODES)
     p.add_argument("--seconds", type=_seconds, default=3.0, metavar="S", help="time to spend measuring (default 3)")
     p.add_argument("--frame-size", type=_frame_size, default=(1024, 1280), metavar="HxW",
                    help="frame size handed to predict (default 1024x1280)")
-    p.add_argument("--no-pin", dest="pin", action="store_false", help="do not pin to one CPU core")
+    p.add_argument("--no-pin", dest="pin", action="store_false",
+                   help="run in this process on whatever CPUs it may use")
     _add_model_options(p, threshold=False)
     p.set_defaults(run=cmd_bench)
     return parser
@@ -473,6 +483,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
     parser = build_parser()
     args = parser.parse_args(argv)  # usage errors: argparse prints usage + error and exits 2
+    args.argv = sys.argv[1:] if argv is None else list(argv)
     if args.command is None:
         parser.print_help(sys.stderr)
         return BAD_INPUT
