@@ -47,6 +47,8 @@ DEFAULT_PREPROCESSING = {
 _MAX_HEADER_BYTES = 16 * 1024 * 1024
 _MAX_FILE_BYTES = 1 << 30  # the widest variant (4M parameters) is ~20 MB
 _DTYPES = {"F32": np.float32}
+_GROUPNORM_GROUPS = 4  # = npseg.reference.GN_GROUPS (not imported: the trainer's exporter stays light)
+_CLASSES = 2  # predict() takes the softmax / argmax of a background and a polyp logit
 _REQUIRED_FIELDS = ("format", "format_version", "architecture", "config", "input_size", "preprocessing",
                     "provenance", "metrics", "tensors_sha256")
 _KNOWN_FIELDS = frozenset(_REQUIRED_FIELDS) | {"metadata_sha256"}
@@ -117,11 +119,25 @@ def _check_values(tensors: dict[str, np.ndarray], source: str) -> None:
         )
 
 
+def _check_runnable(cfg: UltraSegConfig, source: str) -> None:
+    """Refuse configs the engines cannot run, before any engine sees them."""
+    problems = []
+    if cfg.out_ch != _CLASSES:
+        problems.append(f"out_ch is {cfg.out_ch}, npseg segments {_CLASSES} classes (background, polyp)")
+    uneven = [c for c in cfg.widths[:4] if c % _GROUPNORM_GROUPS]
+    if uneven:
+        problems.append(f"widths {list(cfg.widths)}: c0..c3 must be multiples of {_GROUPNORM_GROUPS} "
+                        f"(GroupNorm with {_GROUPNORM_GROUPS} groups), not {uneven}")
+    if problems:
+        raise WeightsError(f"{source}: config {cfg.name!r} cannot run in npseg: " + "; ".join(problems))
+
+
 def save(path: str | os.PathLike, weights: Weights) -> None:
     """Write `weights` as an npseg safetensors file (used by the trainer's exporter)."""
     from safetensors.numpy import save_file  # writing only; loading parses the format itself
 
     tensors = {k: np.array(v, dtype=np.float32, order="C") for k, v in weights.tensors.items()}  # keeps 0-d scalars 0-d
+    _check_runnable(weights.config, str(path))
     check_tensors(weights.config, tensors, str(path))
     _check_values(tensors, str(path))
     meta = {
@@ -301,6 +317,7 @@ def _parse_config(meta: dict, source: str) -> UltraSegConfig:
             and is_size(config.out_ch) and is_size(config.gsa_grid)):
         raise WeightsError(f"{source}: metadata 'config' is invalid (a name, positive integer widths, "
                            f"out_ch and gsa_grid, boolean flags expected): {d}")
+    _check_runnable(config, source)
     return config
 
 

@@ -25,7 +25,9 @@ from hypothesis.extra import numpy as hnp
 import npseg
 from npseg import WeightsError
 from npseg.segmenter import BUNDLED_DIR, _engines
-from npseg.weights import load, save
+from npseg.config import UltraSegConfig
+from npseg.tensor_spec import expected_tensors
+from npseg.weights import Weights, load, save
 
 BACKENDS = sorted(_engines())
 FUZZ = settings(deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
@@ -106,6 +108,32 @@ def test_engine_refuses_or_handles_any_input_shape(backend, shape):
     except (ValueError, TypeError, IndexError, AssertionError):
         return
     assert out.shape == (model.config.out_ch, *shape[1:])
+
+
+@st.composite
+def configs(draw):
+    """Any UltraSeg config the loader accepts (multiples of 4 for GroupNorm, 12 where EDB splits in 3)."""
+    four = st.integers(1, 6).map(lambda k: 4 * k)
+    return UltraSegConfig("fuzz", (draw(four), draw(four), 12 * draw(st.integers(1, 3)), draw(four), draw(four)),
+                          fusion=draw(st.booleans()), learned_res_scale=draw(st.booleans()),
+                          gsa_grid=draw(st.integers(1, 9)))
+
+
+@settings(FUZZ, max_examples=examples(6))
+@given(cfg=configs(), size=st.integers(1, 4).map(lambda k: 16 * k), seed=st.integers(0, 2**16))
+def test_any_loadable_config_runs_on_every_backend(tmp_path_factory, cfg, size, seed):
+    """Whatever architecture a weights file may declare and pass validation with, every engine runs it."""
+    rng = np.random.default_rng(seed)
+    tensors = {k: (0.2 * rng.standard_normal(s)).astype(np.float32) for k, s in expected_tensors(cfg).items()}
+    for name in tensors:
+        if name.endswith("running_var"):
+            tensors[name] = np.abs(tensors[name]) + 0.5
+    path = tmp_path_factory.mktemp("cfg") / "w.safetensors"
+    save(path, Weights(config=cfg, tensors=tensors))
+    frame = rng.integers(0, 256, (40, 56, 3), dtype=np.uint8)
+    for backend in BACKENDS:
+        mask = npseg.load(path, backend=backend, size=size).predict(frame)
+        assert mask.shape == (40, 56) and mask.dtype == np.uint8
 
 
 _models: dict = {}
