@@ -5,10 +5,11 @@ strides and read-only arrays all work, because cv2.resize copies only when it
 must):
     HxWx3 uint8, BGR channel order (what cv2.imread / cv2.VideoCapture give).
 
-Accepted by a documented conversion (a new HxWx3 uint8 array is returned):
+Accepted by a documented conversion (the caller's array is never modified):
     HxW or HxWx1 uint8 grayscale  -> the gray value copied to B, G and R
                                      (same as cv2.COLOR_GRAY2BGR);
-    HxWx4 uint8 BGRA              -> the alpha channel dropped (cv2.COLOR_BGRA2BGR);
+    HxWx4 uint8 BGRA              -> the alpha channel dropped (as cv2.COLOR_BGRA2BGR;
+                                     a view, no copy);
     float16/32/64 in [0, 1]       -> round(x * 255) to uint8, then the rules above
                                      (8 bits is what the network was trained on).
 
