@@ -341,9 +341,9 @@ def cmd_info(args) -> int:
 
 def _one_core_rerun(argv: list[str]) -> int | None:
     """Run this command again in a child process restricted to one CPU, unless this process
-    already is. Pinning a running process is not enough: thread pools (OpenBLAS, which
-    Numba's np.dot calls) sized themselves at import from the CPUs then allowed, and
-    their threads would fight over the one core. Linux only; elsewhere None."""
+    already is. Pinning a running process is not enough: thread pools (NumPy's OpenBLAS,
+    used by the engine's matrix products) sized themselves at import from the CPUs then
+    allowed, and their threads would fight over the one core. Linux only; elsewhere None."""
     if not hasattr(os, "sched_setaffinity") or len(os.sched_getaffinity(0)) == 1:
         return None
     cpu = min(os.sched_getaffinity(0))
