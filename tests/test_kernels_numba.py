@@ -58,21 +58,22 @@ def test_conv3x3_direct(groups, cin_g, cout_g, h, w, dilation, act, seed):
     rng = np.random.default_rng(seed)
     x, wt, b = rand(rng, groups * cin_g, h, w), rand(rng, groups * cout_g, cin_g, 3, 3), rand(rng, groups * cout_g)
     out = np.zeros((groups * cout_g, h, w), F32)
-    padded = steps.padded_buffer(x, 3)  # the direct path regardless of size
-    run(steps.pad(x, 3, padded) + steps.conv3x3(x, wt, b, out, dilation, act, padded, 3))
+    padded = steps.padded_buffer(x, 3)  # one padded copy of pad 3 serves every dilation
+    run(steps.pad(x, 3, padded) + steps.conv3x3(x, wt, b, out, dilation, act, padded, 3, method="direct"))
     ref = conv2d_ref(*f64(x, wt, b), padding=dilation, dilation=dilation, groups=groups)
     assert_close(out, REF_ACT[act](ref))
 
 
 @SETTINGS
 @given(cin=st.integers(1, 20), cout=st.integers(1, 20), h=st.integers(1, 40), w=st.integers(1, 40),
-       dilation=st.integers(1, 3), act=ACTS, seed=st.integers(0, 2**31))
-def test_conv3x3_dense_either_path(cin, cout, h, w, dilation, act, seed):
-    """Dense convs: im2col + GEMM on small maps, the padded direct kernel on larger ones."""
+       dilation=st.integers(1, 3), act=ACTS, method=st.sampled_from([None, "direct", "gemm"]),
+       seed=st.integers(0, 2**31))
+def test_conv3x3_dense_both_paths(cin, cout, h, w, dilation, act, method, seed):
+    """Dense convs: im2col + GEMM, the direct kernel, and the size-based choice between them."""
     rng = np.random.default_rng(seed)
     x, wt, b = rand(rng, cin, h, w), rand(rng, cout, cin, 3, 3), rand(rng, cout)
     out = np.zeros((cout, h, w), F32)
-    run(steps.conv3x3(x, wt, b, out, dilation, act))
+    run(steps.conv3x3(x, wt, b, out, dilation, act, method=method))
     ref = conv2d_ref(*f64(x, wt, b), padding=dilation, dilation=dilation)
     assert_close(out, REF_ACT[act](ref))
 

@@ -29,9 +29,10 @@ def softmax_channels_ref(x):
 # libm erf/exp are scalar calls (~10 ns each); these clamped rational forms vectorise.
 # Coefficients: a minimax fit (linear programming, differential correction) of
 # erf(x)/x and tanh(x)/x as P(x^2)/Q(x^2) with Q > 0 (no poles), done for npseg.
-# erf is evaluated in float64 (fit error 4e-8): with float32 evaluation its ~4e-7 error
-# doubled the engine's distance to the float64 reference and to the golden logits.
-# tanh (sigmoid = (1 + tanh(x/2)) / 2) runs in float32, max abs error 3.9e-7.
+# Both are evaluated in float64 (fit errors: erf 4e-8, tanh 6e-8): in float32 their ~4e-7
+# errors, multiplied by activations of 10-40 in the gates, doubled the engine's distance
+# to the float64 reference and pushed the golden-logits check past its 1e-4.
+# sigmoid(x) = (1 + tanh(x/2)) / 2.
 import numpy as _np  # noqa: E402
 
 from ._jit import ACT_GELU, ACT_RELU, kernel  # noqa: E402
@@ -41,10 +42,10 @@ ERF_CLAMP = 3.95  # erf(3.95) = 1 - 1.7e-8
 E0, E1, E2, E3 = 1.1283791593818406, 0.13265133133118223, 0.043269316232662426, 0.0012579956823504487
 E4, E5, E6, E7 = 0.00013166995580783924, -3.8167725958213749e-06, 8.631444662989002e-08, -9.0434895767451706e-10
 EQ1, EQ2, EQ3, EQ4 = 0.45089255467838713, 0.088643774536668607, 0.009382807571057479, 0.00048694061543309207
-TANH_CLAMP = _f(9.0)  # tanh(9) = 1 - 3e-8
-T0, T1, T2, T3 = _f(0.99999993197913628), _f(0.12925399348064853), _f(0.0029266525731764907), _f(9.30275834782048e-06)
-T4, T5, T6 = _f(-1.278183213850525e-08), _f(1.760187316567514e-11), _f(3.0566599709345448e-15)
-TQ1, TQ2, TQ3 = _f(0.46258715682739354), _f(0.023789371200495301), _f(0.00022879948778867752)
+TANH_CLAMP = 9.0  # tanh(9) = 1 - 3e-8
+T0, T1, T2, T3 = 0.99999993743177185, 0.12375664153302507, 0.0022986402459540065, 2.130219776871871e-06
+T4, T5, T6, T7 = 2.2782888521576532e-08, -2.2971463080801434e-10, 1.269893476048563e-12, -3.1382097881642672e-15
+TQ1, TQ2, TQ3 = 0.45708941102553652, 0.02132929721460651, 0.00013430216070434264
 HALF, ONE = _f(0.5), _f(1.0)
 
 
@@ -60,10 +61,11 @@ def erf_fast(x):
 
 @kernel
 def tanh_fast(x):
+    """tanh of a float64, |error| < 7e-8."""
     x = min(max(x, -TANH_CLAMP), TANH_CLAMP)
     t = x * x
-    p = ((((((T6 * t + T5) * t + T4) * t + T3) * t + T2) * t + T1) * t + T0)
-    q = (((TQ3 * t + TQ2) * t + TQ1) * t + ONE)
+    p = (((((((T7 * t + T6) * t + T5) * t + T4) * t + T3) * t + T2) * t + T1) * t + T0)
+    q = (((TQ3 * t + TQ2) * t + TQ1) * t + 1.0)
     return x * p / q
 
 
@@ -76,7 +78,8 @@ def gelu_fast(x):
 
 @kernel
 def sigmoid_fast(x):
-    return HALF + HALF * tanh_fast(HALF * x)
+    """sigmoid of a float32, to about one float32 ulp."""
+    return _f(0.5 + 0.5 * tanh_fast(0.5 * _np.float64(x)))
 
 
 @kernel

@@ -110,25 +110,23 @@ def conv3x3_nb(padded, pad, w, b, dilation, act, out):
 
 
 @kernel
-def im2col3x3_nb(src, dilation, cols):
-    """cols[ci*9 + ky*3 + kx, y*W + x] = src[ci, y + (ky-1)d, x + (kx-1)d], zero outside: a 3x3
-    conv becomes one GEMM with the weight viewed as [Cout, Cin*9] (wins at small spatial sizes)."""
-    cin, h, width = src.shape
+def im2col3x3_nb(padded, pad, dilation, h, width, cols):
+    """cols[ci*9 + ky*3 + kx, y*W + x] = x[ci, y + (ky-1)d, x + (kx-1)d] (zero outside) for an
+    H x W map held in pad_nb's buffer, so every row is a run of contiguous copies. A dense
+    3x3 conv becomes one GEMM with the weight viewed as [Cout, Cin*9]."""
+    cin = padded.shape[0]
+    wp = width + 2 * pad
     d = dilation
     for ci in range(cin):
+        plane = padded[ci]
         for ky in range(3):
             for kx in range(3):
-                r = ci * 9 + ky * 3 + kx
+                row = cols[ci * 9 + ky * 3 + kx]
                 for y in range(h):
-                    row = cols[r, y * width:(y + 1) * width]
-                    yy = y + (ky - 1) * d
-                    if yy < 0 or yy >= h:
-                        row[:] = 0.0
-                        continue
-                    line = src[ci, yy]
+                    s = (y + pad + (ky - 1) * d) * wp + pad + (kx - 1) * d
+                    src, dst = plane[s:s + width], row[y * width:(y + 1) * width]
                     for x in range(width):
-                        xx = x + (kx - 1) * d
-                        row[x] = line[xx] if 0 <= xx < width else 0.0
+                        dst[x] = src[x]
 
 
 @kernel

@@ -19,7 +19,10 @@ from .resize import max_pool2x2_nb, resize_bilinear_ac_nb
 
 F32 = np.float32
 GEMM_MIN_CIN = 48  # 1x1 convs with at least this many inputs go to np.dot (OpenBLAS)
-GEMM_MAX_PIXELS = 32 * 32  # dense 3x3 convs on maps this small: im2col + np.dot
+# dense 3x3 convs with this many outputs, or on maps this small: im2col + np.dot (measured:
+# 16->48 at 64x64 1.2 vs 2.0 ms; 3->8 at 256x256 stays direct, 1.0 vs 1.9 ms)
+GEMM_MIN_COUT = 16
+GEMM_MAX_PIXELS = 32 * 32
 
 
 class ShapeError(ValueError):
@@ -72,11 +75,12 @@ def pad(src, pad_width, padded):
     return [partial(pad_nb, src, int(pad_width), padded)]
 
 
-def conv3x3(src, w, b, out, dilation=1, act=ACT_NONE, padded=None, pad_width=None):
-    """Grouped/dilated 3x3 conv (padding = dilation) + bias + act; im2col + GEMM for small dense maps.
+def conv3x3(src, w, b, out, dilation=1, act=ACT_NONE, padded=None, pad_width=None, method=None):
+    """Grouped/dilated 3x3 conv (padding = dilation) + bias + act; dense ones mostly as im2col + GEMM.
 
     With `padded` (a buffer filled by a pad step with `pad_width` >= dilation) the
     conv reads it and adds no pad step: convs of one input share one padded copy.
+    `method` ("direct" / "gemm", dense only) overrides the size-based choice.
     """
     _arrays(src, w, b, out)
     _need(src.ndim == 3 and w.ndim == 4 and w.shape[2:] == (3, 3), f"conv3x3: x {src.shape}, w {w.shape}")
@@ -86,19 +90,22 @@ def conv3x3(src, w, b, out, dilation=1, act=ACT_NONE, padded=None, pad_width=Non
           f"conv3x3: {cin} input channels do not fit weight {w.shape}")
     _need(b.shape == (cout,) and out.shape == (cout, h, width), f"conv3x3: bias {b.shape}, out {out.shape}")
     _need(dilation in (1, 2, 3), f"conv3x3: dilation must be 1, 2 or 3, got {dilation}")
-    if padded is None and cin_g == cin and h * width <= GEMM_MAX_PIXELS:
-        cols = np.empty((cin * 9, h * width), dtype=F32)
-        w2 = np.ascontiguousarray(w.reshape(cout, cin * 9))
-        return ([partial(im2col3x3_nb, src, dilation, cols), partial(np.dot, w2, cols, out.reshape(cout, -1))]
-                + affine_act(out, np.ones(cout, F32), b, act))
     prologue = []
     if padded is None:
         pad_width = dilation
         padded = padded_buffer(src, pad_width)
         prologue = pad(src, pad_width, padded)
     _arrays(padded)
-    _need(pad_width >= dilation and padded.shape == padded_buffer(src, pad_width).shape,
-          "conv3x3: padded buffer does not fit")
+    _need(isinstance(pad_width, int) and pad_width >= dilation
+          and padded.shape == padded_buffer(src, pad_width).shape, "conv3x3: padded buffer does not fit")
+    _need(method in (None, "direct", "gemm") and (method != "gemm" or cin_g == cin), f"conv3x3: method {method}")
+    if method is None:
+        method = "gemm" if cin_g == cin and (cout >= GEMM_MIN_COUT or h * width <= GEMM_MAX_PIXELS) else "direct"
+    if method == "gemm":
+        cols = np.empty((cin * 9, h * width), dtype=F32)
+        w2 = np.ascontiguousarray(w.reshape(cout, cin * 9))
+        return prologue + [partial(im2col3x3_nb, padded, int(pad_width), int(dilation), h, width, cols),
+                           partial(np.dot, w2, cols, out.reshape(cout, -1))] + affine_act(out, np.ones(cout, F32), b, act)
     return prologue + [partial(conv3x3_nb, padded, int(pad_width), w, b, int(dilation), _act(act), out)]
 
 
