@@ -478,9 +478,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    # Our one-line errors say what went wrong; FFmpeg's own log lines (e.g. "moov atom not
-    # found") would only add noise. Set OPENCV_FFMPEG_LOGLEVEL=32 to see them again.
+    # Our one-line errors say what went wrong; OpenCV's and FFmpeg's own log lines ("can't
+    # open camera by index", "moov atom not found") would only add noise. To see them again:
+    # OPENCV_LOG_LEVEL=INFO OPENCV_FFMPEG_LOGLEVEL=32 npseg ...
     os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
+    if "OPENCV_LOG_LEVEL" not in os.environ:
+        cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
     parser = build_parser()
     args = parser.parse_args(argv)  # usage errors: argparse prints usage + error and exits 2
     args.argv = sys.argv[1:] if argv is None else list(argv)

@@ -1,6 +1,7 @@
 """The `npseg` command: outputs on real frames and videos, and one-line errors with exit codes."""
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 import sys
@@ -197,6 +198,7 @@ def _bad_inputs(tmp: Path) -> dict[str, list[str]]:
         "not a video": ["video", str(tmp / "clip.mp4"), "-o", str(tmp / "o.mp4")],
         "video output folder missing": ["video", video, "-o", str(tmp / "no" / "o.mp4")],
         "video frames too small": ["video", tiny, "-o", str(tmp / "o.avi")],
+        "camera that is not there": ["video", "9", "-o", str(tmp / "o.avi")],
         "info of a .pth": ["info", str(tmp / "model.pth")],
         "info of a missing file": ["info", str(tmp / "nope.safetensors")],
     }
@@ -204,7 +206,8 @@ def _bad_inputs(tmp: Path) -> dict[str, list[str]]:
 
 BAD_CASES = ("missing image", "non-image file", "folder without images", "unknown weights name",
              "truncated weights", "unknown backend", "unwritable output", "missing video", "not a video",
-             "video output folder missing", "video frames too small", "info of a .pth", "info of a missing file")
+             "video output folder missing", "video frames too small", "camera that is not there",
+             "info of a .pth", "info of a missing file")
 
 
 @pytest.mark.parametrize("case", BAD_CASES)
@@ -220,6 +223,13 @@ def test_bad_input_is_one_line_and_exit_2(case, tmp_path, capsys):
 def test_video_output_extension_checked(clip, tmp_path, capsys):
     assert main(["video", str(clip), "-o", str(tmp_path / "o.xyz"), "--backend", BACKEND]) == 2
     assert "extension" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(not re.search(r"GUI:\s+NONE", cv2.getBuildInformation()),
+                    reason="this OpenCV has a GUI: --display would open a window")
+def test_display_without_gui_is_one_line(clip, tmp_path, capsys):
+    assert main(["video", str(clip), "-o", str(tmp_path / "o.avi"), "--display", "--backend", BACKEND]) == 2
+    assert "GUI" in capsys.readouterr().err
 
 
 def test_usage_errors_exit_2(capsys):
