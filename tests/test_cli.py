@@ -1,6 +1,7 @@
 """The `npseg` command: outputs on real frames and videos, and one-line errors with exit codes."""
 from __future__ import annotations
 
+import io
 import re
 import shutil
 import subprocess
@@ -12,7 +13,7 @@ import numpy as np
 import pytest
 
 import npseg
-from npseg.cli import main
+from npseg.cli import Progress, main
 from npseg.overlay import draw_overlay
 from npseg.segmenter import default_backend
 from npseg.video import MaskStream
@@ -156,6 +157,18 @@ def test_overlay_tints_inside_and_keeps_outside():
     np.testing.assert_array_equal(draw_overlay(frame, np.zeros_like(mask)), frame)
 
 
+def test_progress_line_on_a_terminal():
+    stream = io.StringIO()
+    progress = Progress("segment", 4, stream)
+    progress.enabled = True  # as on a terminal
+    for done in range(1, 5):
+        progress.update(done, "12 ms/frame")
+    progress.close()
+    text = stream.getvalue()
+    assert text.startswith("\rsegment [") and "4/4 12 ms/frame" in text and text.endswith("\n")
+    assert not Progress("segment", 4, io.StringIO()).enabled  # not a terminal: scripts get clean logs
+
+
 def test_info_and_bench(capfd):
     assert main(["info"]) == 0
     out = capfd.readouterr().out
@@ -181,6 +194,8 @@ def _bad_inputs(tmp: Path) -> dict[str, list[str]]:
     writer.release()
     frame = str(tmp / "frame.png")
     cv2.imwrite(frame, np.zeros((64, 64, 3), np.uint8))
+    (tmp / "other").mkdir()
+    shutil.copy(frame, tmp / "other" / "frame.png")
     video = str(tmp / "two_frames.avi")
     writer = cv2.VideoWriter(video, cv2.VideoWriter_fourcc(*"MJPG"), 25, (64, 64))
     for _ in range(2):
@@ -194,6 +209,7 @@ def _bad_inputs(tmp: Path) -> dict[str, list[str]]:
         "truncated weights": ["segment", frame, "--weights", str(tmp / "truncated.safetensors")],
         "unknown backend": ["segment", frame, "--backend", "cuda"],
         "unwritable output": ["segment", frame, "--out", str(tmp / "a_file" / "out")],
+        "two inputs, one output name": ["segment", frame, str(tmp / "other" / "frame.png")],
         "missing video": ["video", str(tmp / "nope.mp4"), "-o", str(tmp / "o.mp4")],
         "not a video": ["video", str(tmp / "clip.mp4"), "-o", str(tmp / "o.mp4")],
         "video output folder missing": ["video", video, "-o", str(tmp / "no" / "o.mp4")],
@@ -205,7 +221,8 @@ def _bad_inputs(tmp: Path) -> dict[str, list[str]]:
 
 
 BAD_CASES = ("missing image", "non-image file", "folder without images", "unknown weights name",
-             "truncated weights", "unknown backend", "unwritable output", "missing video", "not a video",
+             "truncated weights", "unknown backend", "unwritable output", "two inputs, one output name",
+             "missing video", "not a video",
              "video output folder missing", "video frames too small", "camera that is not there",
              "info of a .pth", "info of a missing file")
 
