@@ -24,7 +24,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from . import __version__
+from . import __version__, video
+from .overlay import draw_overlay
 from .segmenter import bundled_names, default_backend, load, resolve_weights
 from .weights import WeightsError
 from .weights import load as load_weights
@@ -74,9 +75,11 @@ class Progress:
         self._shown = True
 
     def close(self) -> None:
+        """End the line (before a warning, or at the end); the next update starts a new one."""
         if self._shown:
             self.stream.write("\n")
             self.stream.flush()
+            self._shown = False
 
 
 # ---------------------------------------------------------------- argument types
@@ -211,14 +214,15 @@ def _read_image(path: Path) -> np.ndarray | None:
 
 
 def _write_image(path: Path, image: np.ndarray, params=()) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise CliError(f"{path.parent}: cannot create output folder ({e.strerror or e})", RUNTIME_FAILURE) from None
     if not cv2.imwrite(str(path), image, list(params)):
         raise CliError(f"{path}: could not write (disk full or permissions?)", RUNTIME_FAILURE)
 
 
 def cmd_segment(args) -> int:
-    from .overlay import draw_overlay
-
     out = Path(args.out)
     images = collect_images(args.paths, out)[: args.limit]
     mask_dir, overlay_dir = _writable_dir(out / "masks"), _writable_dir(out / "overlays")
@@ -268,8 +272,6 @@ def cmd_segment(args) -> int:
 # ---------------------------------------------------------------- video
 
 def cmd_video(args) -> int:
-    from . import video
-
     if not args.input.isdigit() and Path(args.output).resolve() == Path(args.input).resolve():
         raise CliError(f"{args.output}: the output would overwrite the input")
     model = _load_model(args)
