@@ -9,6 +9,7 @@ only packs, about half the CPU of FFmpeg's MPEG-4 encoder used for .mp4/.mov.
 from __future__ import annotations
 
 import time
+from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -146,7 +147,8 @@ def run(model: Segmenter, source: str, output: str, smooth: float = 0.0, thresho
             model.logits(frame)  # warm-up (JIT, buffers) outside the timed loop; checks the frame size
         except ValueError as e:
             raise VideoError(f"{source}: {e}") from None
-        frames, seg_cpu, recent = 0, 0.0, []
+        frames, seg_cpu = 0, 0.0
+        recent = deque(maxlen=31)  # start times of the last 31 frames: the FPS readout over 30 intervals
         start, start_cpu = time.perf_counter(), time.process_time()
         try:
             while ok:
@@ -154,7 +156,7 @@ def run(model: Segmenter, source: str, output: str, smooth: float = 0.0, thresho
                 mask = masks.next(frame)
                 seg_cpu += time.process_time() - c0
                 draw_overlay(frame, mask, in_place=True)
-                recent = (recent + [t0])[-30:]
+                recent.append(t0)
                 fps_now = (len(recent) - 1) / (recent[-1] - recent[0]) if len(recent) > 1 else 0.0
                 draw_label(frame, f"{fps_now:5.1f} FPS")
                 writer.write(frame)
