@@ -225,8 +225,8 @@ def _write_image(path: Path, image: np.ndarray, params=()) -> None:
 def cmd_segment(args) -> int:
     out = Path(args.out)
     images = collect_images(args.paths, out)[: args.limit]
+    model = _load_model(args)  # before creating any folder: a failed start leaves nothing behind
     mask_dir, overlay_dir = _writable_dir(out / "masks"), _writable_dir(out / "overlays")
-    model = _load_model(args)
     t0 = time.perf_counter()
     model.predict(np.zeros((64, 64, 3), np.uint8))  # compile / warm up outside the per-frame figures
     warmup_s = time.perf_counter() - t0

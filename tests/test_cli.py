@@ -228,8 +228,10 @@ BAD_CASES = ("missing image", "non-image file", "folder without images", "unknow
 
 
 @pytest.mark.parametrize("case", BAD_CASES)
-def test_bad_input_is_one_line_and_exit_2(case, tmp_path, capsys):
+def test_bad_input_is_one_line_and_exit_2(case, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # where a default --out would go
     rc = main(_bad_inputs(tmp_path)[case])
+    assert not (tmp_path / "npseg-out").exists()  # a run that fails to start leaves nothing behind
     captured = capsys.readouterr()
     lines = captured.err.strip().splitlines()
     assert rc == 2
