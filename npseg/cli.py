@@ -410,8 +410,17 @@ def _add_model_options(p, threshold: bool = True) -> None:
                        help="polyp where probability > P; default: the argmax of the two classes (= 0.5)")
 
 
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Wraps one-paragraph descriptions; keeps multi-line texts (examples, exit codes) as written."""
+
+    def _fill_text(self, text, width, indent):
+        if "\n" in text:
+            return super()._fill_text(text, width, indent)
+        return argparse.HelpFormatter._fill_text(self, text, width, indent)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    fmt = argparse.RawDescriptionHelpFormatter
+    fmt = _HelpFormatter
     parser = argparse.ArgumentParser(
         prog="npseg", formatter_class=fmt,
         description="Real-time colonoscopy polyp segmentation (UltraSeg) on one CPU core.",
