@@ -16,10 +16,11 @@ test: install
 	$(PY) -m pytest -q
 
 # DATA: the shared data folder, a dataset folder with images/, or any folder of frames.
+# One OpenBLAS thread: npseg runs on one core, and spare BLAS threads only contend.
 demo: install-runtime
 	@for dir in "$(DATA)/kvasir-seg/images" "$(DATA)/images" "$(DATA)"; do \
 	  if [ -d "$$dir" ]; then \
-	    $(PY) -m npseg segment "$$dir" --limit 12 --out "$(OUT)" || exit $$?; \
+	    OPENBLAS_NUM_THREADS=1 $(PY) -m npseg segment "$$dir" --limit 12 --out "$(OUT)" || exit $$?; \
 	    echo "look at the overlays in $(OUT)/overlays/"; exit 0; \
 	  fi; \
 	done; \
