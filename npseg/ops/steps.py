@@ -19,9 +19,10 @@ from .resize import max_pool2x2_nb, resize_bilinear_ac_nb
 
 F32 = np.float32
 GEMM_MIN_CIN = 48  # 1x1 convs with at least this many inputs go to np.dot (OpenBLAS)
-# dense 3x3 convs with this many outputs, or on maps this small: im2col + np.dot (measured:
-# 16->48 at 64x64 1.2 vs 2.0 ms; 3->8 at 256x256 stays direct, 1.0 vs 1.9 ms)
-GEMM_MIN_COUT = 16
+# dense 3x3 convs with this many outputs, or on maps this small: im2col + np.dot (measured in the
+# whole forward: 16->48 at 64x64 1.2 vs 2.0 ms; 8->16 at 128x128 1.1 direct vs 1.5 with its 4.7 MB
+# im2col buffer; 3->8 at 256x256 1.0 direct vs 1.9)
+GEMM_MIN_COUT = 32
 GEMM_MAX_PIXELS = 32 * 32
 
 
