@@ -105,3 +105,16 @@ def test_numba_is_the_default_and_its_compiled_kernels_run():
     assert conv.conv3x3_nb in kernels and heads.gate_head_nb in kernels
     for kernel in kernels:  # every other step is a Numba dispatcher that has compiled (or loaded) machine code
         assert isinstance(kernel, type(conv.conv3x3_nb)) and kernel.signatures, kernel
+
+
+@settings(max_examples=10, deadline=None)
+@given(h=st.integers(16, 1100), w=st.integers(16, 1100), seed=st.integers(0, 2**31))
+def test_predict_mask_is_cv2_nearest_of_the_decision(h, w, seed):
+    """predict() resizes the mask its own way (column resize + row gather): same pixels as cv2."""
+    import cv2
+
+    seg = npseg.load("ultraseg-130k")
+    frame = np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8)
+    lo = seg._engine.forward(seg.preprocess(frame))
+    expected = cv2.resize((lo[1] > lo[0]).astype(np.uint8), (w, h), interpolation=cv2.INTER_NEAREST)
+    np.testing.assert_array_equal(seg.predict(frame), expected)

@@ -67,20 +67,33 @@ def _taps3x3(acc, r0, r1, r2, w, co, k, n, d):
 
 
 @numba.njit(inline="always", fastmath=True, error_model="numpy") if numba else (lambda f: f)
-def _taps3x3_pair(acc0, acc1, r0, r1, r2, w, co, k, n, d):
-    """_taps3x3 for output channels co and co + 1 at once: each input load feeds two FMAs."""
+def _taps3x3_quad(acc, r0, r1, r2, w, co, k, n, d):
+    """_taps3x3 for output channels co .. co + 3 at once (acc [4, n]): each input load feeds four FMAs."""
+    a0, a1, a2, a3 = acc[0], acc[1], acc[2], acc[3]
     a00, a01, a02 = w[co, k, 0, 0], w[co, k, 0, 1], w[co, k, 0, 2]
     a10, a11, a12 = w[co, k, 1, 0], w[co, k, 1, 1], w[co, k, 1, 2]
     a20, a21, a22 = w[co, k, 2, 0], w[co, k, 2, 1], w[co, k, 2, 2]
     b00, b01, b02 = w[co + 1, k, 0, 0], w[co + 1, k, 0, 1], w[co + 1, k, 0, 2]
     b10, b11, b12 = w[co + 1, k, 1, 0], w[co + 1, k, 1, 1], w[co + 1, k, 1, 2]
     b20, b21, b22 = w[co + 1, k, 2, 0], w[co + 1, k, 2, 1], w[co + 1, k, 2, 2]
+    c00, c01, c02 = w[co + 2, k, 0, 0], w[co + 2, k, 0, 1], w[co + 2, k, 0, 2]
+    c10, c11, c12 = w[co + 2, k, 1, 0], w[co + 2, k, 1, 1], w[co + 2, k, 1, 2]
+    c20, c21, c22 = w[co + 2, k, 2, 0], w[co + 2, k, 2, 1], w[co + 2, k, 2, 2]
+    d00, d01, d02 = w[co + 3, k, 0, 0], w[co + 3, k, 0, 1], w[co + 3, k, 0, 2]
+    d10, d11, d12 = w[co + 3, k, 1, 0], w[co + 3, k, 1, 1], w[co + 3, k, 1, 2]
+    d20, d21, d22 = w[co + 3, k, 2, 0], w[co + 3, k, 2, 1], w[co + 3, k, 2, 2]
     for p in range(n):
         u0, u1, u2 = r0[p], r0[p + d], r0[p + 2 * d]
         m0, m1, m2 = r1[p], r1[p + d], r1[p + 2 * d]
         l0, l1, l2 = r2[p], r2[p + d], r2[p + 2 * d]
-        acc0[p] += a00 * u0 + a01 * u1 + a02 * u2 + a10 * m0 + a11 * m1 + a12 * m2 + a20 * l0 + a21 * l1 + a22 * l2
-        acc1[p] += b00 * u0 + b01 * u1 + b02 * u2 + b10 * m0 + b11 * m1 + b12 * m2 + b20 * l0 + b21 * l1 + b22 * l2
+        a0[p] += (a00 * u0 + a01 * u1 + a02 * u2 + a10 * m0 + a11 * m1 + a12 * m2
+                  + a20 * l0 + a21 * l1 + a22 * l2)
+        a1[p] += (b00 * u0 + b01 * u1 + b02 * u2 + b10 * m0 + b11 * m1 + b12 * m2
+                  + b20 * l0 + b21 * l1 + b22 * l2)
+        a2[p] += (c00 * u0 + c01 * u1 + c02 * u2 + c10 * m0 + c11 * m1 + c12 * m2
+                  + c20 * l0 + c21 * l1 + c22 * l2)
+        a3[p] += (d00 * u0 + d01 * u1 + d02 * u2 + d10 * m0 + d11 * m1 + d12 * m2
+                  + d20 * l0 + d21 * l1 + d22 * l2)
 
 
 @kernel
@@ -91,36 +104,34 @@ def conv3x3_nb(padded, pad, w, b, dilation, act, out):
     The padded rows are treated as one flat vector: output (y, x) accumulates at
     (y - y0) * Wp + x of a row tile that fits L1, every tap is a constant shift of
     that index, and the Wp - W padding columns compute values that are dropped.
-    Output channels go in pairs when a group has an even number of them.
+    Output channels go four at a time when a group has a multiple of four of them.
     """
     cout, h, width = out.shape
     cin, cin_g = padded.shape[0], w.shape[1]
     cout_g = cout // (cin // cin_g)
-    block = 2 if cout_g % 2 == 0 else 1
+    block = 4 if cout_g % 4 == 0 else 1
     d = dilation
     wp = width + 2 * pad
     tile = max(1, 2048 // wp)
-    acc = np.empty((2, tile * wp), dtype=np.float32)
+    acc = np.empty((4, tile * wp), dtype=np.float32)
     for y0 in range(0, h, tile):
         rows = min(tile, h - y0)
         n = rows * wp
         for co in range(0, cout, block):
-            acc0, acc1 = acc[0], acc[1]
-            acc0[:n] = 0.0
-            if block == 2:
-                acc1[:n] = 0.0
+            acc[:block, :n] = 0.0
+            acc0 = acc[0]
             ci0 = (co // cout_g) * cin_g
             for k in range(cin_g):
                 plane = padded[ci0 + k]
                 s = (y0 + pad - d) * wp + pad - d  # tap (0, 0) of output (y0, 0)
                 r0, r1, r2 = plane[s:], plane[s + d * wp:], plane[s + 2 * d * wp:]
-                if block == 2:
+                if block == 4:
                     if d == 1:
-                        _taps3x3_pair(acc0, acc1, r0, r1, r2, w, co, k, n, 1)
+                        _taps3x3_quad(acc, r0, r1, r2, w, co, k, n, 1)
                     elif d == 2:
-                        _taps3x3_pair(acc0, acc1, r0, r1, r2, w, co, k, n, 2)
+                        _taps3x3_quad(acc, r0, r1, r2, w, co, k, n, 2)
                     else:
-                        _taps3x3_pair(acc0, acc1, r0, r1, r2, w, co, k, n, 3)
+                        _taps3x3_quad(acc, r0, r1, r2, w, co, k, n, 3)
                 elif d == 1:
                     _taps3x3(acc0, r0, r1, r2, w, co, k, n, 1)
                 elif d == 2:

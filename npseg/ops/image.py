@@ -23,3 +23,10 @@ def bgr_to_rgb_planar_nb(img, out):
             r[x] = np.float32(line[x, 2]) * INV_255
             g[x] = np.float32(line[x, 1]) * INV_255
             b[x] = np.float32(line[x, 0]) * INV_255
+
+
+def nearest_source_index(n_src: int, n_dst: int) -> np.ndarray:
+    """OpenCV's INTER_NEAREST source index for each destination index: floor(i / (n_dst / n_src))."""
+    inv_scale = 1.0 / (n_dst / n_src)  # the same double arithmetic as cv::resize
+    return np.minimum(np.floor(np.arange(n_dst) * inv_scale).astype(np.int64), n_src - 1)
+
