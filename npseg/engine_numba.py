@@ -1,7 +1,7 @@
 """The fast engine: UltraSeg as a per-input-size plan of Numba kernels and single-thread GEMMs.
 
 A plan (built once per input size) owns every buffer, the GSA gates (constants
-for that size, computed in float64 by the reference and folded with LN1's
+for that size, computed in float64 with the reference ops and folded with LN1's
 affine) and a flat list of validated steps (npseg.ops.steps). forward() copies
 the input in and runs the steps: no allocation, no shape logic per frame.
 GroupNorms become per-channel scale/shift computed from the statistics and
