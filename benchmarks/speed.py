@@ -271,13 +271,12 @@ def _cpu_name():
 
 
 ENGINE_NOTES = (
-    "What bounds npseg-numba: about three quarters of the 0.29 GFLOP are GEMMs (1x1 convs, the dense 3x3 convs "
-    "with >= 32 outputs or on maps of <= 32x32 as im2col + GEMM, the 2x2 stride-2 convs as space-to-depth + "
-    "GEMM) that single-thread "
-    "OpenBLAS runs at 35-65 GFLOP/s on this AVX2 core; the direct Numba convs (grouped, depthwise, 3->8, 8->16, "
-    "input conv) reach 25-35 GFLOP/s; the remaining ~15% are memory passes (padding, im2col, norm/GELU "
-    "epilogues, resizes). On this shared 2-core machine the medians also carry preemption by other processes "
-    "(compare the min column).")
+    "What bounds npseg-numba: about 60% of the 0.29 GFLOP are GEMMs (1x1 convs; dense 3x3 convs with >= 32 "
+    "outputs or on maps of <= 32x32 as im2col + GEMM; 2x2 stride-2 convs as space-to-depth + GEMM) that "
+    "single-thread OpenBLAS runs at 35-65 GFLOP/s on this AVX2 core; the direct Numba convs (grouped dilated, "
+    "depthwise, and the dense 3->8, 8->16, 16->8 ones) reach 25-40 GFLOP/s; memory passes (padding, im2col, "
+    "norm/GELU epilogues, resizes) take the remaining ~15% of the time. On this shared 2-core machine the "
+    "medians also carry preemption by other processes (compare the min column).")
 
 
 def write_markdown(res: dict, path: Path):
