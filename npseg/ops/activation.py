@@ -12,7 +12,9 @@ def gelu_ref(x):
 
 
 def sigmoid_ref(x):
-    return (1.0 / (1.0 + np.exp(-x))).astype(x.dtype)
+    """Logistic function, written so that no exp overflows: exp(-|x|) <= 1."""
+    e = np.exp(-np.abs(x))
+    return np.where(x >= 0, 1.0 / (1.0 + e), e / (1.0 + e)).astype(x.dtype)
 
 
 def relu_ref(x):
