@@ -27,11 +27,10 @@ def gsa_norm_ref(x, gamma1, beta1, gates, gamma2, beta2):
 
 
 @kernel
-def _channel_stats(flat, eps, mean, rstd):
-    """Per-pixel mean and 1/std over the channel axis of [C, P] (two passes, float32 rows)."""
+def channel_mean_nb(flat, mean):
+    """Per-pixel mean over the channel axis of [C, P], summing whole rows (vectorises over P)."""
     c_n, n = flat.shape
     mean[:] = 0.0
-    rstd[:] = 0.0
     for c in range(c_n):
         row = flat[c]
         for i in range(n):
@@ -39,6 +38,15 @@ def _channel_stats(flat, eps, mean, rstd):
     inv_c = np.float32(1.0 / c_n)
     for i in range(n):
         mean[i] *= inv_c
+
+
+@kernel
+def _channel_stats(flat, eps, mean, rstd):
+    """Per-pixel mean and 1/std over the channel axis of [C, P] (two passes, float32 rows)."""
+    c_n, n = flat.shape
+    channel_mean_nb(flat, mean)
+    inv_c = np.float32(1.0 / c_n)
+    rstd[:] = 0.0
     for c in range(c_n):
         row = flat[c]
         for i in range(n):

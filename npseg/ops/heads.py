@@ -9,6 +9,7 @@ import numpy as np
 
 from ._jit import kernel
 from .activation import sigmoid_fast, sigmoid_ref, softmax_channels_ref
+from .gsa import channel_mean_nb
 
 
 def gate_head_ref(y, wb, bb, wr, br, boundary=True):
@@ -90,14 +91,10 @@ def ssa_nb(b, alpha, out):
     c_n = b.shape[0]
     n = b.size // c_n
     bf, o = b.reshape(c_n, n), out.reshape(c_n, n)
-    gate = np.zeros(n, dtype=np.float32)
-    for c in range(c_n):
-        row = bf[c]
-        for i in range(n):
-            gate[i] += row[i]
-    inv_c = np.float32(1.0 / c_n)
+    gate = np.empty(n, dtype=np.float32)
+    channel_mean_nb(bf, gate)
     for i in range(n):
-        gate[i] = (1.0 - alpha) + alpha * sigmoid_fast(gate[i] * inv_c)
+        gate[i] = (1.0 - alpha) + alpha * sigmoid_fast(gate[i])
     for c in range(c_n):
         row, orow = bf[c], o[c]
         for i in range(n):
