@@ -166,6 +166,8 @@ class Segmenter:
     def predict(self, frame: np.ndarray, threshold: float | None = None) -> np.ndarray:
         """HxW uint8 mask at the frame's size, 1 = polyp. Default decision: argmax of the
         logits; with `threshold`, probability > threshold."""
+        if threshold is not None and not 0.0 <= threshold <= 1.0:  # also refuses NaN
+            raise ValueError(f"threshold must be a probability in [0, 1], got {threshold!r}")
         frame = _check_frame(frame)
         with self._lock:
             lo = self._forward_frame(frame)

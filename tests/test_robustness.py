@@ -379,3 +379,10 @@ def test_cli_video_with_tiny_frames_never_shows_a_traceback(tmp_path, capsys):
     code, err = run_cli(capsys, "video", str(clip), "-o", str(tmp_path / "out.avi"),
                         "--backend", "numpy", "--size", "32")
     assert code == 2 and err.startswith("npseg: error: ") and "frame is too small: 8x8" in err
+
+
+@pytest.mark.parametrize("threshold", [float("nan"), -0.1, 1.5])
+def test_threshold_outside_0_1_is_refused(threshold):
+    seg = npseg.load("ultraseg-130k")
+    with pytest.raises(ValueError, match=r"threshold must be a probability in \[0, 1\]"):
+        seg.predict(np.zeros((64, 64, 3), np.uint8), threshold=threshold)
