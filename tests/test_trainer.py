@@ -242,6 +242,26 @@ def test_resume_continues_a_stopped_run_exactly(two_epoch_run, toy):
     assert [r["train_loss"] for r in resumed] == pytest.approx([r["train_loss"] for r in full], rel=1e-4)
 
 
+def test_init_from_weights_file_starts_from_its_tensors(two_epoch_run, toy, tmp_path):
+    """--init: fine-tuning starts from an exported file's tensors and records where it came from."""
+    tmp, data = toy
+    opts, _ = two_epoch_run
+    start = export_checkpoint(Path(opts.run_dir) / "best.pt", tmp_path / "start.safetensors")
+    summary = train(options(tmp, data, "finetune", epochs=1, lr=0.0, init=str(start)))  # lr 0: weights unchanged
+    assert summary["epochs_run"] == 1
+    out = export_checkpoint(tmp / "finetune" / "best.pt", tmp_path / "finetuned.safetensors")
+    import npseg
+
+    before, after = npseg.load(start).weights, npseg.load(out).weights
+    for k, v in before.tensors.items():
+        if "running" not in k:  # BN statistics keep updating in train mode even at lr 0
+            np.testing.assert_array_equal(after.tensors[k], v, err_msg=k)
+    assert after.provenance["init"]["file"] == "start.safetensors"
+    assert after.provenance["init"]["epochs_run"] == 2
+    with pytest.raises(ValueError, match="pass --variant ultraseg-108k"):
+        train(options(tmp, data, "wrong-variant", variant="ultraseg-130k", init=str(start)))
+
+
 def test_resume_without_checkpoint_says_so(tmp_path):
     with pytest.raises(FileNotFoundError, match="nothing to resume"):
         train(options(tmp_path, tmp_path, "none"), resume=True)

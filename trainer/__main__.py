@@ -50,6 +50,8 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--limit", type=int, default=None, help="first N train stems per dataset: smoke runs only")
     p.add_argument("--skip-bad", action="store_true",
                    help="skip corrupt images, missing masks and size mismatches with a warning instead of stopping")
+    p.add_argument("--init", default=None, metavar="WEIGHTS",
+                   help="start from an npseg weights file or bundled model name (fine-tuning) instead of a random init")
     p.add_argument("--resume", action="store_true", help="continue RUN_DIR/last.pt with its saved options")
 
 
@@ -60,7 +62,8 @@ def run_train(args) -> int:
     opts = TrainOptions(variant=args.variant, data=args.data, run_dir=args.run_dir or f"runs/{args.variant}",
                         epochs=args.epochs or TrainOptions.epochs, batch_size=args.batch_size, lr=args.lr, patience=args.patience,
                         seed=args.seed, max_minutes=args.max_minutes, device=args.device, threads=args.threads,
-                        cache_dir=args.cache_dir, skip_bad=args.skip_bad, limit=args.limit, workers=args.workers)
+                        cache_dir=args.cache_dir, skip_bad=args.skip_bad, limit=args.limit, workers=args.workers,
+                        init=args.init)
     try:
         train(opts, resume=args.resume, epochs_override=args.epochs is not None)
     except DataError as e:

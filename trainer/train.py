@@ -48,6 +48,7 @@ class TrainOptions:
     skip_bad: bool = False
     limit: int | None = None  # first N train stems per dataset (N/4 val and test): smoke runs only
     workers: int = 0
+    init: str | None = None  # npseg weights file (or bundled name) to start from instead of a random init
 
 
 def _dist_info() -> tuple[int, int, int]:
@@ -100,6 +101,27 @@ def _save_atomic(obj, path: Path) -> None:
     tmp = path.with_name(path.name + ".tmp")
     torch.save(obj, tmp)
     os.replace(tmp, path)  # a kill during the save never leaves a truncated checkpoint
+
+
+def init_from_weights(model: UltraSeg, path_or_name: str) -> dict:
+    """Load an npseg weights file into `model` (same variant); returns what provenance records of it."""
+    from npseg import weights as weights_file
+    from npseg.segmenter import resolve_weights
+
+    path = resolve_weights(path_or_name)
+    w = weights_file.load(path)
+    if w.config != model.cfg:
+        raise ValueError(f"--init {path}: its model is {w.config.name} with config {w.config.to_dict()}, "
+                         f"not the {model.cfg.name} being trained; pass --variant {w.config.name} or other weights")
+    state = {k: torch.from_numpy(v) for k, v in w.tensors.items()}
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    missing = [k for k in missing if not k.endswith("num_batches_tracked")]  # BN step counters are not exported
+    if missing or unexpected:
+        raise ValueError(f"--init {path}: missing tensors {missing}, unexpected tensors {unexpected}")
+    prov = w.provenance
+    return {"file": path.name, "tensors_sha256": weights_file.tensors_checksum(w.tensors),
+            "datasets": sorted(prov.get("datasets", {})), "epochs_run": prov.get("epochs_run"),
+            "init": prov.get("init")}
 
 
 def load_checkpoint(path) -> dict:
@@ -171,7 +193,15 @@ def train(opts: TrainOptions, resume: bool = False, epochs_override: bool = Fals
         names, splits, train_parts, val_parts = prepare_data(opts, run_dir, progress=False)
 
     torch.manual_seed(opts.seed)
-    model = build(opts.variant).to(device)
+    model = build(opts.variant)
+    init_info = None
+    if ckpt is None and opts.init:
+        init_info = _log_init(init_from_weights(model, opts.init), rank)
+    elif ckpt is not None:
+        init_info = ckpt.get("init")
+    # channels-last makes torch's CPU depthwise/grouped convs about 1.5x faster here (measured, 1 thread)
+    memory_format = torch.channels_last if device.type == "cpu" else torch.contiguous_format
+    model = model.to(device=device, memory_format=memory_format)
     optimizer = torch.optim.Adam(model.parameters(), lr=opts.lr)
     state = {"epoch": 0, "best_val_dice": -1.0, "best_epoch": 0, "epochs_since_best": 0, "train_seconds": 0.0,
              "history": []}
@@ -215,7 +245,7 @@ def train(opts: TrainOptions, resume: bool = False, epochs_override: bool = Fals
         bar = tqdm(loader, desc=f"epoch {epoch}/{opts.epochs}", disable=rank != 0, file=sys.stderr,
                    mininterval=1 if sys.stderr.isatty() else 60, dynamic_ncols=True)
         for x, mask, bound in bar:
-            x, mask, bound = x.to(device), mask.to(device), bound.to(device)
+            x, mask, bound = x.to(device, memory_format=memory_format), mask.to(device), bound.to(device)
             logits, regions, boundaries = net(x)
             loss, parts = ultraseg_loss(logits, regions, boundaries, mask, bound)
             optimizer.zero_grad(set_to_none=True)
@@ -247,7 +277,7 @@ def train(opts: TrainOptions, resume: bool = False, epochs_override: bool = Fals
                    "epoch_seconds": round(epoch_seconds, 1), "train_seconds": round(state["train_seconds"], 1)}
             state["history"].append(row)
             ck = {"format": CHECKPOINT_FORMAT, "config": model.cfg.to_dict(), "options": dataclasses.asdict(opts),
-                  "splits": splits, "datasets": [str(Path(r).resolve()) for r in opts.data],
+                  "splits": splits, "init": init_info, "datasets": [str(Path(r).resolve()) for r in opts.data],
                   "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                   "lr_schedule": {"kind": "cosine", "base_lr": opts.lr, "epochs": opts.epochs}, "torch_rng": torch.get_rng_state(), **state}
             if improved:
@@ -271,6 +301,12 @@ def train(opts: TrainOptions, resume: bool = False, epochs_override: bool = Fals
         _log(f"stopped: {stop_reason}; best val Dice {state['best_val_dice']:.4f} at epoch {state['best_epoch']}, "
              f"{state['epoch']} epochs, {state['train_seconds'] / 60:.1f} min", rank)
     return summary
+
+
+def _log_init(info: dict, rank: int) -> dict:
+    _log(f"initialised from {info['file']} (trained on {', '.join(info['datasets']) or 'unknown data'}, "
+         f"{info['epochs_run']} epochs)", rank)
+    return info
 
 
 def _agree(flag: bool, distributed: bool, device) -> bool:
@@ -306,6 +342,7 @@ def checkpoint_provenance(ckpt: dict, ckpt_path) -> dict:
         "split_rule": f"per dataset: seeded random {1 - D.TEST_FRACTION:.0%}/{D.TEST_FRACTION:.0%} train/test, "
                       f"validation = {D.VAL_FRACTION:.0%} of train (early stopping only)",
         "seed": opts["seed"],
+        "init": ckpt.get("init") or "random (seeded)",
         "recipe": f"Adam lr {opts['lr']}, cosine over {opts['epochs']} epochs, batch {opts['batch_size']}, 256x256, "
                   f"hflip + rotation +-10 deg, CE + 2 Dice main, 0.5 BCE + Dice side heads (0.1-0.4 region, "
                   f"0.1-0.3 boundary), early stopping patience {opts['patience']} on validation Dice",
