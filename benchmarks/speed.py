@@ -271,12 +271,16 @@ def _cpu_name():
 
 
 ENGINE_NOTES = (
-    "What bounds npseg-numba: about 60% of the 0.29 GFLOP are GEMMs (1x1 convs; dense 3x3 convs with >= 32 "
-    "outputs or on maps of <= 32x32 as im2col + GEMM; 2x2 stride-2 convs as space-to-depth + GEMM) that "
-    "single-thread OpenBLAS runs at 35-65 GFLOP/s on this AVX2 core; the direct Numba convs (grouped dilated, "
-    "depthwise, and the dense 3->8, 8->16, 16->8 ones) reach 25-40 GFLOP/s; memory passes (padding, im2col, "
-    "norm/GELU epilogues, resizes) take the remaining ~15% of the time. On this shared 2-core machine the "
-    "medians also carry preemption by other processes (compare the min column).")
+    "What bounds npseg-numba (per-step profile: `benchmarks/steps.py`, results in "
+    "`benchmarks/results/steps-*.json`): for UltraSeg-130K about 40% of the forward is single-thread OpenBLAS "
+    "GEMMs (1x1 convs; the dense 3x3 convs with >= 32 outputs or on maps of <= 32x32 as im2col + GEMM; the 2x2 "
+    "stride-2 convs as space-to-depth + GEMM) at 65-96 GFLOP/s, and 25% direct Numba 3x3 convs (3->8 and 8->16 "
+    "at 74-99 GFLOP/s); the core's fp32 peak is about 115 GFLOP/s (Zen 4, AVX-512), so these parts are near "
+    "their limit. The remaining ~35% are memory passes and small kernels (space-to-depth, resizes, padding, "
+    "im2col, norm/GELU epilogues, gate heads and merges; ~100 steps per frame). A direct 2x2 stride-2 kernel "
+    "with the GroupNorm affine folded into per-frame weights was tried: 20% faster than space-to-depth + GEMM "
+    "for 8 channels, 1.8x slower for 16, so it was not adopted. On a shared machine the medians also carry "
+    "preemption by other processes (compare the min column).")
 
 
 def write_markdown(res: dict, path: Path):

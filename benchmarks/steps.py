@@ -1,0 +1,114 @@
+"""Where npseg-numba's forward time goes: every plan step timed on its own, one core.
+
+    taskset -c 0 python benchmarks/steps.py                 # UltraSeg-130K, 256x256
+    taskset -c 0 python benchmarks/steps.py --weights ultraseg-108k --frames 300
+
+Runs the plan's steps one by one (after warm-up), takes the mean per step, and
+groups the steps by kernel. The per-step sum is a little above the forward time
+(each timer call adds ~0.1 us). Writes benchmarks/results/steps-<model>.json and
+prints a table; GFLOP/s is given for the convolution steps whose FLOPs are known
+from their operand shapes.
+"""
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import os
+import platform
+import sys
+import time
+from functools import partial
+from pathlib import Path
+
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
+import numpy as np  # noqa: E402
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))
+
+import npseg  # noqa: E402
+
+
+def _kernel_name(step) -> str:
+    fn = step.func if isinstance(step, partial) else step
+    return getattr(fn, "__name__", None) or getattr(getattr(fn, "py_func", None), "__name__", repr(fn))
+
+
+def _operands(step) -> list[tuple[int, ...]]:
+    args = step.args if isinstance(step, partial) else ()
+    return [tuple(a.shape) for a in args if isinstance(a, np.ndarray) and a.ndim >= 2]
+
+
+def _flops(name: str, shapes: list[tuple[int, ...]]) -> float | None:
+    """Multiply-adds x 2 for GEMMs and direct 3x3 convs (out = 2nd 4-d operand's Cout x its taps x pixels)."""
+    if name == "dot" and len(shapes) >= 2:
+        (m, k), (_, n) = shapes[0], shapes[1]
+        return 2.0 * m * k * n
+    if name == "conv3x3_nb" and len(shapes) >= 3:
+        cout, cin_g, kh, kw = shapes[1]
+        return 2.0 * cout * cin_g * kh * kw * int(np.prod(shapes[2][1:]))
+    return None
+
+
+def profile(weights: str, size: int, frames: int, warmup: int) -> dict:
+    seg = npseg.load(weights, backend="numba")
+    engine = seg._engine
+    x = np.random.default_rng(0).random((3, size, size), dtype=np.float32)
+    for _ in range(warmup):
+        engine.run(x)
+    plan = engine.plan(size, size)
+    total = np.zeros(len(plan.steps))
+    for _ in range(frames):
+        for i, step in enumerate(plan.steps):
+            t = time.perf_counter()
+            step()
+            total[i] += time.perf_counter() - t
+    ms = total / frames * 1e3
+    forward = []
+    for _ in range(frames):
+        t = time.perf_counter()
+        engine.run(x)
+        forward.append((time.perf_counter() - t) * 1e3)
+    steps = []
+    for i, (step, t) in enumerate(zip(plan.steps, ms)):
+        name, shapes = _kernel_name(step), _operands(step)
+        flops = _flops(name, shapes)
+        steps.append({"index": i, "kernel": name, "operands": shapes, "ms": float(t),
+                      "gflops": None if flops is None else flops / (t * 1e6)})
+    by_kernel = collections.defaultdict(lambda: {"ms": 0.0, "steps": 0})
+    for s in steps:
+        by_kernel[s["kernel"]]["ms"] += s["ms"]
+        by_kernel[s["kernel"]]["steps"] += 1
+    return {"weights": weights, "input": f"3x{size}x{size}", "frames": frames, "machine": platform.processor()
+            or platform.machine(), "forward_median_ms": float(np.median(forward)), "steps_sum_ms": float(ms.sum()),
+            "by_kernel": dict(sorted(by_kernel.items(), key=lambda kv: -kv[1]["ms"])), "steps": steps}
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--weights", default="ultraseg-130k")
+    ap.add_argument("--size", type=int, default=256)
+    ap.add_argument("--frames", type=int, default=200)
+    ap.add_argument("--warmup", type=int, default=30)
+    ap.add_argument("--top", type=int, default=12, help="slowest steps to print")
+    args = ap.parse_args(argv)
+    res = profile(args.weights, args.size, args.frames, args.warmup)
+    out = HERE / "results" / f"steps-{Path(args.weights).stem}.json"
+    out.parent.mkdir(exist_ok=True)
+    out.write_text(json.dumps(res, indent=1))
+    print(f"{res['weights']} {res['input']}: forward median {res['forward_median_ms']:.2f} ms, "
+          f"sum of {len(res['steps'])} steps {res['steps_sum_ms']:.2f} ms")
+    print("| kernel | steps | ms | share |\n|---|---|---|---|")
+    for name, k in res["by_kernel"].items():
+        print(f"| {name} | {k['steps']} | {k['ms']:.3f} | {k['ms'] / res['steps_sum_ms']:.0%} |")
+    print(f"\nslowest {args.top} steps:")
+    for s in sorted(res["steps"], key=lambda s: -s["ms"])[:args.top]:
+        rate = "" if s["gflops"] is None else f" {s['gflops']:.0f} GFLOP/s"
+        print(f"  #{s['index']:<3d} {s['kernel']:22s} {s['ms']:.3f} ms{rate}  {s['operands']}")
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
