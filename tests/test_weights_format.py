@@ -73,3 +73,27 @@ def test_unknown_format_version_is_refused(tmp_path):
     _rewrite_metadata(tmp_path / "w.safetensors", format_version="99")
     with pytest.raises(WeightsError, match="unknown format_version '99'"):
         load(tmp_path / "w.safetensors")
+
+
+def test_every_shipped_model_loads_by_name_and_carries_its_record():
+    """Each file in weights/ loads by name, names its data and splits, carries its test metrics,
+    and has a row in the model card."""
+    from pathlib import Path
+
+    import npseg
+    from npseg.segmenter import bundled_names
+
+    card = (Path(__file__).resolve().parents[1] / "weights" / "README.md").read_text()
+    names = bundled_names()
+    assert "ultraseg-130k" in names and "ultraseg-108k" in names
+    for name in names:
+        w = npseg.load(name).weights
+        prov = w.provenance
+        assert set(prov["splits"]) == set(prov["datasets"]) and prov["epochs_run"] > 0, name
+        for dataset, split in prov["splits"].items():
+            assert split["test"] and not set(split["test"]) & set(split["train"]), (name, dataset)
+        tested = w.metrics["datasets"]
+        assert set(tested) <= set(prov["datasets"]) and tested, name
+        for m in tested.values():
+            assert m["n"] > 0 and 0 <= m["dice"]["mean"] <= 1 and m["npseg_torch_dice_diff"] <= 1e-3, name
+        assert f"`{name}.safetensors`" in card, f"{name} has no row in weights/README.md"
