@@ -262,6 +262,21 @@ def test_init_from_weights_file_starts_from_its_tensors(two_epoch_run, toy, tmp_
         train(options(tmp, data, "wrong-variant", variant="ultraseg-130k", init=str(start)))
 
 
+def test_resume_can_extend_epochs_and_patience_only(two_epoch_run, toy):
+    tmp, data = toy
+    opts, _ = two_epoch_run
+    import shutil
+
+    shutil.copytree(opts.run_dir, tmp / "extended")
+    summary = train(options(tmp, data, "extended", epochs=3, patience=7, lr=0.5), resume=True,
+                    resume_overrides=("epochs", "patience"))
+    saved = json.loads((tmp / "extended" / "options.json").read_text())
+    assert summary["epochs_run"] == 3 and saved["epochs"] == 3 and saved["patience"] == 7
+    assert saved["lr"] == opts.lr  # not overridable: the run's own recipe
+    with pytest.raises(ValueError, match="only"):
+        train(options(tmp, data, "extended"), resume=True, resume_overrides=("lr",))
+
+
 def test_resume_without_checkpoint_says_so(tmp_path):
     with pytest.raises(FileNotFoundError, match="nothing to resume"):
         train(options(tmp_path, tmp_path, "none"), resume=True)

@@ -38,8 +38,9 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
                         "the run's own count unless given)")
     p.add_argument("--batch-size", type=int, default=d.batch_size, help="per process (default 4)")
     p.add_argument("--lr", type=float, default=d.lr, help="Adam learning rate (default 3e-4)")
-    p.add_argument("--patience", type=int, default=d.patience,
-                   help="early stopping: epochs without validation-Dice gain (default 10)")
+    p.add_argument("--patience", type=int, default=None,
+                   help=f"early stopping: epochs without validation-Dice gain (default {d.patience}; with --resume: "
+                        "the run's own unless given)")
     p.add_argument("--seed", type=int, default=d.seed, help="split, init, shuffling and augmentation seed")
     p.add_argument("--max-minutes", type=float, default=None,
                    help="training time budget: no epoch starts that the last epoch's duration says would cross it")
@@ -60,12 +61,14 @@ def run_train(args) -> int:
     from .train import TrainOptions, train
 
     opts = TrainOptions(variant=args.variant, data=args.data, run_dir=args.run_dir or f"runs/{args.variant}",
-                        epochs=args.epochs or TrainOptions.epochs, batch_size=args.batch_size, lr=args.lr, patience=args.patience,
+                        epochs=args.epochs or TrainOptions.epochs, batch_size=args.batch_size, lr=args.lr,
+                        patience=TrainOptions.patience if args.patience is None else args.patience,
                         seed=args.seed, max_minutes=args.max_minutes, device=args.device, threads=args.threads,
                         cache_dir=args.cache_dir, skip_bad=args.skip_bad, limit=args.limit, workers=args.workers,
                         init=args.init)
     try:
-        train(opts, resume=args.resume, epochs_override=args.epochs is not None)
+        given = tuple(k for k in ("epochs", "patience") if getattr(args, k) is not None)
+        train(opts, resume=args.resume, resume_overrides=given)
     except DataError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -155,7 +155,10 @@ def cosine_lr(base_lr: float, epoch: int, epochs: int) -> float:
     return 0.5 * base_lr * (1 + math.cos(math.pi * (epoch - 1) / max(epochs, 1)))
 
 
-def train(opts: TrainOptions, resume: bool = False, epochs_override: bool = False) -> dict:
+RESUME_OVERRIDABLE = ("epochs", "patience")
+
+
+def train(opts: TrainOptions, resume: bool = False, resume_overrides=()) -> dict:
     """Train; returns the final state summary (rank 0). Writes run_dir/{options.json, splits/,
     log.csv, log.json, last.pt, best.pt}."""
     rank, world, local_rank = _dist_info()
@@ -167,11 +170,15 @@ def train(opts: TrainOptions, resume: bool = False, epochs_override: bool = Fals
             raise FileNotFoundError(f"{last}: nothing to resume; start the run without --resume")
         ckpt = load_checkpoint(last)
         saved = TrainOptions(**ckpt["options"])
-        # what may change on resume: where and how fast it runs, the time budget and the epoch count
-        # (the cosine schedule is a function of (epoch, epochs), so it re-spans the new count)
+        # what may change on resume: where and how fast it runs, the time budget, and (when given)
+        # the epoch count and the patience (the cosine schedule is a function of (epoch, epochs),
+        # so it re-spans a new count; a longer schedule warrants a longer patience)
+        unknown = set(resume_overrides) - set(RESUME_OVERRIDABLE)
+        if unknown:
+            raise ValueError(f"on resume only {RESUME_OVERRIDABLE} can change, not {sorted(unknown)}")
         opts = dataclasses.replace(saved, device=opts.device, threads=opts.threads, max_minutes=opts.max_minutes,
                                    workers=opts.workers, run_dir=opts.run_dir, cache_dir=opts.cache_dir,
-                                   epochs=opts.epochs if epochs_override else saved.epochs)
+                                   **{k: getattr(opts, k) for k in resume_overrides})
     distributed = world > 1
     if opts.device.startswith("cuda"):
         device = torch.device(f"cuda:{local_rank}" if distributed else opts.device)
