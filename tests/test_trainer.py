@@ -229,6 +229,20 @@ def test_two_epoch_smoke_run_decreases_loss_and_exports(two_epoch_run, toy, tmp_
     assert res["n"] == 1 and res["npseg_torch_dice_diff"] < 1e-3
 
 
+def test_cli_export_evaluate_stores_metrics_of_the_exported_tensors(two_epoch_run, toy, tmp_path, capsys):
+    import npseg
+    from trainer.__main__ import main
+
+    opts, _ = two_epoch_run
+    out = tmp_path / "evaluated.safetensors"
+    assert main(["export", str(Path(opts.run_dir) / "best.pt"), "-o", str(out), "--evaluate"]) == 0
+    w = npseg.load(out).weights
+    assert w.metrics["datasets"]["toy"]["n"] >= 1 and w.provenance["best_epoch"] in (1, 2)
+    plain = npseg.load(export_checkpoint(Path(opts.run_dir) / "best.pt", tmp_path / "plain.safetensors")).weights
+    for k, v in plain.tensors.items():
+        np.testing.assert_array_equal(w.tensors[k], v, err_msg=k)
+
+
 def test_resume_continues_a_stopped_run_exactly(two_epoch_run, toy):
     tmp, data = toy
     full_opts, _ = two_epoch_run

@@ -132,20 +132,22 @@ def run_export(args) -> int:
     import json
     from pathlib import Path
 
-    from .train import export_checkpoint, load_checkpoint
+    from .export import export_weights
+    from .train import checkpoint_export_parts
 
     metrics = json.loads(Path(args.metrics).read_text()) if args.metrics else None
-    out = export_checkpoint(args.checkpoint, args.output, metrics=metrics)
+    model, provenance = checkpoint_export_parts(args.checkpoint)  # once: the metrics belong to these tensors
+    out = export_weights(model, args.output, provenance=provenance, metrics=metrics)
     if args.evaluate:
         import torch
 
         from .evaluate import evaluate
 
         torch.set_num_threads(args.threads)
-        data = args.data or load_checkpoint(args.checkpoint)["datasets"]
+        data = args.data or list(provenance["datasets"].values())
         metrics = evaluate(out, data, backend=args.backend)
         print(json.dumps(metrics, indent=1))
-        export_checkpoint(args.checkpoint, args.output, metrics=metrics)
+        export_weights(model, args.output, provenance=provenance, metrics=metrics)
     print(f"wrote {out}")
     return 0
 

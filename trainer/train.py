@@ -361,16 +361,22 @@ def checkpoint_provenance(ckpt: dict, ckpt_path) -> dict:
     }
 
 
-def export_checkpoint(ckpt_path, out, metrics: dict | None = None) -> Path:
-    """Write a checkpoint's model as an npseg weights file with its provenance. For a best.pt the
-    epochs run and wall time come from the run's last.pt when it is beside it."""
-    from .export import export_weights
-
+def checkpoint_export_parts(ckpt_path) -> tuple[UltraSeg, dict]:
+    """A checkpoint's model and provenance, read once (a live run may replace best.pt meanwhile).
+    For a best.pt the epochs run and wall time come from the run's last.pt when it is beside it."""
     ckpt = load_checkpoint(ckpt_path)
     provenance = checkpoint_provenance(ckpt, ckpt_path)
     last = Path(ckpt_path).with_name("last.pt")
     if last.exists() and last.resolve() != Path(ckpt_path).resolve():
         run = load_checkpoint(last)
-        provenance.update(epochs_run=run["epoch"], train_minutes=round(float(run["train_seconds"]) / 60, 1),
-                          best_epoch=run["best_epoch"])
-    return export_weights(model_from_checkpoint(ckpt), out, provenance=provenance, metrics=metrics)
+        provenance.update(epochs_run=max(run["epoch"], ckpt["epoch"]),
+                          train_minutes=round(float(max(run["train_seconds"], ckpt["train_seconds"])) / 60, 1))
+    return model_from_checkpoint(ckpt), provenance
+
+
+def export_checkpoint(ckpt_path, out, metrics: dict | None = None) -> Path:
+    """Write a checkpoint's model as an npseg weights file with its provenance."""
+    from .export import export_weights
+
+    model, provenance = checkpoint_export_parts(ckpt_path)
+    return export_weights(model, out, provenance=provenance, metrics=metrics)
