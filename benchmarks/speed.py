@@ -274,7 +274,7 @@ ENGINE_NOTES = (
     "What bounds npseg-numba (per-step profile: `benchmarks/steps.py`, results in "
     "`benchmarks/results/steps-*.json`): for UltraSeg-130K about 40% of the forward is single-thread OpenBLAS "
     "GEMMs (1x1 convs; the dense 3x3 convs with >= 32 outputs or on maps of <= 32x32 as im2col + GEMM; the 2x2 "
-    "stride-2 convs as space-to-depth + GEMM) at 65-96 GFLOP/s, and 25% direct Numba 3x3 convs (3->8 and 8->16 "
+    "stride-2 convs as space-to-depth + GEMM) at 65-100 GFLOP/s, and 25% direct Numba 3x3 convs (3->8 and 8->16 "
     "at 74-99 GFLOP/s); the core's fp32 peak is about 115 GFLOP/s (Zen 4, AVX-512), so these parts are near "
     "their limit. The remaining ~35% are memory passes and small kernels (space-to-depth, resizes, padding, "
     "im2col, norm/GELU epilogues, gate heads and merges; ~100 steps per frame). A direct 2x2 stride-2 kernel "

@@ -15,7 +15,6 @@ import argparse
 import collections
 import json
 import os
-import platform
 import sys
 import time
 from functools import partial
@@ -29,6 +28,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
 import npseg  # noqa: E402
+from speed import _cpu_name  # noqa: E402  (benchmarks/ is on sys.path when this script runs)
 
 
 def _kernel_name(step) -> str:
@@ -75,14 +75,15 @@ def profile(weights: str, size: int, frames: int, warmup: int) -> dict:
     for i, (step, t) in enumerate(zip(plan.steps, ms)):
         name, shapes = _kernel_name(step), _operands(step)
         flops = _flops(name, shapes)
-        steps.append({"index": i, "kernel": name, "operands": shapes, "ms": float(t),
+        steps.append({"index": i, "kernel": name, "operands": ["x".join(map(str, sh)) for sh in shapes],
+                      "ms": float(t),
                       "gflops": None if flops is None else flops / (t * 1e6)})
     by_kernel = collections.defaultdict(lambda: {"ms": 0.0, "steps": 0})
     for s in steps:
         by_kernel[s["kernel"]]["ms"] += s["ms"]
         by_kernel[s["kernel"]]["steps"] += 1
-    return {"weights": weights, "input": f"3x{size}x{size}", "frames": frames, "machine": platform.processor()
-            or platform.machine(), "forward_median_ms": float(np.median(forward)), "steps_sum_ms": float(ms.sum()),
+    return {"weights": weights, "input": f"3x{size}x{size}", "frames": frames, "machine": _cpu_name(),
+            "forward_median_ms": float(np.median(forward)), "steps_sum_ms": float(ms.sum()),
             "by_kernel": dict(sorted(by_kernel.items(), key=lambda kv: -kv[1]["ms"])), "steps": steps}
 
 
@@ -97,7 +98,9 @@ def main(argv=None):
     res = profile(args.weights, args.size, args.frames, args.warmup)
     out = HERE / "results" / f"steps-{Path(args.weights).stem}.json"
     out.parent.mkdir(exist_ok=True)
-    out.write_text(json.dumps(res, indent=1))
+    # one line per step: the file stays diffable without a line per dimension
+    body = json.dumps({k: v for k, v in res.items() if k != "steps"}, indent=1)[:-2]
+    out.write_text(body + ',\n "steps": [\n' + ",\n".join("  " + json.dumps(s) for s in res["steps"]) + "\n ]\n}\n")
     print(f"{res['weights']} {res['input']}: forward median {res['forward_median_ms']:.2f} ms, "
           f"sum of {len(res['steps'])} steps {res['steps_sum_ms']:.2f} ms")
     print("| kernel | steps | ms | share |\n|---|---|---|---|")
