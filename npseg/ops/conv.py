@@ -179,13 +179,14 @@ def space_to_depth2x2_nb(src, scale, shift, cols):
     for ci in range(cin):
         a, s = scale[ci], shift[ci]
         for ky in range(2):
-            for kx in range(2):
-                r = ci * 4 + ky * 2 + kx
-                for yo in range(ho):
-                    line = src[ci, 2 * yo + ky]
-                    row = cols[r, yo * wo:(yo + 1) * wo]
-                    for xo in range(wo):
-                        row[xo] = line[2 * xo + kx] * a + s
+            for yo in range(ho):
+                line = src[ci, 2 * yo + ky]
+                # both column phases from one read of the line
+                even = cols[ci * 4 + ky * 2, yo * wo:(yo + 1) * wo]
+                odd = cols[ci * 4 + ky * 2 + 1, yo * wo:(yo + 1) * wo]
+                for xo in range(wo):
+                    even[xo] = line[2 * xo] * a + s
+                    odd[xo] = line[2 * xo + 1] * a + s
 
 
 @kernel
