@@ -67,13 +67,14 @@ class _Plan:
         self.zeros = {c: np.zeros(c, F32) for c in self.ones}
         res_scale = [p[f"encoder3.{i}.res_weight"] if cfg.learned_res_scale else 0.1 for i in (1, 2)]
 
-        # encoder
-        t1 = self._down(1, self._conv3x3("encoder1.0", self.input, c0), act=ACT_GELU)  # [c0, H/2]
-        t2 = self._down(2, self._conv3x3("encoder2.0", t1, c1), act=ACT_GELU)  # [c1, H/4]
-        e3 = self._conv3x3("encoder3.0", t2, c2)  # [c2, H/4]
+        # encoder; down outputs also fill the padded buffer their 3x3 consumer reads (no pad pass)
+        t1, t1_padded = self._down(1, self._conv3x3("encoder1.0", self.input, c0), ACT_GELU, pad_width=1)  # [c0, H/2]
+        t2, t2_padded = self._down(2, self._conv3x3("encoder2.0", t1, c1, padded=t1_padded, pad_width=1), ACT_GELU,
+                                   pad_width=1)  # [c1, H/4]
+        e3 = self._conv3x3("encoder3.0", t2, c2, padded=t2_padded, pad_width=1)  # [c2, H/4]
         for i in (1, 2):
             self._edb(f"encoder3.{i}", e3, float(np.asarray(res_scale[i - 1])))
-        t3 = self._down(3, e3, act=ACT_GELU)  # [c2, H/8]
+        t3, _ = self._down(3, e3, ACT_GELU)  # [c2, H/8]
         g = self._gsa("encoder4.0", t3, c3, gates)  # [c3, H/8]
         if cfg.fusion:  # t4 lives in the second half of the AGF concat buffer: no copy
             cat = self._buf(2 * c3, h // 16, w // 16)
@@ -105,9 +106,8 @@ class _Plan:
     def _buf(c, h, w):
         return np.zeros((c, h, w), F32)
 
-    def _conv3x3(self, name, src, cout, dilation=1, act=ACT_NONE, out=None, padded=None):
+    def _conv3x3(self, name, src, cout, dilation=1, act=ACT_NONE, out=None, padded=None, pad_width=None):
         out = self._buf(cout, *src.shape[1:]) if out is None else out
-        pad_width = None if padded is None else 3
         self.steps += ops.conv3x3(src, self.p[f"{name}.weight"], self.p[f"{name}.bias"], out, dilation, act,
                                   padded, pad_width)
         return out
@@ -125,14 +125,16 @@ class _Plan:
         self.steps += ops.group_norm_coeffs(src, GN_GROUPS, gamma, beta, scale, shift, GN_EPS)
         return scale, shift
 
-    def _down(self, i, src, act):
-        """Non-affine GroupNorm, then the folded (GN affine + BN + 2x2 stride-2) conv."""
+    def _down(self, i, src, act, pad_width=None):
+        """Non-affine GroupNorm, then the folded (GN affine + BN + 2x2 stride-2) conv; with
+        `pad_width`, also the zero-bordered copy the next 3x3 conv reads."""
         c, h, w = src.shape
         scale, shift = self._gn_coeffs(None, src)
         out = self._buf(c, h // 2, w // 2)
-        cols = np.zeros((4 * c, (h // 2) * (w // 2)), F32)
-        self.steps += ops.down2x2(src, scale, shift, self.p[f"down{i}.weight"], self.p[f"down{i}.bias"], cols, out, act)
-        return out
+        padded = None if pad_width is None else ops.padded_buffer(out, pad_width)
+        self.steps += ops.down2x2(src, scale, shift, self.p[f"down{i}.weight"], self.p[f"down{i}.bias"], out, act,
+                                  padded, pad_width)
+        return out, padded
 
     def _edb(self, name, x, res_scale):
         """In place x <- x + s * fusion(concat(branch_d1, branch_d2, branch_d3))."""
@@ -142,7 +144,7 @@ class _Plan:
         self.steps += ops.pad(x, 3, padded)
         for i, d in enumerate((1, 2, 3)):
             self._conv3x3(f"{name}.dilated_convs.{i}", x, c // 3, dilation=d, out=branches[i * c // 3:(i + 1) * c // 3],
-                          padded=padded)
+                          padded=padded, pad_width=3)
         fused = self._buf(c, *x.shape[1:])
         # the residual scale s folds into the fusion conv
         w = (self.p[f"{name}.fusion.weight"] * F32(res_scale)).astype(F32)

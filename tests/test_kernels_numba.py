@@ -108,17 +108,24 @@ def test_group_norm_coeffs_then_affine_act(groups, per_group, h, w, offset, act,
 
 @SETTINGS
 @given(cin=st.integers(1, 16), cout=st.integers(1, 16), h=st.integers(1, 16), w=st.integers(1, 16),
-       act=ACTS, seed=st.integers(0, 2**31))
-def test_down2x2_space_to_depth_gemm(cin, cout, h, w, act, seed):
-    """Non-affine GroupNorm (one group here) fused into the input of a 2x2 stride-2 conv."""
+       act=ACTS, pad_width=st.sampled_from([None, 1, 3]), seed=st.integers(0, 2**31))
+def test_down2x2_direct(cin, cout, h, w, act, pad_width, seed):
+    """Non-affine GroupNorm (one group here) fused into the input of a 2x2 stride-2 conv; the
+    optional padded copy is pad_nb's layout exactly (border untouched)."""
     rng = np.random.default_rng(seed)
     x, wt, b = rand(rng, cin, 2 * h, 2 * w), rand(rng, cout, cin, 2, 2), rand(rng, cout)
     ones, zeros = np.ones(cin, F32), np.zeros(cin, F32)
     scale, shift = np.zeros(cin, F32), np.zeros(cin, F32)
-    cols, out = np.zeros((cin * 4, h * w), F32), np.zeros((cout, h, w), F32)
-    run(steps.group_norm_coeffs(x, 1, ones, zeros, scale, shift) + steps.down2x2(x, scale, shift, wt, b, cols, out, act))
+    out = np.zeros((cout, h, w), F32)
+    padded = None if pad_width is None else steps.padded_buffer(out, pad_width)
+    run(steps.group_norm_coeffs(x, 1, ones, zeros, scale, shift)
+        + steps.down2x2(x, scale, shift, wt, b, out, act, padded, pad_width))
     ref = conv2d_ref(group_norm_ref(*f64(x), 1), *f64(wt, b), stride=2)
     assert_close(out, REF_ACT[act](ref), 2e-5)
+    if padded is not None:
+        expected = steps.padded_buffer(out, pad_width)
+        run(steps.pad(out, pad_width, expected))
+        assert np.array_equal(padded, expected)
 
 
 @SETTINGS

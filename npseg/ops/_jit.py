@@ -19,3 +19,14 @@ def kernel(fn):
     if numba is None:
         return fn
     return numba.njit(cache=True, fastmath=True, error_model="numpy", nogil=True)(fn)
+
+
+# fastmath without "reassoc": sums keep the written order (FMA contraction stays allowed), for
+# kernels whose float32 rounding is worth controlling
+ORDERED_FASTMATH = {"nnan", "ninf", "nsz", "arcp", "contract", "afn"}
+
+
+def kernel_ordered(fn):
+    if numba is None:
+        return fn
+    return numba.njit(cache=True, fastmath=ORDERED_FASTMATH, error_model="numpy", nogil=True)(fn)

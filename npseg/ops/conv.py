@@ -35,7 +35,7 @@ def conv1x1_ref(x, w, b):
 
 # ---- Numba kernels -------------------------------------------------------------------------
 # Callers validate shapes first (npseg.ops.checks); the loops trust them and never bounds-check.
-from ._jit import kernel, numba  # noqa: E402
+from ._jit import kernel, kernel_ordered, numba  # noqa: E402
 from .activation import activate  # noqa: E402
 
 
@@ -170,6 +170,76 @@ def im2col3x3_nb(padded, pad, dilation, h, width, cols):
                         dst[x] = src[x]
 
 
+@kernel_ordered
+def down2x2_nb(src, scale, shift, w, b, act, out, pad, padded):
+    """out = act(conv2x2_stride2(src * scale + shift) + b), w [Cout, Cin, 2, 2]; with a
+    non-empty `padded` (pad_nb's layout, border `pad`) the rows are also written there, so the
+    next 3x3 conv needs no pad pass.
+
+    A band of output rows (>= 128 outputs, so narrow maps still run long vector loops) is
+    done at a time: the two input rows of every channel are normalised and split into even
+    and odd columns once (L1-sized), then four output channels accumulate all four taps of
+    one input channel per pass, so every loaded input feeds 16 FMAs.
+    """
+    cin = src.shape[0]
+    cout, ho, wo = out.shape
+    band = max(1, 128 // wo)
+    even = np.empty((cin * 2, band * wo), dtype=np.float32)
+    odd = np.empty((cin * 2, band * wo), dtype=np.float32)
+    acc = np.empty((4, band * wo), dtype=np.float32)
+    wp = wo + 2 * pad
+    for y0 in range(0, ho, band):
+        rows = min(band, ho - y0)
+        n = rows * wo
+        for ci in range(cin):
+            a, s = scale[ci], shift[ci]
+            for r in range(rows):
+                for ky in range(2):
+                    line = src[ci, 2 * (y0 + r) + ky]
+                    e, o = even[2 * ci + ky, r * wo:(r + 1) * wo], odd[2 * ci + ky, r * wo:(r + 1) * wo]
+                    for x in range(wo):
+                        e[x] = line[2 * x] * a + s
+                        o[x] = line[2 * x + 1] * a + s
+        for co in range(0, cout, 4):
+            block = min(4, cout - co)
+            acc[:block, :n] = 0.0
+            a0, a1, a2, a3 = acc[0], acc[1], acc[2], acc[3]
+            for ci in range(cin):
+                e0, o0, e1, o1 = even[2 * ci], odd[2 * ci], even[2 * ci + 1], odd[2 * ci + 1]
+                if block == 4:
+                    p0, q0, r0, s0 = w[co, ci, 0, 0], w[co, ci, 0, 1], w[co, ci, 1, 0], w[co, ci, 1, 1]
+                    p1, q1, r1, s1 = w[co + 1, ci, 0, 0], w[co + 1, ci, 0, 1], w[co + 1, ci, 1, 0], w[co + 1, ci, 1, 1]
+                    p2, q2, r2, s2 = w[co + 2, ci, 0, 0], w[co + 2, ci, 0, 1], w[co + 2, ci, 1, 0], w[co + 2, ci, 1, 1]
+                    p3, q3, r3, s3 = w[co + 3, ci, 0, 0], w[co + 3, ci, 0, 1], w[co + 3, ci, 1, 0], w[co + 3, ci, 1, 1]
+                    for x in range(n):
+                        u, v, y, z = e0[x], o0[x], e1[x], o1[x]
+                        a0[x] += (p0 * u + q0 * v) + (r0 * y + s0 * z)
+                        a1[x] += (p1 * u + q1 * v) + (r1 * y + s1 * z)
+                        a2[x] += (p2 * u + q2 * v) + (r2 * y + s2 * z)
+                        a3[x] += (p3 * u + q3 * v) + (r3 * y + s3 * z)
+                else:
+                    for j in range(block):
+                        p, q, r, t = w[co + j, ci, 0, 0], w[co + j, ci, 0, 1], w[co + j, ci, 1, 0], w[co + j, ci, 1, 1]
+                        aj = acc[j]
+                        for x in range(n):
+                            aj[x] += (p * e0[x] + q * o0[x]) + (r * e1[x] + t * o1[x])
+            for j in range(block):
+                bias = b[co + j]
+                for r in range(rows):
+                    a = acc[j, r * wo:(r + 1) * wo]
+                    row = out[co + j, y0 + r]
+                    if act == 0:
+                        for x in range(wo):
+                            row[x] = a[x] + bias
+                    else:
+                        for x in range(wo):
+                            row[x] = activate(a[x] + bias, act)
+                    if padded.shape[1] > 0:
+                        dst = padded[co + j, (y0 + r + pad) * wp + pad:(y0 + r + pad) * wp + pad + wo]
+                        for x in range(wo):
+                            dst[x] = row[x]
+
+
 @kernel
 def space_to_depth2x2_nb(src, scale, shift, cols):
     """cols[ci*4 + ky*2 + kx, yo*Wo + xo] = src[ci, 2yo+ky, 2xo+kx] * scale[ci] + shift[ci]:
@@ -179,14 +249,13 @@ def space_to_depth2x2_nb(src, scale, shift, cols):
     for ci in range(cin):
         a, s = scale[ci], shift[ci]
         for ky in range(2):
-            for yo in range(ho):
-                line = src[ci, 2 * yo + ky]
-                # both column phases from one read of the line
-                even = cols[ci * 4 + ky * 2, yo * wo:(yo + 1) * wo]
-                odd = cols[ci * 4 + ky * 2 + 1, yo * wo:(yo + 1) * wo]
-                for xo in range(wo):
-                    even[xo] = line[2 * xo] * a + s
-                    odd[xo] = line[2 * xo + 1] * a + s
+            for kx in range(2):
+                r = ci * 4 + ky * 2 + kx
+                for yo in range(ho):
+                    line = src[ci, 2 * yo + ky]
+                    row = cols[r, yo * wo:(yo + 1) * wo]
+                    for xo in range(wo):
+                        row[xo] = line[2 * xo + kx] * a + s
 
 
 @kernel

@@ -11,7 +11,7 @@ import numpy as np
 
 from ._jit import ACT_GELU, ACT_NONE, ACT_RELU
 from .activation import add_nb, affine_act_nb
-from .conv import conv1x1_nb, conv3x3_nb, im2col3x3_nb, pad_nb, space_to_depth2x2_nb
+from .conv import conv1x1_nb, conv3x3_nb, down2x2_nb, im2col3x3_nb, pad_nb
 from .gsa import gsa_norm_nb
 from .heads import agf_fuse_nb, gate_head_nb, merge_nb, ssa_nb
 from .norm import group_norm_coeffs_nb
@@ -132,17 +132,27 @@ def group_norm_coeffs(src, groups, gamma, beta, scale, shift, eps=1e-5):
     return [partial(group_norm_coeffs_nb, src, int(groups), float(eps), gamma, beta, scale, shift)]
 
 
-def down2x2(src, scale, shift, w, b, cols, out, act=ACT_NONE):
-    """2x2 stride-2 conv of (src * scale + shift) as space-to-depth + GEMM, + bias + act."""
-    _arrays(src, scale, shift, w, b, cols, out)
+def _padded_out(out, padded, pad_width):
+    """The (pad, padded) pair of a kernel that can also write its output into a pad_nb buffer;
+    without one, an empty buffer tells the kernel to skip that copy."""
+    if padded is None:
+        return 0, np.zeros((out.shape[0], 0), F32)
+    _arrays(padded)
+    _need(out.ndim == 3 and isinstance(pad_width, int) and pad_width >= 1
+          and padded.shape == padded_buffer(out, pad_width).shape, "padded output buffer does not fit")
+    return int(pad_width), padded
+
+
+def down2x2(src, scale, shift, w, b, out, act=ACT_NONE, padded=None, pad_width=None):
+    """2x2 stride-2 conv of (src * scale + shift), + bias + act; optionally also into `padded`."""
+    _arrays(src, scale, shift, w, b, out)
     cin, h, width = src.shape
     cout = w.shape[0]
     _need(h % 2 == 0 and width % 2 == 0 and w.shape == (cout, cin, 2, 2), f"down2x2: x {src.shape}, w {w.shape}")
-    _need(out.shape == (cout, h // 2, width // 2) and cols.shape == (cin * 4, h * width // 4), "down2x2: buffers")
+    _need(out.shape == (cout, h // 2, width // 2), f"down2x2: out {out.shape}")
     _need(scale.shape == shift.shape == (cin,) and b.shape == (cout,), "down2x2: vectors")
-    w2 = np.ascontiguousarray(w.reshape(cout, cin * 4))
-    return ([partial(space_to_depth2x2_nb, src, scale, shift, cols), partial(np.dot, w2, cols, out.reshape(cout, -1))]
-            + affine_act(out, np.ones(cout, F32), b, act))
+    pad_width, padded = _padded_out(out, padded, pad_width)
+    return [partial(down2x2_nb, src, scale, shift, w, b, _act(act), out, pad_width, padded)]
 
 
 def resize_bilinear(src, scale, shift, out, act=ACT_NONE):
