@@ -18,7 +18,7 @@ from . import reference
 from .config import UltraSegConfig
 from .ops import steps as ops
 from .ops._jit import ACT_GELU, ACT_NONE, ACT_RELU, numba
-from .ops.conv import conv1x1_ref, conv2d_ref
+from .ops.conv import conv1x1_ref, conv2d_ref, pad_nb
 from .ops.gsa import shuffle_source
 from .ops.resize import resize_bilinear_ac_ref
 
@@ -68,7 +68,10 @@ class _Plan:
         res_scale = [p[f"encoder3.{i}.res_weight"] if cfg.learned_res_scale else 0.1 for i in (1, 2)]
 
         # encoder; down outputs also fill the padded buffer their 3x3 consumer reads (no pad pass)
-        t1, t1_padded = self._down(1, self._conv3x3("encoder1.0", self.input, c0), ACT_GELU, pad_width=1)  # [c0, H/2]
+        # run() pads the frame straight into input_padded (no copy into self.input first)
+        self.input_padded = ops.padded_buffer(self.input, 1)
+        e1 = self._conv3x3("encoder1.0", self.input, c0, padded=self.input_padded, pad_width=1)  # [c0, H]
+        t1, t1_padded = self._down(1, e1, ACT_GELU, pad_width=1)  # [c0, H/2]
         t2, t2_padded = self._down(2, self._conv3x3("encoder2.0", t1, c1, padded=t1_padded, pad_width=1), ACT_GELU,
                                    pad_width=1)  # [c1, H/4]
         e3 = self._conv3x3("encoder3.0", t2, c2, padded=t2_padded, pad_width=1)  # [c2, H/4]
@@ -233,7 +236,10 @@ class NumbaEngine:
         if x.ndim != 3 or x.shape[0] != 3:
             raise ValueError(f"input must be [3, H, W], got {x.shape}")
         plan = self.plan(x.shape[1], x.shape[2])
-        np.copyto(plan.input, x)
+        if x.dtype != F32 or not x.flags.c_contiguous:  # the pad kernel reads float32 C order only
+            np.copyto(plan.input, x)
+            x = plan.input
+        pad_nb(x, 1, plan.input_padded)
         for step in plan.steps:
             step()
         return plan.logits

@@ -96,6 +96,17 @@ def _taps3x3_quad(acc, r0, r1, r2, w, co, k, n, d):
                   + d20 * l0 + d21 * l1 + d22 * l2)
 
 
+@numba.njit(inline="always", fastmath=True, error_model="numpy") if numba else (lambda f: f)
+def _bias_act(dst, acc, bias, act):
+    """dst[x] = act(acc[x] + bias): the epilogue of the accumulating conv kernels."""
+    if act == 0:
+        for x in range(dst.size):
+            dst[x] = acc[x] + bias
+    else:
+        for x in range(dst.size):
+            dst[x] = activate(acc[x] + bias, act)
+
+
 @kernel
 def conv3x3_nb(padded, pad, w, b, dilation, act, out):
     """Grouped, dilated 3x3 conv (zero padding = dilation, stride 1) + bias + act, reading the
@@ -139,15 +150,8 @@ def conv3x3_nb(padded, pad, w, b, dilation, act, out):
                 else:
                     _taps3x3(acc0, r0, r1, r2, w, co, k, n, 3)
             for j in range(block):
-                bias = b[co + j]
                 for r in range(rows):
-                    o, a = out[co + j, y0 + r], acc[j, r * wp:r * wp + width]
-                    if act == 0:
-                        for x in range(width):
-                            o[x] = a[x] + bias
-                    else:
-                        for x in range(width):
-                            o[x] = activate(a[x] + bias, act)
+                    _bias_act(out[co + j, y0 + r], acc[j, r * wp:r * wp + width], b[co + j], act)
 
 
 @kernel
@@ -224,38 +228,13 @@ def down2x2_nb(src, scale, shift, w, b, act, out, pad, padded):
                         for x in range(n):
                             aj[x] += (p * e0[x] + q * o0[x]) + (r * e1[x] + t * o1[x])
             for j in range(block):
-                bias = b[co + j]
                 for r in range(rows):
-                    a = acc[j, r * wo:(r + 1) * wo]
                     row = out[co + j, y0 + r]
-                    if act == 0:
-                        for x in range(wo):
-                            row[x] = a[x] + bias
-                    else:
-                        for x in range(wo):
-                            row[x] = activate(a[x] + bias, act)
+                    _bias_act(row, acc[j, r * wo:(r + 1) * wo], b[co + j], act)
                     if padded.shape[1] > 0:
                         dst = padded[co + j, (y0 + r + pad) * wp + pad:(y0 + r + pad) * wp + pad + wo]
                         for x in range(wo):
                             dst[x] = row[x]
-
-
-@kernel
-def space_to_depth2x2_nb(src, scale, shift, cols):
-    """cols[ci*4 + ky*2 + kx, yo*Wo + xo] = src[ci, 2yo+ky, 2xo+kx] * scale[ci] + shift[ci]:
-    the (normalising) input of a 2x2 stride-2 conv as one GEMM operand."""
-    cin, h, width = src.shape
-    ho, wo = h // 2, width // 2
-    for ci in range(cin):
-        a, s = scale[ci], shift[ci]
-        for ky in range(2):
-            for kx in range(2):
-                r = ci * 4 + ky * 2 + kx
-                for yo in range(ho):
-                    line = src[ci, 2 * yo + ky]
-                    row = cols[r, yo * wo:(yo + 1) * wo]
-                    for xo in range(wo):
-                        row[xo] = line[2 * xo + kx] * a + s
 
 
 @kernel
