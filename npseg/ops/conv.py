@@ -34,7 +34,7 @@ def conv1x1_ref(x, w, b):
 
 
 # ---- Numba kernels -------------------------------------------------------------------------
-# Callers validate shapes first (npseg.ops.checks); the loops trust them and never bounds-check.
+# Callers validate shapes first (npseg.ops.steps); the loops trust them and never bounds-check.
 from ._jit import kernel, kernel_ordered, numba  # noqa: E402
 from .activation import activate  # noqa: E402
 
@@ -183,7 +183,10 @@ def down2x2_nb(src, scale, shift, w, b, act, out, pad, padded):
     A band of output rows (>= 128 outputs, so narrow maps still run long vector loops) is
     done at a time: the two input rows of every channel are normalised and split into even
     and odd columns once (L1-sized), then four output channels accumulate all four taps of
-    one input channel per pass, so every loaded input feeds 16 FMAs.
+    one input channel per pass, so every loaded input feeds 16 FMAs. Compiled without
+    reassociation, the sum keeps its written order (tap pairs, then the channel's 4 taps, then
+    channel by channel): this layer's rounding reaches the logits more than most (measured on
+    the golden inputs), so its order is fixed, not left to the compiler.
     """
     cin = src.shape[0]
     cout, ho, wo = out.shape

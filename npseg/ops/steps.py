@@ -140,6 +140,7 @@ def _padded_out(out, padded, pad_width):
     _arrays(padded)
     _need(out.ndim == 3 and isinstance(pad_width, int) and pad_width >= 1
           and padded.shape == padded_buffer(out, pad_width).shape, "padded output buffer does not fit")
+    _need(not np.shares_memory(out, padded), "padded output buffer overlaps the output")
     return int(pad_width), padded
 
 
