@@ -19,11 +19,10 @@ from .resize import max_pool2x2_nb, resize_bilinear_ac_nb
 
 F32 = np.float32
 GEMM_MIN_CIN = 48  # 1x1 convs with at least this many inputs go to np.dot (OpenBLAS)
-# dense 3x3 convs with this many outputs, or on maps this small: im2col + np.dot (measured in the
-# whole forward: 16->48 at 64x64 1.2 vs 2.0 ms; 8->16 at 128x128 1.1 direct vs 1.5 with its 4.7 MB
-# im2col buffer; 3->8 at 256x256 1.0 direct vs 1.9)
-GEMM_MIN_COUT = 32
-GEMM_MAX_PIXELS = 32 * 32
+# dense 3x3 convs with at least this many outputs: im2col + np.dot; narrower ones run direct
+# (one core, min of 300 runs: 16->48 at 64x64 0.44 direct vs 0.61 ms; 128->16 at 16x16 0.12 vs
+# 0.15; 64->96 at 16x16 0.34 vs 0.27 with the GEMM; 8->16 at 128x128 0.30 vs 0.78)
+GEMM_MIN_COUT = 64
 
 
 class ShapeError(ValueError):
@@ -101,7 +100,7 @@ def conv3x3(src, w, b, out, dilation=1, act=ACT_NONE, padded=None, pad_width=Non
           and padded.shape == padded_buffer(src, pad_width).shape, "conv3x3: padded buffer does not fit")
     _need(method in (None, "direct", "gemm") and (method != "gemm" or cin_g == cin), f"conv3x3: method {method}")
     if method is None:
-        method = "gemm" if cin_g == cin and (cout >= GEMM_MIN_COUT or h * width <= GEMM_MAX_PIXELS) else "direct"
+        method = "gemm" if cin_g == cin and cout >= GEMM_MIN_COUT else "direct"
     if method == "gemm":
         cols = np.empty((cin * 9, h * width), dtype=F32)
         w2 = np.ascontiguousarray(w.reshape(cout, cin * 9))
