@@ -272,15 +272,17 @@ def _cpu_name():
 
 ENGINE_NOTES = (
     "What bounds npseg-numba (per-step profile: `benchmarks/steps.py`, results in "
-    "`benchmarks/results/steps-*.json`): for UltraSeg-130K about 40% of the forward is single-thread OpenBLAS "
-    "GEMMs (1x1 convs; the dense 3x3 convs with >= 32 outputs or on maps of <= 32x32 as im2col + GEMM; the 2x2 "
-    "stride-2 convs as space-to-depth + GEMM) at 65-100 GFLOP/s, and 25% direct Numba 3x3 convs (3->8 and 8->16 "
-    "at 74-99 GFLOP/s); the core's fp32 peak is about 115 GFLOP/s (Zen 4, AVX-512), so these parts are near "
-    "their limit. The remaining ~35% are memory passes and small kernels (space-to-depth, resizes, padding, "
-    "im2col, norm/GELU epilogues, gate heads and merges; ~100 steps per frame). A direct 2x2 stride-2 kernel "
-    "with the GroupNorm affine folded into per-frame weights was tried: 20% faster than space-to-depth + GEMM "
-    "for 8 channels, 1.8x slower for 16, so it was not adopted. On a shared machine the medians also carry "
-    "preemption by other processes (compare the min column).")
+    "`benchmarks/results/steps-*.json`): for UltraSeg-130K about 45% of the forward is direct Numba 3x3 convs "
+    "(the dense 3->8, 8->16 and 16->48 at 64-99 GFLOP/s; the dilated and depthwise ones at 20-50), 19% "
+    "single-thread OpenBLAS GEMMs (1x1 convs with >= 48 inputs and the 64->96 bottleneck, 79-94 GFLOP/s) and "
+    "13% the direct 2x2 stride-2 convs; the core's fp32 peak is about 115 GFLOP/s (Zen 4, AVX-512). The rest "
+    "are memory passes and small kernels (resizes, padding, norms, gate heads, merges; 83 steps per frame). "
+    "Measured and not adopted: fusing each decoder stage's resize, gate head and merge into one row-by-row "
+    "kernel, and writing the padded copies from the producers' epilogues (no gain beyond the noise). "
+    "Numerical budget: on the upstream golden inputs torch's float32 logits are 7.4e-5 from the float64 "
+    "reference and npseg's 3.4e-5, against the 1e-4 the golden test allows between npseg and torch; the conv "
+    "kernels therefore compile without reassociation, so their float32 sums keep the written order. On a shared "
+    "machine the medians also carry preemption by other processes (compare the min column).")
 
 
 def write_markdown(res: dict, path: Path):
