@@ -2,8 +2,9 @@
 
 A plan (built once per input size) owns every buffer, the GSA gates (constants
 for that size, computed in float64 with the reference ops and folded with LN1's
-affine) and a flat list of validated steps (npseg.ops.steps). forward() copies
-the input in and runs the steps: no allocation, no shape logic per frame.
+affine) and a flat list of validated steps (npseg.ops.steps). run() pads the
+input into the first conv's buffer and runs the steps: no buffers allocated, no
+shape logic per frame.
 GroupNorms become per-channel scale/shift computed from the statistics and
 applied by the consumer (down conv input, upsample, max-pool); GELU rides on
 the producer's epilogue; the training-only side outputs are never computed.
@@ -67,8 +68,8 @@ class _Plan:
         self.zeros = {c: np.zeros(c, F32) for c in self.ones}
         res_scale = [p[f"encoder3.{i}.res_weight"] if cfg.learned_res_scale else 0.1 for i in (1, 2)]
 
-        # encoder; down outputs also fill the padded buffer their 3x3 consumer reads (no pad pass)
-        # run() pads the frame straight into input_padded (no copy into self.input first)
+        # encoder; run() pads the frame straight into input_padded, and the down convs also write
+        # the padded copy their 3x3 consumer reads (no pad passes)
         self.input_padded = ops.padded_buffer(self.input, 1)
         e1 = self._conv3x3("encoder1.0", self.input, c0, padded=self.input_padded, pad_width=1)  # [c0, H]
         t1, t1_padded = self._down(1, e1, ACT_GELU, pad_width=1)  # [c0, H/2]
@@ -236,7 +237,8 @@ class NumbaEngine:
         if x.ndim != 3 or x.shape[0] != 3:
             raise ValueError(f"input must be [3, H, W], got {x.shape}")
         plan = self.plan(x.shape[1], x.shape[2])
-        if x.dtype != F32 or not x.flags.c_contiguous:  # the pad kernel reads float32 C order only
+        # the pad kernel is compiled for writable float32 C-order arrays; anything else is copied first
+        if x.dtype != F32 or not x.flags.c_contiguous or not x.flags.writeable:
             np.copyto(plan.input, x)
             x = plan.input
         pad_nb(x, 1, plan.input_padded)

@@ -64,12 +64,15 @@ def test_forward_returns_fresh_arrays_and_plans_per_size(trio):
 
 
 def test_forward_takes_any_float_layout(trio):
-    """float32 C-order inputs are padded in place of a copy; others are copied first: same logits."""
+    """Writable float32 C-order inputs are padded without a copy; others are copied first: same logits."""
     _, fast, _ = trio
     x = np.random.default_rng(4).random((3, 48, 64), dtype=np.float32)
     expected = fast._engine.forward(x)
     np.testing.assert_array_equal(fast._engine.forward(x.astype(np.float64)), expected)
     np.testing.assert_array_equal(fast._engine.forward(np.asfortranarray(x)), expected)
+    frozen = x.copy()
+    frozen.flags.writeable = False
+    np.testing.assert_array_equal(fast._engine.forward(frozen), expected)
 
 
 def test_rejects_sizes_that_are_not_multiples_of_16(trio):
