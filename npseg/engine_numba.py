@@ -75,9 +75,11 @@ class _Plan:
         t1, t1_padded = self._down(1, e1, ACT_GELU, pad_width=1)  # [c0, H/2]
         t2, t2_padded = self._down(2, self._conv3x3("encoder2.0", t1, c1, padded=t1_padded, pad_width=1), ACT_GELU,
                                    pad_width=1)  # [c1, H/4]
-        e3 = self._conv3x3("encoder3.0", t2, c2, padded=t2_padded, pad_width=1)  # [c2, H/4]
+        e3 = self._buf(c2, h // 4, w // 4)
+        e3_padded = ops.padded_buffer(e3, 3)  # border 3: one copy serves EDB's three dilations
+        self._conv3x3("encoder3.0", t2, c2, padded=t2_padded, pad_width=1, out=e3, out_padded=e3_padded)  # [c2, H/4]
         for i in (1, 2):
-            self._edb(f"encoder3.{i}", e3, float(np.asarray(res_scale[i - 1])))
+            self._edb(f"encoder3.{i}", e3, float(np.asarray(res_scale[i - 1])), e3_padded if i == 1 else None)
         t3, _ = self._down(3, e3, ACT_GELU)  # [c2, H/8]
         g = self._gsa("encoder4.0", t3, c3, gates)  # [c3, H/8]
         if cfg.fusion:  # t4 lives in the second half of the AGF concat buffer: no copy
@@ -110,10 +112,12 @@ class _Plan:
     def _buf(c, h, w):
         return np.zeros((c, h, w), F32)
 
-    def _conv3x3(self, name, src, cout, dilation=1, act=ACT_NONE, out=None, padded=None, pad_width=None):
+    def _conv3x3(self, name, src, cout, dilation=1, act=ACT_NONE, out=None, padded=None, pad_width=None,
+                 out_padded=None):
         out = self._buf(cout, *src.shape[1:]) if out is None else out
         self.steps += ops.conv3x3(src, self.p[f"{name}.weight"], self.p[f"{name}.bias"], out, dilation, act,
-                                  padded, pad_width)
+                                  padded, pad_width, out_padded=out_padded,
+                                  out_pad_width=None if out_padded is None else 3)
         return out
 
     def _conv1x1(self, name, src, cout, act=ACT_NONE, out=None):
@@ -140,12 +144,14 @@ class _Plan:
                                   padded, pad_width)
         return out, padded
 
-    def _edb(self, name, x, res_scale):
-        """In place x <- x + s * fusion(concat(branch_d1, branch_d2, branch_d3))."""
+    def _edb(self, name, x, res_scale, padded=None):
+        """In place x <- x + s * fusion(concat(branch_d1, branch_d2, branch_d3)); `padded`: x's
+        border-3 copy when its producer wrote one (else a pad step makes it)."""
         c = x.shape[0]
         branches = self._buf(c, *x.shape[1:])
-        padded = ops.padded_buffer(x, 3)  # one padded copy serves the three dilations
-        self.steps += ops.pad(x, 3, padded)
+        if padded is None:
+            padded = ops.padded_buffer(x, 3)  # one padded copy serves the three dilations
+            self.steps += ops.pad(x, 3, padded)
         for i, d in enumerate((1, 2, 3)):
             self._conv3x3(f"{name}.dilated_convs.{i}", x, c // 3, dilation=d, out=branches[i * c // 3:(i + 1) * c // 3],
                           padded=padded, pad_width=3)

@@ -67,15 +67,22 @@ def test_conv3x3_direct(groups, cin_g, cout_g, h, w, dilation, act, seed):
 @SETTINGS
 @given(cin=st.integers(1, 20), cout=st.integers(1, 20), h=st.integers(1, 40), w=st.integers(1, 40),
        dilation=st.integers(1, 3), act=ACTS, method=st.sampled_from([None, "direct", "gemm"]),
-       seed=st.integers(0, 2**31))
-def test_conv3x3_dense_both_paths(cin, cout, h, w, dilation, act, method, seed):
-    """Dense convs: im2col + GEMM, the direct kernel, and the size-based choice between them."""
+       out_pad_width=st.sampled_from([None, 1, 3]), seed=st.integers(0, 2**31))
+def test_conv3x3_dense_both_paths(cin, cout, h, w, dilation, act, method, out_pad_width, seed):
+    """Dense convs: im2col + GEMM, the direct kernel, and the size-based choice between them;
+    the optional padded copy of the output is exactly what a pad step would write."""
     rng = np.random.default_rng(seed)
     x, wt, b = rand(rng, cin, h, w), rand(rng, cout, cin, 3, 3), rand(rng, cout)
     out = np.zeros((cout, h, w), F32)
-    run(steps.conv3x3(x, wt, b, out, dilation, act, method=method))
+    out_padded = None if out_pad_width is None else steps.padded_buffer(out, out_pad_width)
+    run(steps.conv3x3(x, wt, b, out, dilation, act, method=method, out_padded=out_padded,
+                      out_pad_width=out_pad_width))
     ref = conv2d_ref(*f64(x, wt, b), padding=dilation, dilation=dilation)
     assert_close(out, REF_ACT[act](ref))
+    if out_padded is not None:
+        expected = steps.padded_buffer(out, out_pad_width)
+        run(steps.pad(out, out_pad_width, expected))
+        assert np.array_equal(out_padded, expected)
 
 
 @SETTINGS

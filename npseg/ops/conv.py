@@ -107,10 +107,35 @@ def _bias_act(dst, acc, bias, act):
             dst[x] = activate(acc[x] + bias, act)
 
 
+@numba.njit(inline="always") if numba else (lambda f: f)
+def _taps3x3_triple(acc, plane0, plane1, plane2, s, wp, w, co, n, d):
+    """acc[p] = all 27 taps of three input channels for output channel co, in one pass (the
+    groups of EDB's branch convs): one store per 27 FMAs instead of three read-modify-write
+    passes; each channel's 9 taps sum first (the caller compiles without reassociation)."""
+    a0, a1, a2 = plane0[s:], plane0[s + d * wp:], plane0[s + 2 * d * wp:]
+    b0, b1, b2 = plane1[s:], plane1[s + d * wp:], plane1[s + 2 * d * wp:]
+    c0, c1, c2 = plane2[s:], plane2[s + d * wp:], plane2[s + 2 * d * wp:]
+    wa, wb, wc = w[co, 0], w[co, 1], w[co, 2]
+    a00, a01, a02, a10, a11, a12, a20, a21, a22 = (wa[0, 0], wa[0, 1], wa[0, 2], wa[1, 0], wa[1, 1], wa[1, 2],
+                                                   wa[2, 0], wa[2, 1], wa[2, 2])
+    b00, b01, b02, b10, b11, b12, b20, b21, b22 = (wb[0, 0], wb[0, 1], wb[0, 2], wb[1, 0], wb[1, 1], wb[1, 2],
+                                                   wb[2, 0], wb[2, 1], wb[2, 2])
+    c00, c01, c02, c10, c11, c12, c20, c21, c22 = (wc[0, 0], wc[0, 1], wc[0, 2], wc[1, 0], wc[1, 1], wc[1, 2],
+                                                   wc[2, 0], wc[2, 1], wc[2, 2])
+    for p in range(n):
+        acc[p] = ((a00 * a0[p] + a01 * a0[p + d] + a02 * a0[p + 2 * d] + a10 * a1[p] + a11 * a1[p + d]
+                   + a12 * a1[p + 2 * d] + a20 * a2[p] + a21 * a2[p + d] + a22 * a2[p + 2 * d])
+                  + (b00 * b0[p] + b01 * b0[p + d] + b02 * b0[p + 2 * d] + b10 * b1[p] + b11 * b1[p + d]
+                     + b12 * b1[p + 2 * d] + b20 * b2[p] + b21 * b2[p + d] + b22 * b2[p + 2 * d])
+                  + (c00 * c0[p] + c01 * c0[p + d] + c02 * c0[p + 2 * d] + c10 * c1[p] + c11 * c1[p + d]
+                     + c12 * c1[p + 2 * d] + c20 * c2[p] + c21 * c2[p + d] + c22 * c2[p + 2 * d]))
+
+
 @kernel_ordered
-def conv3x3_nb(padded, pad, w, b, dilation, act, out):
+def conv3x3_nb(padded, pad, w, b, dilation, act, out, out_pad, out_padded):
     """Grouped, dilated 3x3 conv (zero padding = dilation, stride 1) + bias + act, reading the
-    input from pad_nb's buffer (pad >= dilation).
+    input from pad_nb's buffer (pad >= dilation); with a non-empty `out_padded` (border
+    `out_pad`) the output rows are also written there for the next 3x3 conv.
 
     The padded rows are treated as one flat vector: output (y, x) accumulates at
     (y - y0) * Wp + x of a row tile that fits L1, every tap is a constant shift of
@@ -131,13 +156,23 @@ def conv3x3_nb(padded, pad, w, b, dilation, act, out):
     for y0 in range(0, h, tile):
         rows = min(tile, h - y0)
         n = rows * wp
+        s = (y0 + pad - d) * wp + pad - d  # tap (0, 0) of output (y0, 0)
         for co in range(0, cout, block):
-            acc[:block, :n] = 0.0
             acc0 = acc[0]
             ci0 = (co // cout_g) * cin_g
-            for k in range(cin_g):
+            cin_left = cin_g
+            if block == 1 and cin_g == 3:
+                if d == 1:
+                    _taps3x3_triple(acc0, padded[ci0], padded[ci0 + 1], padded[ci0 + 2], s, wp, w, co, n, 1)
+                elif d == 2:
+                    _taps3x3_triple(acc0, padded[ci0], padded[ci0 + 1], padded[ci0 + 2], s, wp, w, co, n, 2)
+                else:
+                    _taps3x3_triple(acc0, padded[ci0], padded[ci0 + 1], padded[ci0 + 2], s, wp, w, co, n, 3)
+                cin_left = 0
+            else:
+                acc[:block, :n] = 0.0
+            for k in range(cin_left):
                 plane = padded[ci0 + k]
-                s = (y0 + pad - d) * wp + pad - d  # tap (0, 0) of output (y0, 0)
                 r0, r1, r2 = plane[s:], plane[s + d * wp:], plane[s + 2 * d * wp:]
                 if block == 4:
                     if d == 1:
@@ -154,7 +189,13 @@ def conv3x3_nb(padded, pad, w, b, dilation, act, out):
                     _taps3x3(acc0, r0, r1, r2, w, co, k, n, 3)
             for j in range(block):
                 for r in range(rows):
-                    _bias_act(out[co + j, y0 + r], acc[j, r * wp:r * wp + width], b[co + j], act)
+                    row = out[co + j, y0 + r]
+                    _bias_act(row, acc[j, r * wp:r * wp + width], b[co + j], act)
+                    if out_padded.shape[1] > 0:
+                        start = (y0 + r + out_pad) * (width + 2 * out_pad) + out_pad
+                        dst = out_padded[co + j, start:start + width]
+                        for x in range(width):
+                            dst[x] = row[x]
 
 
 @kernel

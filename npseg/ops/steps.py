@@ -75,11 +75,14 @@ def pad(src, pad_width, padded):
     return [partial(pad_nb, src, int(pad_width), padded)]
 
 
-def conv3x3(src, w, b, out, dilation=1, act=ACT_NONE, padded=None, pad_width=None, method=None):
-    """Grouped/dilated 3x3 conv (padding = dilation) + bias + act; dense ones mostly as im2col + GEMM.
+def conv3x3(src, w, b, out, dilation=1, act=ACT_NONE, padded=None, pad_width=None, method=None,
+            out_padded=None, out_pad_width=None):
+    """Grouped/dilated 3x3 conv (padding = dilation) + bias + act; dense ones with >= GEMM_MIN_COUT
+    outputs as im2col + GEMM, the others direct.
 
     With `padded` (a buffer filled by a pad step with `pad_width` >= dilation) the
     conv reads it and adds no pad step: convs of one input share one padded copy.
+    With `out_padded`, the output also fills that pad_nb buffer (border `out_pad_width`).
     `method` ("direct" / "gemm", dense only) overrides the size-based choice.
     """
     _arrays(src, w, b, out)
@@ -104,9 +107,12 @@ def conv3x3(src, w, b, out, dilation=1, act=ACT_NONE, padded=None, pad_width=Non
     if method == "gemm":
         cols = np.empty((cin * 9, h * width), dtype=F32)
         w2 = np.ascontiguousarray(w.reshape(cout, cin * 9))
-        return prologue + [partial(im2col3x3_nb, padded, int(pad_width), int(dilation), h, width, cols),
-                           partial(np.dot, w2, cols, out.reshape(cout, -1))] + affine_act(out, np.ones(cout, F32), b, act)
-    return prologue + [partial(conv3x3_nb, padded, int(pad_width), w, b, int(dilation), _act(act), out)]
+        steps = prologue + [partial(im2col3x3_nb, padded, int(pad_width), int(dilation), h, width, cols),
+                            partial(np.dot, w2, cols, out.reshape(cout, -1))] + affine_act(out, np.ones(cout, F32), b, act)
+        return steps + ([] if out_padded is None else pad(out, out_pad_width, out_padded))
+    out_pad_width, out_padded = _padded_out(out, out_padded, out_pad_width)
+    return prologue + [partial(conv3x3_nb, padded, int(pad_width), w, b, int(dilation), _act(act), out,
+                               out_pad_width, out_padded)]
 
 
 def conv1x1(src, w, b, out, act=ACT_NONE):
