@@ -77,7 +77,8 @@ class _Plan:
                                    pad_width=1)  # [c1, H/4]
         e3 = self._buf(c2, h // 4, w // 4)
         e3_padded = ops.padded_buffer(e3, 3)  # border 3: one copy serves EDB's three dilations
-        self._conv3x3("encoder3.0", t2, c2, padded=t2_padded, pad_width=1, out=e3, out_padded=e3_padded)  # [c2, H/4]
+        self._conv3x3("encoder3.0", t2, c2, padded=t2_padded, pad_width=1, out=e3, out_padded=e3_padded,
+                      out_pad_width=3)  # [c2, H/4]
         for i in (1, 2):
             self._edb(f"encoder3.{i}", e3, float(np.asarray(res_scale[i - 1])), e3_padded if i == 1 else None)
         t3, _ = self._down(3, e3, ACT_GELU)  # [c2, H/8]
@@ -113,11 +114,10 @@ class _Plan:
         return np.zeros((c, h, w), F32)
 
     def _conv3x3(self, name, src, cout, dilation=1, act=ACT_NONE, out=None, padded=None, pad_width=None,
-                 out_padded=None):
+                 out_padded=None, out_pad_width=None):
         out = self._buf(cout, *src.shape[1:]) if out is None else out
         self.steps += ops.conv3x3(src, self.p[f"{name}.weight"], self.p[f"{name}.bias"], out, dilation, act,
-                                  padded, pad_width, out_padded=out_padded,
-                                  out_pad_width=None if out_padded is None else 3)
+                                  padded, pad_width, out_padded=out_padded, out_pad_width=out_pad_width)
         return out
 
     def _conv1x1(self, name, src, cout, act=ACT_NONE, out=None):

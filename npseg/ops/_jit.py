@@ -1,9 +1,12 @@
-"""The one Numba decorator every kernel uses, and the activation codes kernels take.
+"""The Numba decorators kernels use, and the activation codes kernels take.
 
 `error_model="numpy"` keeps divisions vectorisable (no ZeroDivisionError check);
 `fastmath` lets reductions vectorise; `cache=True` makes a warm start load the
-compiled code instead of compiling it. Without Numba the references stay
-importable and `npseg.engine_numba` refuses to import (the NumPy engine runs).
+compiled code instead of compiling it. `kernel_ordered` drops reassociation, for
+kernels whose float32 sums must keep their written order; `inline` helpers are
+pasted into the calling kernel and compiled with its flags. Without Numba the
+references stay importable and `npseg.engine_numba` refuses to import (the
+NumPy engine runs).
 """
 from __future__ import annotations
 
@@ -21,8 +24,7 @@ def kernel(fn):
     return numba.njit(cache=True, fastmath=True, error_model="numpy", nogil=True)(fn)
 
 
-# fastmath without "reassoc": sums keep the written order (FMA contraction stays allowed), for
-# kernels whose float32 rounding is worth controlling
+# fastmath without "reassoc": sums keep the written order (FMA contraction stays allowed)
 ORDERED_FASTMATH = {"nnan", "ninf", "nsz", "arcp", "contract", "afn"}
 
 
@@ -30,3 +32,9 @@ def kernel_ordered(fn):
     if numba is None:
         return fn
     return numba.njit(cache=True, fastmath=ORDERED_FASTMATH, error_model="numpy", nogil=True)(fn)
+
+
+def inline(fn):
+    if numba is None:
+        return fn
+    return numba.njit(inline="always")(fn)

@@ -35,7 +35,7 @@ def conv1x1_ref(x, w, b):
 
 # ---- Numba kernels -------------------------------------------------------------------------
 # Callers validate shapes first (npseg.ops.steps); the loops trust them and never bounds-check.
-from ._jit import kernel, kernel_ordered, numba  # noqa: E402
+from ._jit import inline, kernel, kernel_ordered  # noqa: E402
 from .activation import activate  # noqa: E402
 
 
@@ -53,7 +53,7 @@ def pad_nb(src, pad, padded):
                 dst[x] = line[x]
 
 
-@numba.njit(inline="always", fastmath=True, error_model="numpy") if numba else (lambda f: f)
+@inline
 def _taps3x3(acc, r0, r1, r2, w, co, k, n, d):
     """acc[p] += all 9 taps of input channel k; d is a literal at every call site, so the
     offsets are compile-time constants and the loop vectorises without wraparound checks."""
@@ -66,7 +66,7 @@ def _taps3x3(acc, r0, r1, r2, w, co, k, n, d):
                    + w20 * r2[p] + w21 * r2[p + d] + w22 * r2[p + 2 * d])
 
 
-@numba.njit(inline="always", fastmath=True, error_model="numpy") if numba else (lambda f: f)
+@inline
 def _taps3x3_quad(acc, r0, r1, r2, w, co, k, n, d):
     """_taps3x3 for output channels co .. co + 3 at once (acc [4, n]): each input load feeds four FMAs."""
     a0, a1, a2, a3 = acc[0], acc[1], acc[2], acc[3]
@@ -96,7 +96,7 @@ def _taps3x3_quad(acc, r0, r1, r2, w, co, k, n, d):
                   + d20 * l0 + d21 * l1 + d22 * l2)
 
 
-@numba.njit(inline="always", fastmath=True, error_model="numpy") if numba else (lambda f: f)
+@inline
 def _bias_act(dst, acc, bias, act):
     """dst[x] = act(acc[x] + bias): the epilogue of the accumulating conv kernels."""
     if act == 0:
@@ -107,7 +107,7 @@ def _bias_act(dst, acc, bias, act):
             dst[x] = activate(acc[x] + bias, act)
 
 
-@numba.njit(inline="always") if numba else (lambda f: f)
+@inline
 def _taps3x3_triple(acc, plane0, plane1, plane2, s, wp, w, co, n, d):
     """acc[p] = all 27 taps of three input channels for output channel co, in one pass (the
     groups of EDB's branch convs): one store per 27 FMAs instead of three read-modify-write
