@@ -18,20 +18,22 @@ except ImportError:  # pragma: no cover - exercised only where Numba is missing
 ACT_NONE, ACT_RELU, ACT_GELU = 0, 1, 2
 
 
-def kernel(fn):
-    if numba is None:
-        return fn
-    return numba.njit(cache=True, fastmath=True, error_model="numpy", nogil=True)(fn)
-
-
 # fastmath without "reassoc": sums keep the written order (FMA contraction stays allowed)
 ORDERED_FASTMATH = {"nnan", "ninf", "nsz", "arcp", "contract", "afn"}
 
 
-def kernel_ordered(fn):
+def _compiled(fn, fastmath):
     if numba is None:
         return fn
-    return numba.njit(cache=True, fastmath=ORDERED_FASTMATH, error_model="numpy", nogil=True)(fn)
+    return numba.njit(cache=True, fastmath=fastmath, error_model="numpy", nogil=True)(fn)
+
+
+def kernel(fn):
+    return _compiled(fn, True)
+
+
+def kernel_ordered(fn):
+    return _compiled(fn, ORDERED_FASTMATH)
 
 
 def inline(fn):
