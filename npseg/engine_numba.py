@@ -71,8 +71,12 @@ class _Plan:
         # encoder; run() pads the frame straight into input_padded, and the down convs also write
         # the padded copy their 3x3 consumer reads (no pad passes)
         self.input_padded = ops.padded_buffer(self.input, 1)
-        e1 = self._conv3x3("encoder1.0", self.input, c0, padded=self.input_padded, pad_width=1)  # [c0, H]
-        t1, t1_padded = self._down(1, e1, ACT_GELU, pad_width=1)  # [c0, H/2]
+        t1 = self._buf(c0, h // 2, w // 2)
+        t1_padded = ops.padded_buffer(t1, 1)
+        # conv, GroupNorm and down conv folded per frame: the [c0, H, W] conv output is never stored
+        self.steps += ops.conv_gn_down(self.input, self.input_padded, 1, p["encoder1.0.weight"],
+                                       p["encoder1.0.bias"], GN_GROUPS, p["down1.weight"], p["down1.bias"], t1,
+                                       ACT_GELU, t1_padded, 1, GN_EPS)  # [c0, H/2]
         t2, t2_padded = self._down(2, self._conv3x3("encoder2.0", t1, c1, padded=t1_padded, pad_width=1), ACT_GELU,
                                    pad_width=1)  # [c1, H/4]
         e3 = self._buf(c2, h // 4, w // 4)

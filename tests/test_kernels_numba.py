@@ -136,6 +136,37 @@ def test_down2x2_direct(cin, cout, h, w, act, pad_width, seed):
 
 
 @SETTINGS
+@given(cin=st.integers(1, 4), c_mid=st.sampled_from([4, 8, 12]), cout=st.sampled_from([4, 8]),
+       groups=st.sampled_from([1, 2, 4]), h=st.integers(1, 20), w=st.integers(1, 20), act=ACTS,
+       pad_width=st.sampled_from([1, 2]), out_pad_width=st.sampled_from([None, 1, 3]), seed=st.integers(0, 2**31))
+def test_conv_gn_down_folded(cin, c_mid, cout, groups, h, w, act, pad_width, out_pad_width, seed):
+    """The first layer's chain (3x3 conv, non-affine GroupNorm, 2x2 stride-2 conv) folded per frame
+    into a statistics pass and one 4x4 stride-2 conv, against the three reference ops in float64."""
+    rng = np.random.default_rng(seed)
+    x = rng.random((cin, 2 * h, 2 * w)).astype(F32)  # image-like input in [0, 1]
+    w1, b1, w2, b2 = rand(rng, c_mid, cin, 3, 3), rand(rng, c_mid), rand(rng, cout, c_mid, 2, 2), rand(rng, cout)
+    padded = steps.padded_buffer(x, pad_width)
+    out = np.zeros((cout, h, w), F32)
+    out_padded = None if out_pad_width is None else steps.padded_buffer(out, out_pad_width)
+    run(steps.pad(x, pad_width, padded)
+        + steps.conv_gn_down(x, padded, pad_width, w1, b1, groups, w2, b2, out, act, out_padded, out_pad_width))
+    mid = group_norm_ref(conv2d_ref(*f64(x, w1, b1), padding=1), groups)
+    assert_close(out, REF_ACT[act](conv2d_ref(mid, *f64(w2, b2), stride=2)), 2e-5)
+    if out_padded is not None:
+        expected = steps.padded_buffer(out, out_pad_width)
+        run(steps.pad(out, out_pad_width, expected))
+        assert np.array_equal(out_padded, expected)
+
+
+def test_conv_gn_down_rejects_bad_widths():
+    x = np.zeros((3, 8, 8), F32)
+    padded = steps.padded_buffer(x, 1)
+    with pytest.raises(steps.ShapeError, match="multiples of 4"):
+        steps.conv_gn_down(x, padded, 1, np.zeros((6, 3, 3, 3), F32), np.zeros(6, F32), 2,
+                           np.zeros((4, 6, 2, 2), F32), np.zeros(4, F32), np.zeros((4, 4, 4), F32))
+
+
+@SETTINGS
 @given(c=st.integers(1, 8), h=st.integers(1, 20), w=st.integers(1, 20), out_h=st.integers(1, 40),
        out_w=st.integers(1, 40), act=ACTS, seed=st.integers(0, 2**31))
 def test_resize_bilinear_align_corners_with_affine(c, h, w, out_h, out_w, act, seed):

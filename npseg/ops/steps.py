@@ -11,7 +11,8 @@ import numpy as np
 
 from ._jit import ACT_GELU, ACT_NONE, ACT_RELU
 from .activation import add_nb, affine_act_nb
-from .conv import conv1x1_nb, conv3x3_nb, down2x2_nb, im2col3x3_nb, pad_nb
+from .conv import (conv1x1_nb, conv3x3_nb, conv3x3_stats_nb, conv4x4s2_nb, down2x2_nb, gn_down_fold_nb,
+                   im2col3x3_nb, pad_nb)
 from .gsa import gsa_norm_nb
 from .heads import agf_fuse_nb, gate_head_nb, merge_nb, ssa_nb
 from .norm import group_norm_coeffs_nb
@@ -159,6 +160,31 @@ def down2x2(src, scale, shift, w, b, out, act=ACT_NONE, padded=None, pad_width=N
     _need(scale.shape == shift.shape == (cin,) and b.shape == (cout,), "down2x2: vectors")
     pad_width, padded = _padded_out(out, padded, pad_width)
     return [partial(down2x2_nb, src, scale, shift, w, b, _act(act), out, pad_width, padded)]
+
+
+def conv_gn_down(src, padded, pad_width, w1, b1, groups, w2, b2, out, act=ACT_NONE, out_padded=None,
+                 out_pad_width=None, eps=1e-5):
+    """down2x2(GroupNorm(conv3x3(src)), w2) without storing the conv's output: a statistics pass
+    (the conv's values summed, not stored), then per frame the conv, the GroupNorm and the 2x2
+    stride-2 conv folded into one 4x4 stride-2 conv on src, which runs once. For the first
+    layer, where the conv's output is the largest tensor of the forward and has no other use.
+    `padded`: src in pad_nb's buffer (border `pad_width` >= 1), filled before these steps."""
+    _arrays(src, padded, w1, b1, w2, b2, out)
+    cin, h, width = src.shape
+    c_mid, cout = w1.shape[0], w2.shape[0]
+    _need(w1.shape == (c_mid, cin, 3, 3) and b1.shape == (c_mid,), f"conv_gn_down: x {src.shape}, w1 {w1.shape}")
+    _need(w2.shape == (cout, c_mid, 2, 2) and b2.shape == (cout,), f"conv_gn_down: w2 {w2.shape}, b2 {b2.shape}")
+    _need(c_mid % 4 == 0 and cout % 4 == 0 and c_mid % groups == 0,
+          f"conv_gn_down: widths {c_mid}, {cout} must be multiples of 4 and of {groups} groups")
+    _need(h % 2 == 0 and width % 2 == 0 and out.shape == (cout, h // 2, width // 2), f"conv_gn_down: out {out.shape}")
+    _need(isinstance(pad_width, int) and pad_width >= 1 and padded.shape == padded_buffer(src, pad_width).shape,
+          "conv_gn_down: padded buffer does not fit")
+    out_pad_width, out_padded = _padded_out(out, out_padded, out_pad_width)
+    stats = np.zeros((c_mid, 2), np.float64)
+    kernel4, bias4 = np.zeros((cout, cin, 4, 4), F32), np.zeros(cout, F32)
+    return [partial(conv3x3_stats_nb, padded, int(pad_width), h, width, w1, b1, stats),
+            partial(gn_down_fold_nb, stats, h * width, int(groups), float(eps), w1, b1, w2, b2, kernel4, bias4),
+            partial(conv4x4s2_nb, padded, int(pad_width), kernel4, bias4, _act(act), out, out_pad_width, out_padded)]
 
 
 def resize_bilinear(src, scale, shift, out, act=ACT_NONE):
