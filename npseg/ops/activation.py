@@ -31,9 +31,11 @@ def softmax_channels_ref(x):
 # libm erf/exp are scalar calls (~10 ns each); these clamped rational forms vectorise.
 # Coefficients: a minimax fit (linear programming, differential correction) of
 # erf(x)/x and tanh(x)/x as P(x^2)/Q(x^2) with Q > 0 (no poles), done for npseg.
-# Both are evaluated in float64 (fit errors: erf 4e-8, tanh 6e-8): in float32 their ~4e-7
-# errors, multiplied by activations of 10-40 in the gates, doubled the engine's distance
-# to the float64 reference and pushed the golden-logits check past its 1e-4.
+# Fit errors: erf 4e-8, tanh 6e-8. The sigmoid is evaluated in float64: it feeds the
+# multiplicative gates, where a float32 evaluation's ~4e-7 error once pushed the golden-logits
+# check past its 1e-4. GELU runs in float32 (twice as fast, ~5e-7 absolute error for |x| < 4):
+# measured on the golden inputs, the logits stay as close to the float64 reference (2.6e-5 vs
+# 3.3e-5 with the float64 GELU; the errors of the two do not add up).
 # sigmoid(x) = (1 + tanh(x/2)) / 2.
 import numpy as _np  # noqa: E402
 
@@ -51,16 +53,6 @@ TQ1, TQ2, TQ3 = 0.45708941102553652, 0.02132929721460651, 0.00013430216070434264
 
 
 @kernel
-def erf_fast(x):
-    """erf of a float64, |error| < 4e-8."""
-    x = min(max(x, -ERF_CLAMP), ERF_CLAMP)
-    t = x * x
-    p = (((((((E7 * t + E6) * t + E5) * t + E4) * t + E3) * t + E2) * t + E1) * t + E0)
-    q = ((((EQ4 * t + EQ3) * t + EQ2) * t + EQ1) * t + 1.0)
-    return x * p / q
-
-
-@kernel
 def tanh_fast(x):
     """tanh of a float64, |error| < 7e-8."""
     x = min(max(x, -TANH_CLAMP), TANH_CLAMP)
@@ -72,9 +64,13 @@ def tanh_fast(x):
 
 @kernel
 def gelu_fast(x):
-    """Exact-erf GELU of a float32 to about one float32 ulp."""
-    v = _np.float64(x)
-    return _f(0.5 * v * (1.0 + erf_fast(v * 0.7071067811865476)))
+    """Exact-erf GELU of a float32, evaluated in float32."""
+    u = min(max(x * _f(0.7071067811865476), _f(-ERF_CLAMP)), _f(ERF_CLAMP))
+    t = u * u
+    p = (((((((_f(E7) * t + _f(E6)) * t + _f(E5)) * t + _f(E4)) * t + _f(E3)) * t + _f(E2)) * t + _f(E1)) * t
+         + _f(E0))
+    q = ((((_f(EQ4) * t + _f(EQ3)) * t + _f(EQ2)) * t + _f(EQ1)) * t + _f(1.0))
+    return _f(0.5) * x * (_f(1.0) + u * p / q)
 
 
 @kernel
