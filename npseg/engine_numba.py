@@ -163,8 +163,7 @@ class _Plan:
         # the residual scale s folds into the fusion conv
         w = (self.p[f"{name}.fusion.weight"] * F32(res_scale)).astype(F32)
         b = (self.p[f"{name}.fusion.bias"] * F32(res_scale)).astype(F32)
-        self.steps += ops.conv1x1(branches, w, b, fused)
-        self.steps += ops.add(x, fused)
+        self.steps += ops.residual_conv1x1(x, branches, w, b, fused)
 
     def _gsa(self, name, src, cout, gates):
         c = src.shape[0]

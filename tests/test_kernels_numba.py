@@ -241,10 +241,23 @@ def test_agf_fuse_and_ssa(c, h, w, alpha, seed):
 @given(c=st.integers(1, 8), n=st.integers(1, 500), seed=st.integers(0, 2**31))
 def test_add_in_place(c, n, seed):
     rng = np.random.default_rng(seed)
-    a, b = rand(rng, c, n), rand(rng, c, n)
-    ours = a.copy()
-    run(steps.add(ours, b))
+    a, b, bias = rand(rng, c, n), rand(rng, c, n), rand(rng, c)
+    ours, with_bias = a.copy(), a.copy()
+    run(steps.add(ours, b) + steps.add(with_bias, b, bias))
     assert_close(ours, a.astype(np.float64) + b)
+    assert_close(with_bias, a.astype(np.float64) + b + bias[:, None])
+
+
+@SETTINGS
+@given(cin=st.sampled_from([3, 16, 48, 64]), cout=st.integers(1, 50), h=st.integers(1, 20), w=st.integers(1, 20),
+       seed=st.integers(0, 2**31))
+def test_residual_conv1x1(cin, cout, h, w, seed):
+    """x += conv1x1(src) + b (the EDB's fusion and residual), narrow (loops) and wide (GEMM)."""
+    rng = np.random.default_rng(seed)
+    x, src, wt, b = rand(rng, cout, h, w), rand(rng, cin, h, w), rand(rng, cout, cin, 1, 1), rand(rng, cout)
+    ours = x.copy()
+    run(steps.residual_conv1x1(ours, src, wt, b, np.zeros_like(x)))
+    assert_close(ours, x + conv1x1_ref(*f64(src, wt, b)))
 
 
 def test_fast_gelu_and_sigmoid_accuracy():

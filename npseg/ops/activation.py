@@ -39,7 +39,7 @@ def softmax_channels_ref(x):
 # sigmoid(x) = (1 + tanh(x/2)) / 2.
 import numpy as _np  # noqa: E402
 
-from ._jit import ACT_GELU, ACT_RELU, kernel  # noqa: E402
+from ._jit import ACT_GELU, ACT_RELU, kernel, kernel_ordered  # noqa: E402
 
 _f = _np.float32
 ERF_CLAMP = 3.95  # erf(3.95) = 1 - 1.7e-8
@@ -125,9 +125,14 @@ def sigmoid_nb(src, out):
         out[i] = sigmoid_fast(src[i])
 
 
-@kernel
-def add_nb(acc, other):
-    """acc += other (flat, equal sizes)."""
-    af, of = acc.reshape(acc.size), other.reshape(other.size)
-    for i in range(af.size):
-        af[i] += of[i]
+@kernel_ordered
+def add_nb(acc, other, bias):
+    """acc[c] += other[c] + bias[c] for [C, ...] arrays of equal shapes (in that order: the bias
+    joins `other` first, as when it was a separate pass)."""
+    c_n = acc.shape[0]
+    n = acc.size // c_n
+    af, of = acc.reshape(c_n, n), other.reshape(c_n, n)
+    for c in range(c_n):
+        a, o, b = af[c], of[c], bias[c]
+        for i in range(n):
+            a[i] += o[i] + b

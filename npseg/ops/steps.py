@@ -55,12 +55,14 @@ def affine_act(x, scale, shift, act=ACT_NONE):
     return [partial(affine_act_nb, x, scale, shift, _act(act))]
 
 
-def add(acc, other):
-    """In place acc += other (same shapes)."""
-    _arrays(acc, other)
-    _need(acc.shape == other.shape, f"add: {acc.shape} += {other.shape}")
+def add(acc, other, bias=None):
+    """In place acc[c] += other[c] + bias[c] (same shapes; no bias: zeros)."""
+    bias = np.zeros(acc.shape[0], F32) if bias is None else bias
+    _arrays(acc, other, bias)
+    _need(acc.shape == other.shape and acc.ndim >= 2 and bias.shape == (acc.shape[0],),
+          f"add: {acc.shape} += {other.shape} + bias {bias.shape}")
     _need(not np.shares_memory(acc, other), "add: operands overlap")
-    return [partial(add_nb, acc, other)]
+    return [partial(add_nb, acc, other, bias)]
 
 
 def padded_buffer(src, pad):
@@ -114,6 +116,20 @@ def conv3x3(src, w, b, out, dilation=1, act=ACT_NONE, padded=None, pad_width=Non
     out_pad_width, out_padded = _padded_out(out, out_padded, out_pad_width)
     return prologue + [partial(conv3x3_nb, padded, int(pad_width), w, b, int(dilation), _act(act), out,
                                out_pad_width, out_padded)]
+
+
+def residual_conv1x1(x, src, w, b, scratch):
+    """In place x += conv1x1(src) + b; a wide one is a GEMM into `scratch` (x's shape) and one
+    pass that adds it and the bias (no separate bias pass)."""
+    _arrays(x, src, b, scratch)
+    _need(scratch.shape == x.shape, f"residual_conv1x1: scratch {scratch.shape} for x {x.shape}")
+    cin, cout = src.shape[0], x.shape[0]
+    if cin < GEMM_MIN_CIN:
+        return conv1x1(src, w, b, scratch) + add(x, scratch)
+    w2 = np.ascontiguousarray(w.reshape(w.shape[0], -1), dtype=F32)
+    _need(src.ndim == 3 and src.shape[1:] == x.shape[1:] and w2.shape == (cout, cin) and b.shape == (cout,),
+          f"residual_conv1x1: x {x.shape}, src {src.shape}, weight {w.shape}, bias {b.shape}")
+    return [partial(np.dot, w2, src.reshape(cin, -1), scratch.reshape(cout, -1))] + add(x, scratch, b)
 
 
 def conv1x1(src, w, b, out, act=ACT_NONE):
