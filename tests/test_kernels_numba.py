@@ -86,6 +86,38 @@ def test_conv3x3_dense_both_paths(cin, cout, h, w, dilation, act, method, out_pa
 
 
 @SETTINGS
+@given(cin=st.integers(1, 20), cout_quads=st.integers(1, 5), h=st.integers(1, 40), half=st.integers(1, 20),
+       act=ACTS, pad_width=st.sampled_from([1, 3]), out_pad_width=st.sampled_from([None, 1, 3]),
+       seed=st.integers(0, 2**31))
+def test_conv3x3_winograd(cin, cout_quads, h, half, act, pad_width, out_pad_width, seed):
+    """Row-wise Winograd F(2, 3) for dense 3x3 convs (even widths, outputs in fours), from a
+    padded input of any border >= 1, with the optional padded copy of the output."""
+    rng = np.random.default_rng(seed)
+    cout, w = 4 * cout_quads, 2 * half
+    x, wt, b = rand(rng, cin, h, w), rand(rng, cout, cin, 3, 3), rand(rng, cout)
+    padded = steps.padded_buffer(x, pad_width)
+    out = np.zeros((cout, h, w), F32)
+    out_padded = None if out_pad_width is None else steps.padded_buffer(out, out_pad_width)
+    conv = steps.conv3x3(x, wt, b, out, 1, act, padded, pad_width, method="winograd", out_padded=out_padded,
+                         out_pad_width=out_pad_width)
+    assert [step.func.__name__ for step in conv] == ["conv3x3_winograd_nb"]
+    run(steps.pad(x, pad_width, padded) + conv)
+    assert_close(out, REF_ACT[act](conv2d_ref(*f64(x, wt, b), padding=1)))
+    if out_padded is not None:
+        expected = steps.padded_buffer(out, out_pad_width)
+        run(steps.pad(out, out_pad_width, expected))
+        assert np.array_equal(out_padded, expected)
+
+
+def test_conv3x3_winograd_only_where_it_fits():
+    x = np.zeros((4, 6, 7), F32)  # odd width
+    with pytest.raises(steps.ShapeError, match="winograd does not fit"):
+        steps.conv3x3(x, np.zeros((4, 4, 3, 3), F32), np.zeros(4, F32), np.zeros((4, 6, 7), F32), method="winograd")
+    auto = steps.conv3x3(x, np.zeros((4, 4, 3, 3), F32), np.zeros(4, F32), np.zeros((4, 6, 7), F32))
+    assert auto[-1].func.__name__ == "conv3x3_nb"
+
+
+@SETTINGS
 @given(cin=st.sampled_from([1, 3, 8, 16, 47, 48, 64, 96]), cout=st.integers(1, 66), h=st.integers(1, 24),
        w=st.integers(1, 24), act=ACTS, seed=st.integers(0, 2**31))
 def test_conv1x1_loops_and_gemm(cin, cout, h, w, act, seed):

@@ -198,6 +198,88 @@ def conv3x3_nb(padded, pad, w, b, dilation, act, out, out_pad, out_padded):
                             dst[x] = row[x]
 
 
+def winograd_weights(w):
+    """3x3 weights [Cout, Cin, 3, 3] -> [Cout, Cin, 3, 4], the row filters of Winograd F(2, 3)
+    (g0, (g0 + g1 + g2) / 2, (g0 - g1 + g2) / 2, g2), computed in float64."""
+    g = w.astype(np.float64)
+    g0, g1, g2 = g[..., 0], g[..., 1], g[..., 2]
+    return np.ascontiguousarray(np.stack([g0, (g0 + g1 + g2) / 2, (g0 - g1 + g2) / 2, g2], -1), dtype=np.float32)
+
+
+@kernel_ordered
+def conv3x3_winograd_nb(padded, pad, u, b, act, out, out_pad, out_padded):
+    """Dense 3x3 conv (padding 1, dilation 1, even width, Cout a multiple of 4) + bias + act with
+    Winograd F(2, 3) along each row: u = winograd_weights(w). Every input row becomes four
+    half-width rows (d0 - d2, d1 + d2, d2 - d1, d1 - d3 of each column pair) once, then each
+    output pair takes 12 multiply-adds per input channel where direct taps take 18.
+    Optional padded copy of the output as in conv3x3_nb.
+
+    Measured here: 16->48 at 64x64 0.29 vs 0.51 ms direct, 8->16 at 128x128 0.19 vs 0.32, with
+    the same error against a float64 reference (the transforms add and subtract only).
+    """
+    cout, h, width = out.shape
+    cin = padded.shape[0]
+    half = width // 2
+    wp = width + 2 * pad
+    rows_in = h + 2
+    tin = np.empty((cin, 4, rows_in * half), dtype=np.float32)
+    for ci in range(cin):
+        plane = padded[ci]
+        t0, t1, t2, t3 = tin[ci, 0], tin[ci, 1], tin[ci, 2], tin[ci, 3]
+        for r in range(rows_in):
+            start = (r + pad - 1) * wp + pad - 1  # input row r - 1, column -1
+            line = plane[start:start + width + 2]
+            o = r * half
+            for m in range(half):
+                d0, d1, d2, d3 = line[2 * m], line[2 * m + 1], line[2 * m + 2], line[2 * m + 3]
+                t0[o + m] = d0 - d2
+                t1[o + m] = d1 + d2
+                t2[o + m] = d2 - d1
+                t3[o + m] = d1 - d3
+    # 4 outputs x 4 row filters x 256 accumulators: 16 KB, in L1 (128 and 512 were slower;
+    # so was transforming the input in L2-sized bands instead of whole)
+    tile = max(1, 256 // half)
+    acc = np.empty((4, 4, tile * half), dtype=np.float32)
+    owp = width + 2 * out_pad
+    for y0 in range(0, h, tile):
+        rows = min(tile, h - y0)
+        n = rows * half
+        for co in range(0, cout, 4):
+            acc[:, :, :n] = 0.0
+            for ci in range(cin):
+                for k in range(4):
+                    tk = tin[ci, k]
+                    r0, r1, r2 = tk[y0 * half:], tk[(y0 + 1) * half:], tk[(y0 + 2) * half:]
+                    a0, a1, a2, a3 = acc[0, k], acc[1, k], acc[2, k], acc[3, k]
+                    p0, q0, s0 = u[co, ci, 0, k], u[co, ci, 1, k], u[co, ci, 2, k]
+                    p1, q1, s1 = u[co + 1, ci, 0, k], u[co + 1, ci, 1, k], u[co + 1, ci, 2, k]
+                    p2, q2, s2 = u[co + 2, ci, 0, k], u[co + 2, ci, 1, k], u[co + 2, ci, 2, k]
+                    p3, q3, s3 = u[co + 3, ci, 0, k], u[co + 3, ci, 1, k], u[co + 3, ci, 2, k]
+                    for p in range(n):
+                        v0, v1, v2 = r0[p], r1[p], r2[p]
+                        a0[p] += (p0 * v0 + q0 * v1) + s0 * v2
+                        a1[p] += (p1 * v0 + q1 * v1) + s1 * v2
+                        a2[p] += (p2 * v0 + q2 * v1) + s2 * v2
+                        a3[p] += (p3 * v0 + q3 * v1) + s3 * v2
+            for j in range(4):
+                m0, m1, m2, m3 = acc[j, 0], acc[j, 1], acc[j, 2], acc[j, 3]
+                bias = b[co + j]
+                for r in range(rows):
+                    row = out[co + j, y0 + r]
+                    o = r * half
+                    for m in range(half):
+                        row[2 * m] = (m0[o + m] + m1[o + m] + m2[o + m]) + bias
+                        row[2 * m + 1] = (m1[o + m] - m2[o + m] - m3[o + m]) + bias
+                    if act != 0:
+                        for x in range(width):
+                            row[x] = activate(row[x], act)
+                    if out_padded.shape[1] > 0:
+                        start = (y0 + r + out_pad) * owp + out_pad
+                        dst = out_padded[co + j, start:start + width]
+                        for x in range(width):
+                            dst[x] = row[x]
+
+
 @kernel
 def im2col3x3_nb(padded, pad, dilation, h, width, cols):
     """cols[ci*9 + ky*3 + kx, y*W + x] = x[ci, y + (ky-1)d, x + (kx-1)d] (zero outside) for an

@@ -11,8 +11,8 @@ import numpy as np
 
 from ._jit import ACT_GELU, ACT_NONE, ACT_RELU
 from .activation import add_nb, affine_act_nb
-from .conv import (conv1x1_nb, conv3x3_nb, conv3x3_stats_nb, conv4x4s2_nb, down2x2_nb, gn_down_fold_nb,
-                   im2col3x3_nb, pad_nb)
+from .conv import (conv1x1_nb, conv3x3_nb, conv3x3_stats_nb, conv3x3_winograd_nb, conv4x4s2_nb, down2x2_nb,
+                   gn_down_fold_nb, im2col3x3_nb, pad_nb, winograd_weights)
 from .gsa import gsa_norm_nb
 from .heads import agf_fuse_nb, gate_head_nb, merge_nb, ssa_nb
 from .norm import group_norm_coeffs_nb
@@ -81,12 +81,13 @@ def pad(src, pad_width, padded):
 def conv3x3(src, w, b, out, dilation=1, act=ACT_NONE, padded=None, pad_width=None, method=None,
             out_padded=None, out_pad_width=None):
     """Grouped/dilated 3x3 conv (padding = dilation) + bias + act; dense ones with >= GEMM_MIN_COUT
-    outputs as im2col + GEMM, the others direct.
+    outputs as im2col + GEMM, narrower dense ones (dilation 1, even width, outputs a multiple
+    of 4) with row-wise Winograd F(2, 3), the others direct.
 
     With `padded` (a buffer filled by a pad step with `pad_width` >= dilation) the
     conv reads it and adds no pad step: convs of one input share one padded copy.
     With `out_padded`, the output also fills that pad_nb buffer (border `out_pad_width`).
-    `method` ("direct" / "gemm", dense only) overrides the size-based choice.
+    `method` ("direct" / "gemm" / "winograd", the last two dense only) overrides the choice.
     """
     _arrays(src, w, b, out)
     _need(src.ndim == 3 and w.ndim == 4 and w.shape[2:] == (3, 3), f"conv3x3: x {src.shape}, w {w.shape}")
@@ -104,9 +105,11 @@ def conv3x3(src, w, b, out, dilation=1, act=ACT_NONE, padded=None, pad_width=Non
     _arrays(padded)
     _need(isinstance(pad_width, int) and pad_width >= dilation
           and padded.shape == padded_buffer(src, pad_width).shape, "conv3x3: padded buffer does not fit")
-    _need(method in (None, "direct", "gemm") and (method != "gemm" or cin_g == cin), f"conv3x3: method {method}")
+    winograd_fits = cin_g == cin and dilation == 1 and width % 2 == 0 and cout % 4 == 0
+    _need(method in (None, "direct", "gemm", "winograd") and (method != "gemm" or cin_g == cin)
+          and (method != "winograd" or winograd_fits), f"conv3x3: method {method} does not fit")
     if method is None:
-        method = "gemm" if cin_g == cin and cout >= GEMM_MIN_COUT else "direct"
+        method = ("gemm" if cin_g == cin and cout >= GEMM_MIN_COUT else "winograd" if winograd_fits else "direct")
     if method == "gemm":
         cols = np.empty((cin * 9, h * width), dtype=F32)
         w2 = np.ascontiguousarray(w.reshape(cout, cin * 9))
@@ -114,6 +117,9 @@ def conv3x3(src, w, b, out, dilation=1, act=ACT_NONE, padded=None, pad_width=Non
                             partial(np.dot, w2, cols, out.reshape(cout, -1))] + affine_act(out, np.ones(cout, F32), b, act)
         return steps + ([] if out_padded is None else pad(out, out_pad_width, out_padded))
     out_pad_width, out_padded = _padded_out(out, out_padded, out_pad_width)
+    if method == "winograd":
+        return prologue + [partial(conv3x3_winograd_nb, padded, int(pad_width), winograd_weights(w), b, _act(act),
+                                   out, out_pad_width, out_padded)]
     return prologue + [partial(conv3x3_nb, padded, int(pad_width), w, b, int(dilation), _act(act), out,
                                out_pad_width, out_padded)]
 
