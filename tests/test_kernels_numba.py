@@ -200,8 +200,11 @@ def test_conv_gn_down_rejects_bad_widths():
 
 @SETTINGS
 @given(c=st.integers(1, 8), h=st.integers(1, 20), w=st.integers(1, 20), out_h=st.integers(1, 40),
-       out_w=st.integers(1, 40), act=ACTS, seed=st.integers(0, 2**31))
-def test_resize_bilinear_align_corners_with_affine(c, h, w, out_h, out_w, act, seed):
+       out_w=st.integers(1, 40), doubling=st.booleans(), act=ACTS, seed=st.integers(0, 2**31))
+def test_resize_bilinear_align_corners_with_affine(c, h, w, out_h, out_w, doubling, act, seed):
+    """Any sizes, and exact doubling (the decoder's, which takes a gather-free x pass)."""
+    if doubling:
+        out_h, out_w = 2 * h, 2 * w
     rng = np.random.default_rng(seed)
     x, scale, shift = rand(rng, c, h, w), rand(rng, c), rand(rng, c)
     out = np.zeros((c, out_h, out_w), F32)
