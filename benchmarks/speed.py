@@ -272,15 +272,20 @@ def _cpu_name():
 
 ENGINE_NOTES = (
     "What bounds npseg-numba (per-step profile: `benchmarks/steps.py`, results in "
-    "`benchmarks/results/steps-*.json`): for UltraSeg-130K about 45% of the forward is direct Numba 3x3 convs "
-    "(the dense 3->8, 8->16 and 16->48 at 64-99 GFLOP/s; the dilated and depthwise ones at 20-50), 19% "
-    "single-thread OpenBLAS GEMMs (1x1 convs with >= 48 inputs and the 64->96 bottleneck, 79-94 GFLOP/s) and "
-    "13% the direct 2x2 stride-2 convs; the core's fp32 peak is about 115 GFLOP/s (Zen 4, AVX-512). The rest "
-    "are memory passes and small kernels (resizes, padding, norms, gate heads, merges; 83 steps per frame). "
-    "Measured and not adopted: fusing each decoder stage's resize, gate head and merge into one row-by-row "
-    "kernel, and writing the padded copies from the producers' epilogues (no gain beyond the noise). "
+    "`benchmarks/results/steps-*.json`): for UltraSeg-130K about a fifth of the forward is the dense 3x3 convs "
+    "with fewer than 64 outputs, run as row-wise Winograd F(2, 3) (16->48 at 64x64 about 0.39 ms, 8->16 at "
+    "128x128 0.34), a fifth single-thread OpenBLAS GEMMs (1x1 convs with >= 48 inputs and the 64->96 "
+    "bottleneck, 86-100 GFLOP/s), an eighth the first layer (a statistics pass of its 3->8 conv for the "
+    "GroupNorm, then the conv, GroupNorm and 2x2 stride-2 conv folded into one 4x4 stride-2 conv), an eighth "
+    "the direct grouped/dilated and depthwise convs (EDB branches at about 55 GFLOP/s) and a tenth the 2x2 "
+    "stride-2 convs; the rest are memory passes and small kernels (resizes, padding, norms, gate heads, "
+    "merges; 80 steps per frame). Measured and not adopted: 2-D Winograd F(2x2, 3x3) (same accuracy, slower "
+    "as a Numba kernel), transforming the Winograd input in L2-sized bands, Winograd for the 64->96 bottleneck "
+    "(slower than the GEMM) and for the first layer's statistics pass (no gain), the EDB's three branch convs "
+    "in one kernel or two output rows per pass (slower), fusing each decoder stage's resize, gate head and "
+    "merge, and padded copies written from producers' epilogues. "
     "Numerical budget: on the upstream golden inputs torch's float32 logits are 7.4e-5 from the float64 "
-    "reference and npseg's 3.4e-5, against the 1e-4 the golden test allows between npseg and torch; the conv "
+    "reference and npseg's 3.8e-5, against the 1e-4 the golden test allows between npseg and torch; the conv "
     "kernels therefore compile without reassociation, so their float32 sums keep the written order. On a shared "
     "machine the medians also carry preemption by other processes (compare the min column).")
 

@@ -20,9 +20,9 @@ from .resize import max_pool2x2_nb, resize_bilinear_ac_nb
 
 F32 = np.float32
 GEMM_MIN_CIN = 48  # 1x1 convs with at least this many inputs go to np.dot (OpenBLAS)
-# dense 3x3 convs with at least this many outputs: im2col + np.dot; narrower ones run direct
-# (one core, min of 300 runs: 16->48 at 64x64 0.44 direct vs 0.61 ms; 128->16 at 16x16 0.12 vs
-# 0.15; 64->96 at 16x16 0.34 vs 0.27 with the GEMM; 8->16 at 128x128 0.30 vs 0.78)
+# dense 3x3 convs with at least this many outputs: im2col + np.dot; narrower ones run Winograd
+# (one core, medians: 16->48 at 64x64 0.29-0.39 ms Winograd, 0.44-0.51 direct, 0.61 im2col + GEMM;
+# 64->96 at 16x16 0.29 with the GEMM vs 0.34 Winograd; 8->16 at 128x128 0.19-0.26 vs 0.30 vs 0.78)
 GEMM_MIN_COUT = 64
 
 
