@@ -34,6 +34,10 @@ VARIANTS = ("ultraseg-108k", "ultraseg-130k")
 ENGINES = ("npseg-numba", "onnxruntime", "torch-eager", "npseg-numpy")
 ONE_THREAD = {k: "1" for k in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS")}
 FRAME_SIZES = ((1024, 1280), (1080, 1920))
+# npseg-numba again with OPENBLAS_CORETYPE unset, when the environment pins it (this machine's sets
+# Haswell: NumPy's OpenBLAS, which runs npseg's wide 1x1 convs and bottleneck, then uses AVX2
+# kernels on an AVX-512 CPU, while torch's and ONNX Runtime's own kernels detect AVX-512 regardless)
+UNPINNED = "npseg-numba-openblas-auto"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -152,11 +156,13 @@ def _peak_rss_mb():
 # ---------------------------------------------------------------------------------------------
 # orchestration
 # ---------------------------------------------------------------------------------------------
-def _spawn(mode, extra_env=None, **kw):
+def _spawn(mode, extra_env=None, drop_env=(), **kw):
     cmd = ["taskset", "-c", "0", sys.executable, str(Path(__file__).resolve()), "--worker", mode]
     for k, v in kw.items():
         cmd += [f"--{k.replace('_', '-')}", str(v)]
     env = {**os.environ, **ONE_THREAD, "PYTHONPATH": str(REPO), **(extra_env or {})}
+    for k in drop_env:
+        env.pop(k, None)
     t = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=REPO)
     wall = time.perf_counter() - t
@@ -199,17 +205,20 @@ def run_benchmark(frames: int, rounds: int, numpy_frames: int, tmp: Path) -> dic
     files = _prepare_weights(tmp)
     load_before = os.getloadavg()
     speed = {}
+    engines = ENGINES + ((UNPINNED,) if "OPENBLAS_CORETYPE" in os.environ else ())
     for variant in VARIANTS:
         f = files[variant]
-        samples = {e: [] for e in ENGINES}
-        round_medians = {e: [] for e in ENGINES}
+        samples = {e: [] for e in engines}
+        round_medians = {e: [] for e in engines}
         for r in range(rounds):
-            for engine in ENGINES:
+            for engine in engines:
                 n = numpy_frames if engine == "npseg-numpy" else frames
                 if engine == "npseg-numpy" and r:  # the slow reference: one round is enough
                     continue
-                res = _spawn("forward", engine=engine, weights=f["weights"], onnx=f["onnx"], frames=n,
-                             warmup=3 if engine == "npseg-numpy" else 20)
+                unpinned = engine == UNPINNED
+                res = _spawn("forward", drop_env=("OPENBLAS_CORETYPE",) if unpinned else (),
+                             engine="npseg-numba" if unpinned else engine, weights=f["weights"], onnx=f["onnx"],
+                             frames=n, warmup=3 if engine == "npseg-numpy" else 20)
                 samples[engine] += res["ms"]
                 round_medians[engine].append(float(np.median(res["ms"])))
                 print(f"{variant} round {r + 1}/{rounds} {engine:12s} median {np.median(res['ms']):7.2f} ms",
@@ -253,6 +262,7 @@ def run_benchmark(frames: int, rounds: int, numpy_frames: int, tmp: Path) -> dic
                     "torch": torch.__version__, "load_average_before": load_before,
                     "load_average_after": os.getloadavg()},
         "setup": {"input": f"3x{SIZE}x{SIZE}", "pinning": "taskset -c 0", "threads": 1, "frames_per_round": frames,
+                  "openblas_coretype": os.environ.get("OPENBLAS_CORETYPE"),
                   "rounds": rounds, "numpy_reference_frames": numpy_frames,
                   "weights": {v: ("bundled weights/ultraseg-130k.safetensors" if v == "ultraseg-130k"
                                   else "seeded random init") for v in VARIANTS}},
@@ -313,7 +323,14 @@ def write_markdown(res: dict, path: Path):
                          f"{t['fps']:.0f} | {t['vs_onnxruntime']:.2f} | {t['speedup_vs_torch']:.1f} |")
     lines += ["", "npseg-numba / ONNX Runtime within each round (medians): " + "; ".join(
         f"{v} " + ", ".join(f"{r:.2f}" for r in t["npseg-numba"]["vs_onnxruntime_per_round"])
-        for v, t in res["forward"].items()) + ".", "", ENGINE_NOTES]
+        for v, t in res["forward"].items()) + "."]
+    if s.get("openblas_coretype"):
+        lines += ["", f"This machine's environment sets `OPENBLAS_CORETYPE={s['openblas_coretype']}`, which the "
+                  "npseg-numba rows keep (as `make bench` and CI run). It pins NumPy's OpenBLAS, which runs npseg's "
+                  "wide 1x1 convs and the 64->96 bottleneck, to that core's kernels; torch's and ONNX Runtime's own "
+                  f"kernels are not affected by it. {UNPINNED} is the same engine with the variable unset, so "
+                  "OpenBLAS picks its kernels for this CPU itself (AVX-512)."]
+    lines += ["", ENGINE_NOTES]
     e = res["end_to_end"]
     lines += ["", f"## End to end: `predict(frame)` (BGR uint8 frame → mask), UltraSeg-130K, backend {e['backend']}", "",
               "| frame | forward median ms | predict median ms | predict p90 ms | predict / forward |",
@@ -346,7 +363,7 @@ def plot(res: dict, path: Path):
 
     fig, ax = plt.subplots(figsize=(8, 4.5))
     variants = list(res["forward"])
-    engines = [e for e in ENGINES if e != "npseg-numpy"]
+    engines = [e for e in res["forward"][variants[0]] if e != "npseg-numpy"]
     width = 0.8 / len(engines)
     for i, engine in enumerate(engines):
         med = [res["forward"][v][engine]["median_ms"] for v in variants]
