@@ -81,7 +81,7 @@ def resize_bilinear_ac_nb(src, scale, shift, act, out):
                     row[2 * j + 1] = v1 + (v2 - v1) * x_frac[2 * j + 1]
                 v0, v1 = line[last - 1], line[last]
                 row[2 * last] = v0 + (v1 - v0) * x_frac[2 * last]
-                row[2 * last + 1] = v1 + (v1 - v1) * x_frac[2 * last + 1]
+                row[2 * last + 1] = v1  # the last output sits on the last input
             else:
                 for ox in range(out_w):
                     lo = x_lo[ox]
