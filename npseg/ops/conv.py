@@ -37,6 +37,7 @@ def conv1x1_ref(x, w, b):
 # Callers validate shapes first (npseg.ops.steps); the loops trust them and never bounds-check.
 from ._jit import inline, kernel, kernel_ordered  # noqa: E402
 from .activation import activate  # noqa: E402
+from .norm import group_mean_rstd  # noqa: E402
 
 
 @kernel
@@ -422,9 +423,7 @@ def gn_down_fold_nb(stats, count, groups, eps, w1, b1, w2, b2, k_out, bias_out):
         for c in range(g * per_group, (g + 1) * per_group):
             total += stats[c, 0]
             total_sq += stats[c, 1]
-        mean = total / (count * per_group)
-        var = max(total_sq / (count * per_group) - mean * mean, 0.0)
-        rstd = 1.0 / np.sqrt(var + eps)
+        mean, rstd = group_mean_rstd(total, total_sq, count * per_group, eps)
         for c in range(g * per_group, (g + 1) * per_group):
             scale[c], shift[c] = rstd, -mean * rstd
     for co in range(cout):

@@ -42,14 +42,23 @@ def fold_scale_shift_after_conv(w, b, scale, shift):
 
 
 # ---- Numba kernels -------------------------------------------------------------------------
-from ._jit import kernel  # noqa: E402
+from ._jit import inline, kernel  # noqa: E402
+
+
+@inline
+def group_mean_rstd(total, total_sq, count, eps):
+    """A group's mean and 1/std from its float64 sum and sum of squares over `count` values
+    (biased variance, as GroupNorm); float64 makes E[x^2] - E[x]^2 safe at these sizes."""
+    mean = total / count
+    var = max(total_sq / count - mean * mean, 0.0)
+    return mean, 1.0 / np.sqrt(var + eps)
 
 
 @kernel
 def group_norm_coeffs_nb(src, groups, eps, gamma, beta, scale, shift):
     """GroupNorm of [C,H,W] as a per-channel affine: GN(x)[c] = x[c] * scale[c] + shift[c].
 
-    Sums in float64 (one pass; float64 makes E[x^2] - E[x]^2 safe at these sizes).
+    Sums in float64, one pass (see group_mean_rstd).
     The affine form lets the consumer (down conv input, upsample, max-pool) apply it on the fly.
     """
     c_n = src.shape[0]
@@ -65,10 +74,7 @@ def group_norm_coeffs_nb(src, groups, eps, gamma, beta, scale, shift):
                 v = np.float64(row[i])
                 total += v
                 total_sq += v * v
-        count = per_group * n
-        mean = total / count
-        var = max(total_sq / count - mean * mean, 0.0)
-        rstd = 1.0 / np.sqrt(var + eps)
+        mean, rstd = group_mean_rstd(total, total_sq, per_group * n, eps)
         for c in range(g * per_group, (g + 1) * per_group):
             scale[c] = rstd * gamma[c]
             shift[c] = beta[c] - mean * rstd * gamma[c]

@@ -127,27 +127,33 @@ def conv3x3(src, w, b, out, dilation=1, act=ACT_NONE, padded=None, pad_width=Non
 def residual_conv1x1(x, src, w, b, scratch):
     """In place x += conv1x1(src) + b; a wide one is a GEMM into `scratch` (x's shape) and one
     pass that adds it and the bias (no separate bias pass)."""
-    _arrays(x, src, b, scratch)
+    _arrays(x, scratch)
     _need(scratch.shape == x.shape, f"residual_conv1x1: scratch {scratch.shape} for x {x.shape}")
-    cin, cout = src.shape[0], x.shape[0]
-    if cin < GEMM_MIN_CIN:
+    w2 = _pointwise_weight(src, w, b, scratch)
+    if src.shape[0] < GEMM_MIN_CIN:
         return conv1x1(src, w, b, scratch) + add(x, scratch)
-    w2 = np.ascontiguousarray(w.reshape(w.shape[0], -1), dtype=F32)
-    _need(src.ndim == 3 and src.shape[1:] == x.shape[1:] and w2.shape == (cout, cin) and b.shape == (cout,),
-          f"residual_conv1x1: x {x.shape}, src {src.shape}, weight {w.shape}, bias {b.shape}")
-    return [partial(np.dot, w2, src.reshape(cin, -1), scratch.reshape(cout, -1))] + add(x, scratch, b)
+    return [_dot1x1(src, w2, scratch)] + add(x, scratch, b)
 
 
-def conv1x1(src, w, b, out, act=ACT_NONE):
-    """Pointwise conv (w [Cout, Cin, 1, 1] or [Cout, Cin]) + bias + act: np.dot when wide, loops when narrow."""
+def _pointwise_weight(src, w, b, out):
+    """Checks a pointwise conv src -> out and returns its weight as a contiguous [Cout, Cin] matrix."""
     _arrays(src, b, out)
     _need(src.ndim == 3 and out.ndim == 3 and src.shape[1:] == out.shape[1:], f"conv1x1: {src.shape} -> {out.shape}")
     cin, cout = src.shape[0], out.shape[0]
     w2 = np.ascontiguousarray(w.reshape(w.shape[0], -1), dtype=F32)
     _need(w2.shape == (cout, cin) and b.shape == (cout,), f"conv1x1: weight {w.shape}, bias {b.shape}")
-    if cin >= GEMM_MIN_CIN:
-        return ([partial(np.dot, w2, src.reshape(cin, -1), out.reshape(cout, -1))]
-                + affine_act(out, np.ones(cout, F32), b, act))
+    return w2
+
+
+def _dot1x1(src, w2, out):
+    return partial(np.dot, w2, src.reshape(src.shape[0], -1), out.reshape(out.shape[0], -1))
+
+
+def conv1x1(src, w, b, out, act=ACT_NONE):
+    """Pointwise conv (w [Cout, Cin, 1, 1] or [Cout, Cin]) + bias + act: np.dot when wide, loops when narrow."""
+    w2 = _pointwise_weight(src, w, b, out)
+    if src.shape[0] >= GEMM_MIN_CIN:
+        return [_dot1x1(src, w2, out)] + affine_act(out, np.ones(out.shape[0], F32), b, act)
     return [partial(conv1x1_nb, src, w2, b, _act(act), out)]
 
 
