@@ -139,17 +139,41 @@ def test_mask_threshold_any_channels(tmp_path):
         assert r.shape == (8, 8) and r.sum() == 16 and r[0, 0] == 0
 
 
-def test_augment_is_seeded_and_keeps_masks_binary():
+@pytest.mark.parametrize("mode", D.AUGMENTATIONS)
+def test_augment_is_seeded_and_keeps_masks_binary(mode):
     rng = np.random.default_rng(0)
     img = rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)
     m = square(64, 10, 10, 30)
     b = D.boundary_target(m)
-    out1 = D.augment(img, m, b, np.random.default_rng(5))
-    out2 = D.augment(img, m, b, np.random.default_rng(5))
+    out1 = D.augment(img, m, b, np.random.default_rng(5), mode)
+    out2 = D.augment(img, m, b, np.random.default_rng(5), mode)
     for a1, a2 in zip(out1, out2):
         np.testing.assert_array_equal(a1, a2)
     assert set(np.unique(out1[1])) <= {0, 1} and set(np.unique(out1[2])) <= {0, 1}
     assert out1[0].shape == img.shape
+
+
+def test_unknown_augmentation_is_refused():
+    with pytest.raises(ValueError, match="recipe"):
+        D.PolypDataset([], seed=0, augmentation="heavy")
+
+
+def test_loader_workers_see_each_epoch(toy, tmp_path):
+    """A worker process must augment with the current epoch (a persistent worker kept epoch 1's)."""
+    from trainer.train import TrainOptions, train_loader
+
+    _, data = toy
+    part = D.cached_arrays(data, ["img00"], tmp_path, progress=False)
+    ds = D.PolypDataset([part], seed=3, augmentation="strong")
+    loader, sampler = train_loader(ds, TrainOptions(workers=1, batch_size=1))
+    seen = []
+    for epoch in (1, 2):
+        sampler.set_epoch(epoch)
+        ds.set_epoch(epoch)
+        (x, _, _), = list(loader)
+        np.testing.assert_array_equal(x[0].numpy(), ds[0][0].numpy())  # the worker used this epoch
+        seen.append(x)
+    assert not torch.equal(seen[0], seen[1])
 
 
 def test_cached_sample_matches_npseg_preprocessing(toy, tmp_path):

@@ -26,6 +26,7 @@ EXAMPLES = """examples:
 
 
 def add_train_arguments(p: argparse.ArgumentParser) -> None:
+    from .data import AUGMENTATIONS
     from .train import TrainOptions
 
     d = TrainOptions()
@@ -44,7 +45,7 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=d.seed, help="split, init, shuffling and augmentation seed")
     p.add_argument("--max-minutes", type=float, default=None,
                    help="training time budget: no epoch starts that the last epoch's duration says would cross it")
-    p.add_argument("--device", default=d.device, help="cpu or cuda[:i] (cuda is untested here)")
+    p.add_argument("--device", default=d.device, help="cpu or cuda[:i]")
     p.add_argument("--threads", type=int, default=d.threads, help="torch CPU threads per process (default 1)")
     p.add_argument("--workers", type=int, default=d.workers, help="data loader worker processes (default 0)")
     p.add_argument("--cache-dir", default=d.cache_dir, help="cache of resized samples (default cache/)")
@@ -53,6 +54,8 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
                    help="skip corrupt images, missing masks and size mismatches with a warning instead of stopping")
     p.add_argument("--init", default=None, metavar="WEIGHTS",
                    help="start from an npseg weights file or bundled model name (fine-tuning) instead of a random init")
+    p.add_argument("--augment", default=d.augmentation, choices=AUGMENTATIONS,
+                   help="recipe: the paper's hflip + rotation (default); strong: also vflip, zoom and colour jitter")
     p.add_argument("--resume", action="store_true", help="continue RUN_DIR/last.pt with its saved options")
 
 
@@ -65,7 +68,7 @@ def run_train(args) -> int:
                         patience=TrainOptions.patience if args.patience is None else args.patience,
                         seed=args.seed, max_minutes=args.max_minutes, device=args.device, threads=args.threads,
                         cache_dir=args.cache_dir, skip_bad=args.skip_bad, limit=args.limit, workers=args.workers,
-                        init=args.init)
+                        init=args.init, augmentation=args.augment)
     try:
         given = tuple(k for k in ("epochs", "patience") if getattr(args, k) is not None)
         train(opts, resume=args.resume, resume_overrides=given)

@@ -220,32 +220,60 @@ def _load_cache(d: Path):
 
 # ---------------------------------------------------------------- torch dataset
 
-def augment(img: np.ndarray, mask: np.ndarray, bound: np.ndarray, rng: np.random.Generator):
-    """Horizontal flip (p 0.5) and rotation in [-10, 10] degrees: the image bilinear with reflected
-    border, masks nearest with zero border."""
+AUGMENTATIONS = ("recipe", "strong")
+
+
+def augment(img: np.ndarray, mask: np.ndarray, bound: np.ndarray, rng: np.random.Generator,
+            mode: str = "recipe"):
+    """"recipe": horizontal flip (p 0.5) and rotation in [-10, 10] degrees, the image bilinear with
+    reflected border, masks nearest with zero border. "strong" adds, for multi-centre data whose
+    colour and scale vary by centre: vertical flip (p 0.5), zoom in [0.8, 1.25] in the same warp,
+    and brightness, contrast and saturation each scaled in [0.8, 1.2]."""
+    if mode not in AUGMENTATIONS:
+        raise ValueError(f"augmentation {mode!r}: choose one of {AUGMENTATIONS}")
+    strong = mode == "strong"
     if rng.random() < 0.5:
         img, mask, bound = img[:, ::-1], mask[:, ::-1], bound[:, ::-1]
+    if strong and rng.random() < 0.5:
+        img, mask, bound = img[::-1], mask[::-1], bound[::-1]
     angle = rng.uniform(-10.0, 10.0)
+    scale = float(np.exp(rng.uniform(np.log(0.8), np.log(1.25)))) if strong else 1.0
     h, w = mask.shape
-    rot = cv2.getRotationMatrix2D((w / 2 - 0.5, h / 2 - 0.5), angle, 1.0)
+    rot = cv2.getRotationMatrix2D((w / 2 - 0.5, h / 2 - 0.5), angle, scale)
     img = cv2.warpAffine(np.ascontiguousarray(img), rot, (w, h), flags=cv2.INTER_LINEAR,
                          borderMode=cv2.BORDER_REFLECT_101)
     mask = cv2.warpAffine(np.ascontiguousarray(mask), rot, (w, h), flags=cv2.INTER_NEAREST,
                           borderMode=cv2.BORDER_CONSTANT, borderValue=0)
     bound = cv2.warpAffine(np.ascontiguousarray(bound), rot, (w, h), flags=cv2.INTER_NEAREST,
                            borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+    if strong:
+        img = _jitter_colour(img, *rng.uniform(0.8, 1.2, size=3))
     return img, mask, bound
+
+
+def _jitter_colour(img: np.ndarray, brightness: float, contrast: float, saturation: float) -> np.ndarray:
+    """Scale brightness, then contrast about the mean grey, then saturation about each pixel's grey."""
+    x = img.astype(np.float32) * np.float32(brightness)
+    grey = x @ np.array([0.299, 0.587, 0.114], np.float32)  # RGB
+    x = (x - grey.mean()) * np.float32(contrast) + grey.mean()
+    grey = (grey - grey.mean()) * np.float32(contrast) + grey.mean()
+    x = (x - grey[..., None]) * np.float32(saturation) + grey[..., None]
+    return np.clip(x + 0.5, 0, 255).astype(np.uint8)
 
 
 class PolypDataset(torch.utils.data.Dataset):
     """Cached samples of one or more datasets. Items: image [3,H,W] float32 RGB in [0,1],
     mask [1,H,W] and boundary [1,H,W] float32 {0,1}. With `seed`, augmentation is a
-    deterministic function of (seed, epoch, index), whatever the worker or process."""
+    deterministic function of (seed, epoch, index), whatever the worker or process;
+    `augmentation` names the recipe (see `augment`)."""
 
-    def __init__(self, parts: list[tuple], seed: int | None = None):
+    def __init__(self, parts: list[tuple], seed: int | None = None, augmentation: str = "recipe"):
+        if augmentation not in AUGMENTATIONS:
+            raise ValueError(f"augmentation {augmentation!r}: choose one of {AUGMENTATIONS}")
         self.parts = parts  # (stems, images, masks, boundaries) per dataset
         self.index = [(p, i) for p, part in enumerate(parts) for i in range(len(part[0]))]
         self.seed = seed
+        self.augmentation = augmentation
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -259,7 +287,8 @@ class PolypDataset(torch.utils.data.Dataset):
         _, images, masks, bounds = self.parts[p]
         img, mask, bound = images[i], masks[i], bounds[i]
         if self.seed is not None:
-            img, mask, bound = augment(img, mask, bound, np.random.default_rng((self.seed, self.epoch, k)))
+            img, mask, bound = augment(img, mask, bound, np.random.default_rng((self.seed, self.epoch, k)),
+                                       self.augmentation)
         x = torch.from_numpy(np.ascontiguousarray(img).transpose(2, 0, 1).astype(np.float32) * np.float32(1.0 / 255.0))  # as npseg
         return (x, torch.from_numpy(np.array(mask, dtype=np.float32)[None]),
                 torch.from_numpy(np.array(bound, dtype=np.float32)[None]))

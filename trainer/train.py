@@ -49,6 +49,7 @@ class TrainOptions:
     limit: int | None = None  # first N train stems per dataset (N/4 val and test): smoke runs only
     workers: int = 0
     init: str | None = None  # npseg weights file (or bundled name) to start from instead of a random init
+    augmentation: str = "recipe"  # data.AUGMENTATIONS: the paper's flips + rotation, or "strong"
 
 
 def _dist_info() -> tuple[int, int, int]:
@@ -155,7 +156,20 @@ def cosine_lr(base_lr: float, epoch: int, epochs: int) -> float:
     return 0.5 * base_lr * (1 + math.cos(math.pi * (epoch - 1) / max(epochs, 1)))
 
 
+def train_loader(train_set: D.PolypDataset, opts: TrainOptions, world: int = 1, rank: int = 0):
+    """The shuffled, per-rank loader and its sampler. Workers are not persistent: a persistent
+    worker keeps the dataset copy it started with, so it would never see `set_epoch` and would
+    repeat epoch 1's augmentation for every epoch."""
+    sampler = DistributedSampler(train_set, num_replicas=world, rank=rank, shuffle=True, seed=opts.seed)
+    loader = DataLoader(train_set, batch_size=opts.batch_size, sampler=sampler, num_workers=opts.workers,
+                        persistent_workers=False)
+    return loader, sampler
+
+
 RESUME_OVERRIDABLE = ("epochs", "patience")
+AUGMENTATION_TEXT = {"recipe": "hflip + rotation +-10 deg",
+                     "strong": "hflip + vflip + rotation +-10 deg + zoom 0.8-1.25 + brightness/contrast/saturation "
+                               "x0.8-1.2"}
 
 
 def train(opts: TrainOptions, resume: bool = False, resume_overrides=()) -> dict:
@@ -223,10 +237,8 @@ def train(opts: TrainOptions, resume: bool = False, resume_overrides=()) -> dict
              f"(best val Dice {state['best_val_dice']:.4f} at epoch {state['best_epoch']})", rank)
     net = torch.nn.parallel.DistributedDataParallel(model) if distributed else model
 
-    train_set = D.PolypDataset(train_parts, seed=opts.seed)
-    sampler = DistributedSampler(train_set, num_replicas=world, rank=rank, shuffle=True, seed=opts.seed)
-    loader = DataLoader(train_set, batch_size=opts.batch_size, sampler=sampler, num_workers=opts.workers,
-                        persistent_workers=opts.workers > 0)
+    train_set = D.PolypDataset(train_parts, seed=opts.seed, augmentation=opts.augmentation)
+    loader, sampler = train_loader(train_set, opts, world, rank)
     _log(f"{opts.variant}: {len(train_set)} train / {sum(len(p[0]) for p in val_parts)} val samples from "
          f"{', '.join(names)}; {world} process(es) on {device}, batch {opts.batch_size} per process, "
          f"epochs {state['epoch'] + 1}..{opts.epochs}", rank)
@@ -347,7 +359,7 @@ def checkpoint_provenance(ckpt: dict, ckpt_path) -> dict:
         "seed": opts["seed"],
         "init": ckpt.get("init") or "random (seeded)",
         "recipe": f"Adam lr {opts['lr']}, cosine over {opts['epochs']} epochs, batch {opts['batch_size']}, 256x256, "
-                  f"hflip + rotation +-10 deg, CE + 2 Dice main, 0.5 BCE + Dice side heads (0.1-0.4 region, "
+                  f"{AUGMENTATION_TEXT[opts.get('augmentation', 'recipe')]}, CE + 2 Dice main, 0.5 BCE + Dice side heads (0.1-0.4 region, "
                   f"0.1-0.3 boundary), early stopping patience {opts['patience']} on validation Dice",
         "epochs_planned": opts["epochs"],
         "epochs_run": ckpt["epoch"],
