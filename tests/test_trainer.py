@@ -259,9 +259,11 @@ def test_cli_export_evaluate_stores_metrics_of_the_exported_tensors(two_epoch_ru
 
     opts, _ = two_epoch_run
     out = tmp_path / "evaluated.safetensors"
-    assert main(["export", str(Path(opts.run_dir) / "best.pt"), "-o", str(out), "--evaluate"]) == 0
+    assert main(["export", str(Path(opts.run_dir) / "best.pt"), "-o", str(out), "--evaluate",
+                 "--note", "toy data"]) == 0
     w = npseg.load(out).weights
     assert w.metrics["datasets"]["toy"]["n"] >= 1 and w.provenance["best_epoch"] in (1, 2)
+    assert w.provenance["note"] == "toy data"
     plain = npseg.load(export_checkpoint(Path(opts.run_dir) / "best.pt", tmp_path / "plain.safetensors")).weights
     for k, v in plain.tensors.items():
         np.testing.assert_array_equal(w.tensors[k], v, err_msg=k)

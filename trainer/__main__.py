@@ -129,6 +129,8 @@ def add_export_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--metrics", default=None, metavar="JSON", help="store this `eval -o` result as the metrics")
     p.add_argument("--backend", default=None, help="npseg backend for --evaluate")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads for --evaluate's cross-check")
+    p.add_argument("--note", default=None,
+                   help="free text kept in the file's provenance (e.g. where and on what copy of the data it trained)")
 
 
 def run_export(args) -> int:
@@ -140,6 +142,8 @@ def run_export(args) -> int:
 
     metrics = json.loads(Path(args.metrics).read_text()) if args.metrics else None
     model, provenance = checkpoint_export_parts(args.checkpoint)  # once: the metrics belong to these tensors
+    if args.note:
+        provenance["note"] = args.note
     out = export_weights(model, args.output, provenance=provenance, metrics=metrics)
     if args.evaluate:
         import torch
