@@ -4,7 +4,7 @@ PIP = $(PY) -m pip install -q --disable-pip-version-check
 DATA ?= ../shared/data
 OUT ?= out/demo
 
-.PHONY: install-runtime install test demo bench
+.PHONY: install-runtime install test demo bench bench-accuracy
 
 install-runtime:
 	$(PIP) -e .
@@ -29,3 +29,6 @@ demo: install-runtime
 
 bench: install
 	OPENBLAS_NUM_THREADS=1 $(PY) benchmarks/speed.py
+
+bench-accuracy: install
+	taskset -c 0 $(PY) benchmarks/accuracy.py --data $(DATA)

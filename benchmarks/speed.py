@@ -47,18 +47,6 @@ def _input(seed=0):
     return np.random.default_rng(seed).random((3, SIZE, SIZE), dtype=np.float32)
 
 
-def _torch_model(weights_path):
-    import torch
-
-    from npseg.weights import load
-    from trainer.model import build
-
-    w = load(weights_path)
-    model = build(w.config.name)
-    model.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in w.tensors.items()}, strict=False)
-    return model.eval()
-
-
 def _engine_forward(engine, weights_path, onnx_path):
     """A callable running one forward of the fixed input with `engine`."""
     x = _input()
@@ -73,7 +61,9 @@ def _engine_forward(engine, weights_path, onnx_path):
 
         torch.set_num_threads(1)
         torch.set_num_interop_threads(1)
-        model, xt = _torch_model(weights_path), torch.from_numpy(x)[None]
+        from trainer.evaluate import torch_model_from_weights
+
+        model, xt = torch_model_from_weights(weights_path), torch.from_numpy(x)[None]
 
         def run():
             with torch.inference_mode():
@@ -174,23 +164,15 @@ def _spawn(mode, extra_env=None, drop_env=(), **kw):
 
 
 def _prepare_weights(tmp: Path) -> dict:
-    """130K: the bundled weights file; 108K: seeded random init (no trained 108K file ships).
-    Each also exported to ONNX from the torch model built on the same tensors."""
-    import torch
+    """The bundled weights of each variant, and each exported to ONNX from the torch model built
+    on the same tensors."""
+    from trainer.evaluate import torch_model_from_weights
+    from trainer.export import export_onnx
 
-    from trainer.export import export_weights
-    from trainer.model import build
-
-    paths = {"ultraseg-130k": REPO / "weights" / "ultraseg-130k.safetensors"}
-    torch.manual_seed(0)
-    paths["ultraseg-108k"] = export_weights(build("ultraseg-108k").eval(), tmp / "ultraseg-108k.safetensors",
-                                            provenance={"source": "benchmarks/speed.py: seeded random init"})
     out = {}
-    for variant, path in paths.items():
-        model = _torch_model(path)
-        onnx_path = tmp / f"{variant}.onnx"
-        torch.onnx.export(model, (torch.from_numpy(_input())[None],), str(onnx_path), input_names=["x"],
-                          output_names=["logits"], opset_version=17, dynamo=False)
+    for variant in VARIANTS:
+        path = REPO / "weights" / f"{variant}.safetensors"
+        onnx_path = export_onnx(torch_model_from_weights(path), tmp / f"{variant}.onnx", (SIZE, SIZE))
         out[variant] = {"weights": str(path), "onnx": str(onnx_path)}
     return out
 

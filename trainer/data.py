@@ -255,8 +255,9 @@ def _jitter_colour(img: np.ndarray, brightness: float, contrast: float, saturati
     """Scale brightness, then contrast about the mean grey, then saturation about each pixel's grey."""
     x = img.astype(np.float32) * np.float32(brightness)
     grey = x @ np.array([0.299, 0.587, 0.114], np.float32)  # RGB
-    x = (x - grey.mean()) * np.float32(contrast) + grey.mean()
-    grey = (grey - grey.mean()) * np.float32(contrast) + grey.mean()
+    mean = grey.mean()
+    x = (x - mean) * np.float32(contrast) + mean
+    grey = (grey - mean) * np.float32(contrast) + mean  # the grey of the new x (the map is linear)
     x = (x - grey[..., None]) * np.float32(saturation) + grey[..., None]
     return np.clip(x + 0.5, 0, 255).astype(np.uint8)
 

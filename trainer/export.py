@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import datetime
 import subprocess
+import warnings
 from pathlib import Path
 
 import torch
@@ -40,4 +41,19 @@ def export_weights(model: UltraSeg, path, *, provenance: dict, metrics: dict | N
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     weights_file.save(path, w)
+    return path
+
+
+def export_onnx(model: UltraSeg, path, input_size=(256, 256)) -> Path:
+    """Write `model` (eval mode, main output only) as ONNX for ONNX Runtime: input "x" [1, 3, H, W],
+    output "logits" [1, 2, H, W]."""
+    path = Path(path)
+    x = torch.zeros(1, 3, *input_size)
+    with warnings.catch_warnings():
+        # the TorchScript exporter's deprecation notice, and tracer notes on shape checks that are
+        # constant for a fixed input size
+        warnings.simplefilter("ignore", DeprecationWarning)
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        torch.onnx.export(model.eval(), (x,), str(path), input_names=["x"], output_names=["logits"],
+                          opset_version=17, dynamo=False)
     return path
