@@ -38,9 +38,8 @@ PAPER_DICE = {("ultraseg-130k", "kvasir-seg"): 0.7489, ("ultraseg-130k", "polypg
               ("ultraseg-108k", "kvasir-seg"): 0.7516, ("ultraseg-108k", "polypgen"): 0.6496}
 
 
-def _engines(weights_path: Path, tmp: Path) -> dict:
-    """engine name -> callable(preprocessed [3, H, W] float32) -> logits [2, H, W]."""
-    import npseg
+def _runtimes(weights_path: Path, tmp: Path) -> dict:
+    """torch and ONNX Runtime on the weights: name -> callable(preprocessed [3, H, W] float32) -> logits [2, H, W]."""
     import onnxruntime as ort
     import torch
 
@@ -49,7 +48,6 @@ def _engines(weights_path: Path, tmp: Path) -> dict:
 
     torch.set_num_threads(1)
     model = torch_model_from_weights(weights_path)
-    reference = npseg.load(weights_path, backend="numpy")._engine
     opts = ort.SessionOptions()  # default graph optimisations, as a user would run it
     opts.intra_op_num_threads = opts.inter_op_num_threads = 1
     onnx_path = export_onnx(model, tmp / (weights_path.stem + ".onnx"))
@@ -59,8 +57,7 @@ def _engines(weights_path: Path, tmp: Path) -> dict:
         with torch.inference_mode():
             return model(torch.from_numpy(x)[None])[0].numpy()
 
-    return {"npseg-numpy": reference.forward, "torch-eager": torch_logits,
-            "onnxruntime": lambda x: sess.run(None, {"x": x[None]})[0][0]}
+    return {"torch-eager": torch_logits, "onnxruntime": lambda x: sess.run(None, {"x": x[None]})[0][0]}
 
 
 def evaluate_model(name: str, data_dir: Path, limit: int | None, tmp: Path) -> dict:
@@ -70,7 +67,8 @@ def evaluate_model(name: str, data_dir: Path, limit: int | None, tmp: Path) -> d
     from trainer.evaluate import dice_iou, hd95
 
     seg = npseg.load(name, backend="numba")
-    others = _engines(Path(seg.weights.path), tmp)
+    reference = npseg.load(name, backend="numpy")
+    runtimes = _runtimes(Path(seg.weights.path), tmp)
     splits = seg.weights.provenance["splits"]
     out = {}
     for dataset, split in splits.items():
@@ -84,8 +82,9 @@ def evaluate_model(name: str, data_dir: Path, limit: int | None, tmp: Path) -> d
         for stem in stems:
             frame, gt = D.read_pair(pairs[stem])
             x = seg.preprocess(frame)
-            logits = {e: np.asarray(run(x), np.float64) for e, run in others.items()}
+            logits = {e: np.asarray(run(x), np.float64) for e, run in runtimes.items()}
             logits["npseg-numba"] = np.asarray(seg.logits(frame), np.float64)
+            logits["npseg-numpy"] = np.asarray(reference.logits(frame), np.float64)
             deployed = seg.predict(frame)
             deployed_scores = (*dice_iou(deployed, gt), hd95(deployed, gt))
             for e in ENGINES:
