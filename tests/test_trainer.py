@@ -139,7 +139,7 @@ def test_mask_threshold_any_channels(tmp_path):
         assert r.shape == (8, 8) and r.sum() == 16 and r[0, 0] == 0
 
 
-@pytest.mark.parametrize("mode", D.AUGMENTATIONS)
+@pytest.mark.parametrize("mode", list(D.AUGMENTATIONS))
 def test_augment_is_seeded_and_keeps_masks_binary(mode):
     rng = np.random.default_rng(0)
     img = rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)

@@ -54,7 +54,7 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
                    help="skip corrupt images, missing masks and size mismatches with a warning instead of stopping")
     p.add_argument("--init", default=None, metavar="WEIGHTS",
                    help="start from an npseg weights file or bundled model name (fine-tuning) instead of a random init")
-    p.add_argument("--augment", default=d.augmentation, choices=AUGMENTATIONS,
+    p.add_argument("--augment", default=d.augmentation, choices=list(AUGMENTATIONS),
                    help="recipe: the paper's hflip + rotation (default); strong: also vflip, zoom and colour jitter")
     p.add_argument("--resume", action="store_true", help="continue RUN_DIR/last.pt with its saved options")
 

@@ -220,7 +220,14 @@ def _load_cache(d: Path):
 
 # ---------------------------------------------------------------- torch dataset
 
-AUGMENTATIONS = ("recipe", "strong")
+# name -> what it does (recorded in the weights' provenance)
+AUGMENTATIONS = {"recipe": "hflip + rotation +-10 deg",
+                 "strong": "hflip + vflip + rotation +-10 deg + zoom 0.8-1.25 + brightness/contrast/saturation x0.8-1.2"}
+
+
+def check_augmentation(name: str) -> None:
+    if name not in AUGMENTATIONS:
+        raise ValueError(f"augmentation {name!r}: choose one of {list(AUGMENTATIONS)}")
 
 
 def augment(img: np.ndarray, mask: np.ndarray, bound: np.ndarray, rng: np.random.Generator,
@@ -229,8 +236,7 @@ def augment(img: np.ndarray, mask: np.ndarray, bound: np.ndarray, rng: np.random
     reflected border, masks nearest with zero border. "strong" adds, for multi-centre data whose
     colour and scale vary by centre: vertical flip (p 0.5), zoom in [0.8, 1.25] in the same warp,
     and brightness, contrast and saturation each scaled in [0.8, 1.2]."""
-    if mode not in AUGMENTATIONS:
-        raise ValueError(f"augmentation {mode!r}: choose one of {AUGMENTATIONS}")
+    check_augmentation(mode)
     strong = mode == "strong"
     if rng.random() < 0.5:
         img, mask, bound = img[:, ::-1], mask[:, ::-1], bound[:, ::-1]
@@ -269,8 +275,7 @@ class PolypDataset(torch.utils.data.Dataset):
     `augmentation` names the recipe (see `augment`)."""
 
     def __init__(self, parts: list[tuple], seed: int | None = None, augmentation: str = "recipe"):
-        if augmentation not in AUGMENTATIONS:
-            raise ValueError(f"augmentation {augmentation!r}: choose one of {AUGMENTATIONS}")
+        check_augmentation(augmentation)
         self.parts = parts  # (stems, images, masks, boundaries) per dataset
         self.index = [(p, i) for p, part in enumerate(parts) for i in range(len(part[0]))]
         self.seed = seed

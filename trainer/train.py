@@ -167,9 +167,6 @@ def train_loader(train_set: D.PolypDataset, opts: TrainOptions, world: int = 1, 
 
 
 RESUME_OVERRIDABLE = ("epochs", "patience")
-AUGMENTATION_TEXT = {"recipe": "hflip + rotation +-10 deg",
-                     "strong": "hflip + vflip + rotation +-10 deg + zoom 0.8-1.25 + brightness/contrast/saturation "
-                               "x0.8-1.2"}
 
 
 def train(opts: TrainOptions, resume: bool = False, resume_overrides=()) -> dict:
@@ -359,7 +356,7 @@ def checkpoint_provenance(ckpt: dict, ckpt_path) -> dict:
         "seed": opts["seed"],
         "init": ckpt.get("init") or "random (seeded)",
         "recipe": f"Adam lr {opts['lr']}, cosine over {opts['epochs']} epochs, batch {opts['batch_size']}, 256x256, "
-                  f"{AUGMENTATION_TEXT[opts.get('augmentation', 'recipe')]}, CE + 2 Dice main, 0.5 BCE + Dice side heads (0.1-0.4 region, "
+                  f"{D.AUGMENTATIONS[opts.get('augmentation', 'recipe')]}, CE + 2 Dice main, 0.5 BCE + Dice side heads (0.1-0.4 region, "
                   f"0.1-0.3 boundary), early stopping patience {opts['patience']} on validation Dice",
         "epochs_planned": opts["epochs"],
         "epochs_run": ckpt["epoch"],
