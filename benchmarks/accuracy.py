@@ -6,7 +6,7 @@
 For each bundled weights file and each dataset in its recorded splits, every test image is
 preprocessed once (npseg's preprocessing, the training one) and segmented by npseg-numba
 (`Segmenter.predict`, the deployed path), the NumPy reference, torch eager and ONNX Runtime
-(the torch model exported on the same tensors): argmax of the two logits at 256x256, nearest
+(the torch model exported on the same tensors): argmax of the two logits at the model's input size, nearest
 resize to the image. Dice, IoU and HD95 are per image at the original mask resolution
 (`trainer.evaluate`), next to the paper's numbers. Engines are also compared directly: the
 largest logit difference from torch and the images whose masks differ from npseg-numba's.
@@ -38,7 +38,7 @@ PAPER_DICE = {("ultraseg-130k", "kvasir-seg"): 0.7489, ("ultraseg-130k", "polypg
               ("ultraseg-108k", "kvasir-seg"): 0.7516, ("ultraseg-108k", "polypgen"): 0.6496}
 
 
-def _runtimes(weights_path: Path, tmp: Path) -> dict:
+def _runtimes(weights_path: Path, input_size: tuple[int, int], tmp: Path) -> dict:
     """torch and ONNX Runtime on the weights: name -> callable(preprocessed [3, H, W] float32) -> logits [2, H, W]."""
     import onnxruntime as ort
     import torch
@@ -50,7 +50,7 @@ def _runtimes(weights_path: Path, tmp: Path) -> dict:
     model = torch_model_from_weights(weights_path)
     opts = ort.SessionOptions()  # default graph optimisations, as a user would run it
     opts.intra_op_num_threads = opts.inter_op_num_threads = 1
-    onnx_path = export_onnx(model, tmp / (weights_path.stem + ".onnx"))
+    onnx_path = export_onnx(model, tmp / (weights_path.stem + ".onnx"), input_size)
     sess = ort.InferenceSession(str(onnx_path), opts, providers=["CPUExecutionProvider"])
 
     def torch_logits(x):
@@ -68,7 +68,7 @@ def evaluate_model(name: str, data_dir: Path, limit: int | None, tmp: Path) -> d
 
     seg = npseg.load(name, backend="numba")
     reference = npseg.load(name, backend="numpy")
-    runtimes = _runtimes(Path(seg.weights.path), tmp)
+    runtimes = _runtimes(Path(seg.weights.path), seg.input_size, tmp)
     splits = seg.weights.provenance["splits"]
     out = {}
     for dataset, split in splits.items():
@@ -117,7 +117,7 @@ def write_markdown(res: dict, path: Path) -> None:
         "# Accuracy", "",
         f"`benchmarks/accuracy.py`, {res['date']}: every bundled model on the test part of each dataset "
         "in its recorded splits" + (f" (first {res['limit']} images per dataset)" if res["limit"] else "") +
-        ". Same weights and preprocessing for every engine; argmax at 256x256, nearest resize to the "
+        ". Same weights and preprocessing for every engine; argmax at each model's input size, nearest resize to the "
         "image; per-image metrics at the original mask resolution (empty-mask rules: `trainer/evaluate.py`). "
         "The paper's numbers are its own models on its own splits: compare in kind.", "",
         "## Test Dice by engine", "",

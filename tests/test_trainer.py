@@ -342,3 +342,26 @@ def test_torchrun_two_processes_train(toy):
     log = json.loads((run / "log.json").read_text())
     assert [r["epoch"] for r in log] == [1, 2] and log[1]["train_loss"] < log[0]["train_loss"]
     assert load_checkpoint(run / "last.pt")["epoch"] == 2
+
+
+def test_input_size_is_trained_cached_and_exported(toy, tmp_path):
+    """--size: samples are cached at that size, and the exported file makes npseg predict at it."""
+    import npseg
+
+    tmp, data = toy
+    summary = train(options(tmp, data, "size96", epochs=1, size=96))
+    assert summary["epochs_run"] == 1
+    out = export_checkpoint(tmp / "size96" / "best.pt", tmp_path / "size96.safetensors")
+    seg = npseg.load(out)
+    assert seg.input_size == (96, 96)
+    assert "96x96" in seg.weights.provenance["recipe"]
+    stems, images, masks, bounds = D.cached_arrays(data, ["img00"], tmp / "cache", progress=False, size=96)
+    assert images.shape == (1, 96, 96, 3) and masks.shape == bounds.shape == (1, 96, 96)
+    frame = cv2.imread(str(data / "images" / "img00.jpg"))
+    assert seg.predict(frame).shape == frame.shape[:2]
+
+
+def test_input_size_must_be_a_multiple_of_16(toy):
+    tmp, data = toy
+    with pytest.raises(D.DataError, match="multiple of 16"):
+        train(options(tmp, data, "size100", epochs=1, size=100))

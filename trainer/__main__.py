@@ -56,6 +56,9 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
                    help="start from an npseg weights file or bundled model name (fine-tuning) instead of a random init")
     p.add_argument("--augment", default=d.augmentation, choices=list(AUGMENTATIONS),
                    help="recipe: the paper's hflip + rotation (default); strong: also vflip, zoom and colour jitter")
+    p.add_argument("--size", type=int, default=d.size,
+                   help=f"square network input size, a multiple of 16 (default {d.size}, the paper's); the "
+                        "weights file records it and npseg predicts at it")
     p.add_argument("--resume", action="store_true", help="continue RUN_DIR/last.pt with its saved options")
 
 
@@ -68,7 +71,7 @@ def run_train(args) -> int:
                         patience=TrainOptions.patience if args.patience is None else args.patience,
                         seed=args.seed, max_minutes=args.max_minutes, device=args.device, threads=args.threads,
                         cache_dir=args.cache_dir, skip_bad=args.skip_bad, limit=args.limit, workers=args.workers,
-                        init=args.init, augmentation=args.augment)
+                        init=args.init, augmentation=args.augment, size=args.size)
     try:
         given = tuple(k for k in ("epochs", "patience") if getattr(args, k) is not None)
         train(opts, resume=args.resume, resume_overrides=given)
@@ -141,10 +144,10 @@ def run_export(args) -> int:
     from .train import checkpoint_export_parts
 
     metrics = json.loads(Path(args.metrics).read_text()) if args.metrics else None
-    model, provenance = checkpoint_export_parts(args.checkpoint)  # once: the metrics belong to these tensors
+    model, provenance, input_size = checkpoint_export_parts(args.checkpoint)  # once: the metrics belong to these tensors
     if args.note:
         provenance["note"] = args.note
-    out = export_weights(model, args.output, provenance=provenance, metrics=metrics)
+    out = export_weights(model, args.output, provenance=provenance, metrics=metrics, input_size=input_size)
     if args.evaluate:
         import torch
 
@@ -154,7 +157,7 @@ def run_export(args) -> int:
         data = args.data or list(provenance["datasets"].values())
         metrics = evaluate(out, data, backend=args.backend)
         print(json.dumps(metrics, indent=1))
-        export_weights(model, args.output, provenance=provenance, metrics=metrics)
+        export_weights(model, args.output, provenance=provenance, metrics=metrics, input_size=input_size)
     print(f"wrote {out}")
     return 0
 

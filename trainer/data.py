@@ -1,4 +1,4 @@
-"""Datasets for training: folders of images/ + masks/, recorded splits, a 256x256 cache.
+"""Datasets for training: folders of images/ + masks/, recorded splits, a cache of samples resized to the network input size.
 
 A dataset folder holds `images/<stem>.(jpg|png)` and `masks/<stem>.(jpg|png)`.
 Masks may have any channel count; a pixel is polyp when its grey level is >= 128
@@ -110,6 +110,11 @@ def boundary_target(mask01: np.ndarray) -> np.ndarray:
     return (cv2.dilate(edges, kernel, iterations=1) > 0).astype(np.uint8)
 
 
+def check_size(size: int) -> None:
+    if not (isinstance(size, int) and size > 0 and size % 16 == 0):
+        raise DataError(f"input size {size!r}: give a positive multiple of 16 (npseg's engines need it), e.g. 256 or 320")
+
+
 def resize_sample(img_bgr: np.ndarray, mask01: np.ndarray, size: int = SIZE) -> tuple[np.ndarray, np.ndarray]:
     """Network-size RGB uint8 image (cv2 bilinear, as npseg preprocesses) and nearest-resized mask."""
     img = cv2.resize(img_bgr, (size, size), interpolation=cv2.INTER_LINEAR)[:, :, ::-1]
@@ -157,8 +162,8 @@ def load_or_make_split(root, seed: int, split_file: Path | None = None, skip_bad
 
 # ---------------------------------------------------------------- cache
 
-def _cache_key(root: Path, stems: list[str], pairs: dict[str, Pair]) -> str:
-    h = hashlib.sha256(f"{CACHE_VERSION}|{SIZE}|{root.resolve()}".encode())
+def _cache_key(root: Path, stems: list[str], pairs: dict[str, Pair], size: int) -> str:
+    h = hashlib.sha256(f"{CACHE_VERSION}|{size}|{root.resolve()}".encode())
     for s in stems:
         for p in (pairs[s].image, pairs[s].mask):
             st = p.stat()
@@ -166,8 +171,9 @@ def _cache_key(root: Path, stems: list[str], pairs: dict[str, Pair]) -> str:
     return h.hexdigest()[:16]
 
 
-def cached_arrays(root, stems: list[str], cache_dir, skip_bad: bool = False, progress: bool = True):
-    """(stems kept, images [N,256,256,3] RGB uint8, masks [N,256,256] {0,1}, boundaries [N,256,256] {0,1}),
+def cached_arrays(root, stems: list[str], cache_dir, skip_bad: bool = False, progress: bool = True,
+                  size: int = SIZE):
+    """(stems kept, images [N,size,size,3] RGB uint8, masks [N,size,size] {0,1}, boundaries [N,size,size] {0,1}),
     decoded once and memory-mapped from `cache_dir` afterwards. Bad files stop with DataError
     (or are dropped with a warning under `skip_bad`)."""
     root = Path(root)
@@ -176,7 +182,7 @@ def cached_arrays(root, stems: list[str], cache_dir, skip_bad: bool = False, pro
     for s in missing:
         _bad(f"{root / 'images'}: split names {s!r} but no image/mask pair has that stem", skip_bad)
     stems = [s for s in stems if s in pairs]
-    d = Path(cache_dir) / f"{dataset_name(root)}-{_cache_key(root, stems, pairs)}"
+    d = Path(cache_dir) / f"{dataset_name(root)}-{_cache_key(root, stems, pairs, size)}"
     if (d / "done").exists():
         return _load_cache(d)
     imgs, masks, bounds, kept = [], [], [], []
@@ -192,7 +198,7 @@ def cached_arrays(root, stems: list[str], cache_dir, skip_bad: bool = False, pro
                 raise DataError(f"{e} (or pass --skip-bad to skip such files with a warning)") from None
             warnings.warn(f"skipping {e}", stacklevel=2)
             continue
-        img, mask = resize_sample(img, mask)
+        img, mask = resize_sample(img, mask, size)
         imgs.append(img)
         masks.append(mask)
         bounds.append(boundary_target(mask))

@@ -50,6 +50,7 @@ class TrainOptions:
     workers: int = 0
     init: str | None = None  # npseg weights file (or bundled name) to start from instead of a random init
     augmentation: str = "recipe"  # data.AUGMENTATIONS: the paper's flips + rotation, or "strong"
+    size: int = D.SIZE  # square network input (the paper's 256); the exported file records it
 
 
 def _dist_info() -> tuple[int, int, int]:
@@ -67,6 +68,7 @@ def prepare_data(opts: TrainOptions, run_dir: Path, progress: bool = True):
     """Splits (recorded in run_dir/splits/) and the cached train/val arrays of every dataset."""
     if not opts.data:
         raise D.DataError("no dataset given: pass --data FOLDER (a folder with images/ and masks/), one or more")
+    D.check_size(opts.size)
     names = [D.dataset_name(r) for r in opts.data]
     if len(set(names)) != len(names):
         raise D.DataError(f"dataset folders must have distinct names, got {names}")
@@ -75,14 +77,14 @@ def prepare_data(opts: TrainOptions, run_dir: Path, progress: bool = True):
         split = D.load_or_make_split(root, opts.seed, run_dir / "splits" / f"{name}.json", skip_bad=opts.skip_bad,
                                      limit=opts.limit)
         splits[name] = split
-        train_parts.append(D.cached_arrays(root, split["train"], opts.cache_dir, opts.skip_bad, progress))
-        val_parts.append(D.cached_arrays(root, split["val"], opts.cache_dir, opts.skip_bad, progress))
+        train_parts.append(D.cached_arrays(root, split["train"], opts.cache_dir, opts.skip_bad, progress, opts.size))
+        val_parts.append(D.cached_arrays(root, split["val"], opts.cache_dir, opts.skip_bad, progress, opts.size))
     return names, splits, train_parts, val_parts
 
 
 @torch.no_grad()
 def validate(model: UltraSeg, parts, names, device, batch_size: int = 8) -> tuple[float, dict[str, float]]:
-    """Mean per-image Dice (argmax at 256x256) per dataset, and their mean: the selection metric,
+    """Mean per-image Dice (argmax at the training size) per dataset, and their mean: the selection metric,
     so that each dataset counts equally in a mixed run."""
     model.eval()
     per_dataset = {}
@@ -339,6 +341,10 @@ def _mean_over_ranks(sums: dict, n: int, distributed: bool, device) -> dict:
     return {k: v / max(n, 1) for k, v in sums.items()}
 
 
+def _size(opts: dict) -> int:
+    return opts.get("size", D.SIZE)  # checkpoints written before --size trained at 256
+
+
 def checkpoint_provenance(ckpt: dict, ckpt_path) -> dict:
     """What a weights file records about its training: data, splits, recipe, seed, epochs, wall time."""
     opts = ckpt["options"]
@@ -355,7 +361,8 @@ def checkpoint_provenance(ckpt: dict, ckpt_path) -> dict:
                       f"validation = {D.VAL_FRACTION:.0%} of train (early stopping only)",
         "seed": opts["seed"],
         "init": ckpt.get("init") or "random (seeded)",
-        "recipe": f"Adam lr {opts['lr']}, cosine over {opts['epochs']} epochs, batch {opts['batch_size']}, 256x256, "
+        "recipe": f"Adam lr {opts['lr']}, cosine over {opts['epochs']} epochs, batch {opts['batch_size']}, "
+                  f"{_size(opts)}x{_size(opts)}, "
                   f"{D.AUGMENTATIONS[opts.get('augmentation', 'recipe')]}, CE + 2 Dice main, 0.5 BCE + Dice side heads (0.1-0.4 region, "
                   f"0.1-0.3 boundary), early stopping patience {opts['patience']} on validation Dice",
         "epochs_planned": opts["epochs"],
@@ -366,9 +373,9 @@ def checkpoint_provenance(ckpt: dict, ckpt_path) -> dict:
     }
 
 
-def checkpoint_export_parts(ckpt_path) -> tuple[UltraSeg, dict]:
-    """A checkpoint's model and provenance, read once (a live run may replace best.pt meanwhile).
-    For a best.pt the epochs run and wall time come from the run's last.pt when it is beside it."""
+def checkpoint_export_parts(ckpt_path) -> tuple[UltraSeg, dict, tuple[int, int]]:
+    """A checkpoint's model, provenance and input size, read once (a live run may replace best.pt
+    meanwhile). For a best.pt the epochs run and wall time come from the run's last.pt when it is beside it."""
     ckpt = load_checkpoint(ckpt_path)
     provenance = checkpoint_provenance(ckpt, ckpt_path)
     last = Path(ckpt_path).with_name("last.pt")
@@ -376,12 +383,13 @@ def checkpoint_export_parts(ckpt_path) -> tuple[UltraSeg, dict]:
         run = load_checkpoint(last)
         provenance.update(epochs_run=max(run["epoch"], ckpt["epoch"]),
                           train_minutes=round(float(max(run["train_seconds"], ckpt["train_seconds"])) / 60, 1))
-    return model_from_checkpoint(ckpt), provenance
+    size = _size(ckpt["options"])
+    return model_from_checkpoint(ckpt), provenance, (size, size)
 
 
 def export_checkpoint(ckpt_path, out, metrics: dict | None = None) -> Path:
     """Write a checkpoint's model as an npseg weights file with its provenance."""
     from .export import export_weights
 
-    model, provenance = checkpoint_export_parts(ckpt_path)
-    return export_weights(model, out, provenance=provenance, metrics=metrics)
+    model, provenance, input_size = checkpoint_export_parts(ckpt_path)
+    return export_weights(model, out, provenance=provenance, metrics=metrics, input_size=input_size)
