@@ -6,8 +6,8 @@
 For each bundled weights file and each dataset in its recorded splits, every test image is
 preprocessed once (npseg's preprocessing, the training one) and segmented by npseg-numba
 (`Segmenter.predict`, the deployed path), the NumPy reference, torch eager and ONNX Runtime
-(the torch model exported on the same tensors): argmax of the two logits at the model's input size, nearest
-resize to the image. Dice, IoU and HD95 are per image at the original mask resolution
+(the torch model exported on the same tensors): argmax of the two logits at the model's input
+size, nearest resize to the image. Dice, IoU and HD95 are per image at the original mask resolution
 (`trainer.evaluate`), next to the paper's numbers. Engines are also compared directly: the
 largest logit difference from torch and the images whose masks differ from npseg-numba's.
 One thread everywhere; pin it with `taskset -c 0` on a shared machine. Writes
@@ -117,8 +117,9 @@ def write_markdown(res: dict, path: Path) -> None:
         "# Accuracy", "",
         f"`benchmarks/accuracy.py`, {res['date']}: every bundled model on the test part of each dataset "
         "in its recorded splits" + (f" (first {res['limit']} images per dataset)" if res["limit"] else "") +
-        ". Same weights and preprocessing for every engine; argmax at each model's input size, nearest resize to the "
-        "image; per-image metrics at the original mask resolution (empty-mask rules: `trainer/evaluate.py`). "
+        ". Same weights and preprocessing for every engine; argmax at each model's input size, nearest "
+        "resize to the image; per-image metrics at the original mask resolution (empty-mask rules: "
+        "`trainer/evaluate.py`). "
         "The paper's numbers are its own models on its own splits: compare in kind.", "",
         "## Test Dice by engine", "",
         "| model | test set | n | npseg-numba | npseg-numpy | torch-eager | onnxruntime | IoU (npseg) | "

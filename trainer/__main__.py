@@ -144,7 +144,8 @@ def run_export(args) -> int:
     from .train import checkpoint_export_parts
 
     metrics = json.loads(Path(args.metrics).read_text()) if args.metrics else None
-    model, provenance, input_size = checkpoint_export_parts(args.checkpoint)  # once: the metrics belong to these tensors
+    # read once: the metrics belong to these tensors
+    model, provenance, input_size = checkpoint_export_parts(args.checkpoint)
     if args.note:
         provenance["note"] = args.note
     out = export_weights(model, args.output, provenance=provenance, metrics=metrics, input_size=input_size)

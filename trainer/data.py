@@ -1,4 +1,4 @@
-"""Datasets for training: folders of images/ + masks/, recorded splits, a cache of samples resized to the network input size.
+"""Datasets for training: folders of images/ + masks/, recorded splits, a cache of resized samples.
 
 A dataset folder holds `images/<stem>.(jpg|png)` and `masks/<stem>.(jpg|png)`.
 Masks may have any channel count; a pixel is polyp when its grey level is >= 128
@@ -112,7 +112,8 @@ def boundary_target(mask01: np.ndarray) -> np.ndarray:
 
 def check_size(size: int) -> None:
     if not (isinstance(size, int) and size > 0 and size % 16 == 0):
-        raise DataError(f"input size {size!r}: give a positive multiple of 16 (npseg's engines need it), e.g. 256 or 320")
+        raise DataError(f"input size {size!r}: give a positive multiple of 16 (npseg's engines need it), "
+                        "e.g. 256 or 320")
 
 
 def resize_sample(img_bgr: np.ndarray, mask01: np.ndarray, size: int = SIZE) -> tuple[np.ndarray, np.ndarray]:
