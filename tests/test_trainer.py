@@ -302,6 +302,23 @@ def test_init_from_weights_file_starts_from_its_tensors(two_epoch_run, toy, tmp_
         train(options(tmp, data, "wrong-variant", variant="ultraseg-130k", init=str(start)))
 
 
+def test_init_reuses_the_init_files_split_whatever_the_seed(two_epoch_run, toy, tmp_path):
+    """A fine-tune with another --seed keeps the split its --init file recorded, so the starting
+    model's test images never enter training; a folder of other images gets a new split, with a warning."""
+    tmp, data = toy
+    opts, _ = two_epoch_run
+    start = export_checkpoint(Path(opts.run_dir) / "best.pt", tmp_path / "start.safetensors")
+    recorded = json.loads((Path(opts.run_dir) / "splits" / "toy.json").read_text())
+    assert D.make_split(sorted(s for part in recorded.values() for s in part), 7) != recorded  # seed 7 would differ
+    run = options(tmp, data, "reseeded", epochs=1, seed=7, init=str(start))
+    train(run)
+    assert json.loads((tmp / "reseeded" / "splits" / "toy.json").read_text()) == recorded
+
+    other = make_dataset(tmp_path / "elsewhere" / "toy", n=8, seed=3)  # same folder name, other images
+    with pytest.warns(UserWarning, match="does not list exactly this folder's images"):
+        train(options(tmp, other, "foreign", epochs=1, seed=7, init=str(start)))
+
+
 def test_resume_can_extend_epochs_and_patience_only(two_epoch_run, toy):
     tmp, data = toy
     opts, _ = two_epoch_run

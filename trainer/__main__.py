@@ -42,7 +42,7 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--patience", type=int, default=None,
                    help=f"early stopping: epochs without validation-Dice gain (default {d.patience}; with --resume: "
                         "the run's own unless given)")
-    p.add_argument("--seed", type=int, default=d.seed, help="split, init, shuffling and augmentation seed")
+    p.add_argument("--seed", type=int, default=d.seed, help="split (unless --init records one for the dataset), init, shuffling and augmentation seed")
     p.add_argument("--max-minutes", type=float, default=None,
                    help="training time budget: no epoch starts that the last epoch's duration says would cross it")
     p.add_argument("--device", default=d.device, help="cpu or cuda[:i]")
@@ -53,7 +53,8 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--skip-bad", action="store_true",
                    help="skip corrupt images, missing masks and size mismatches with a warning instead of stopping")
     p.add_argument("--init", default=None, metavar="WEIGHTS",
-                   help="start from an npseg weights file or bundled model name (fine-tuning) instead of a random init")
+                   help="start from an npseg weights file or bundled model name (fine-tuning) instead of a random "
+                        "init; a dataset it was trained on keeps the split it records (its test images stay out)")
     p.add_argument("--augment", default=d.augmentation, choices=list(AUGMENTATIONS),
                    help="recipe: the paper's hflip + rotation (default); strong: also vflip, zoom and colour jitter")
     p.add_argument("--size", type=int, default=d.size,

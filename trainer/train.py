@@ -72,10 +72,13 @@ def prepare_data(opts: TrainOptions, run_dir: Path, progress: bool = True):
     names = [D.dataset_name(r) for r in opts.data]
     if len(set(names)) != len(names):
         raise D.DataError(f"dataset folders must have distinct names, got {names}")
+    inherited = _init_splits(opts.init) if opts.init else {}
     splits, train_parts, val_parts = {}, [], []
     for root, name in zip(opts.data, names):
         split = D.load_or_make_split(root, opts.seed, run_dir / "splits" / f"{name}.json", skip_bad=opts.skip_bad,
-                                     limit=opts.limit)
+                                     limit=opts.limit, inherited=inherited.get(name))
+        if progress and name in inherited and split["test"] == inherited[name]["test"]:
+            _log(f"{name}: the split recorded in the --init file (its test images stay out of training)")
         splits[name] = split
         train_parts.append(D.cached_arrays(root, split["train"], opts.cache_dir, opts.skip_bad, progress, opts.size))
         val_parts.append(D.cached_arrays(root, split["val"], opts.cache_dir, opts.skip_bad, progress, opts.size))
@@ -104,6 +107,14 @@ def _save_atomic(obj, path: Path) -> None:
     tmp = path.with_name(path.name + ".tmp")
     torch.save(obj, tmp)
     os.replace(tmp, path)  # a kill during the save never leaves a truncated checkpoint
+
+
+def _init_splits(path_or_name: str) -> dict:
+    """The per-dataset splits an --init weights file records in its provenance (none for foreign files)."""
+    from npseg import weights as weights_file
+    from npseg.segmenter import resolve_weights
+
+    return weights_file.load(resolve_weights(path_or_name)).provenance.get("splits") or {}
 
 
 def init_from_weights(model: UltraSeg, path_or_name: str) -> dict:
