@@ -42,7 +42,8 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--patience", type=int, default=None,
                    help=f"early stopping: epochs without validation-Dice gain (default {d.patience}; with --resume: "
                         "the run's own unless given)")
-    p.add_argument("--seed", type=int, default=d.seed, help="split (unless --init records one for the dataset), init, shuffling and augmentation seed")
+    p.add_argument("--seed", type=int, default=d.seed,
+                   help="split (unless --init records one for the dataset), init, shuffling and augmentation seed")
     p.add_argument("--max-minutes", type=float, default=None,
                    help="training time budget: no epoch starts that the last epoch's duration says would cross it")
     p.add_argument("--device", default=d.device, help="cpu or cuda[:i]")
