@@ -72,11 +72,14 @@ def prepare_data(opts: TrainOptions, run_dir: Path, progress: bool = True):
     names = [D.dataset_name(r) for r in opts.data]
     if len(set(names)) != len(names):
         raise D.DataError(f"dataset folders must have distinct names, got {names}")
-    inherited = _init_splits(opts.init) if opts.init else {}
+    inherited = {}  # the --init file's splits, read only while a dataset has no recorded split (not on resume)
     splits, train_parts, val_parts = {}, [], []
     for root, name in zip(opts.data, names):
-        split = D.load_or_make_split(root, opts.seed, run_dir / "splits" / f"{name}.json", skip_bad=opts.skip_bad,
-                                     limit=opts.limit, inherited=inherited.get(name))
+        split_file = run_dir / "splits" / f"{name}.json"
+        if opts.init and not split_file.exists() and not inherited:
+            inherited = _init_splits(opts.init)
+        split = D.load_or_make_split(root, opts.seed, split_file, skip_bad=opts.skip_bad, limit=opts.limit,
+                                     inherited=inherited.get(name))
         if progress and name in inherited and split["test"] == inherited[name]["test"]:
             _log(f"{name}: the split recorded in the --init file (its test images stay out of training)")
         splits[name] = split
