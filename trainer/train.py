@@ -72,12 +72,11 @@ def prepare_data(opts: TrainOptions, run_dir: Path, progress: bool = True):
     names = [D.dataset_name(r) for r in opts.data]
     if len(set(names)) != len(names):
         raise D.DataError(f"dataset folders must have distinct names, got {names}")
-    inherited = {}  # the --init file's splits, read only while a dataset has no recorded split (not on resume)
+    split_files = [run_dir / "splits" / f"{name}.json" for name in names]
+    # the --init file is read only while some dataset has no recorded split, so a resume never needs it
+    inherited = _init_splits(opts.init) if opts.init and not all(f.exists() for f in split_files) else {}
     splits, train_parts, val_parts = {}, [], []
-    for root, name in zip(opts.data, names):
-        split_file = run_dir / "splits" / f"{name}.json"
-        if opts.init and not split_file.exists() and not inherited:
-            inherited = _init_splits(opts.init)
+    for root, name, split_file in zip(opts.data, names, split_files):
         split = D.load_or_make_split(root, opts.seed, split_file, skip_bad=opts.skip_bad, limit=opts.limit,
                                      inherited=inherited.get(name))
         if progress and name in inherited and split["test"] == inherited[name]["test"]:
