@@ -382,3 +382,37 @@ def test_input_size_must_be_a_multiple_of_16(toy):
     tmp, data = toy
     with pytest.raises(D.DataError, match="multiple of 16"):
         train(options(tmp, data, "size100", epochs=1, size=100))
+
+
+def test_empty_dice_area_keeps_a_gradient_on_polyp_free_samples():
+    empty = torch.zeros(1, 64, 64)
+    prob = torch.zeros(1, 64, 64)
+    prob[0, :20, :20] = 0.99  # a false mark of 400 pixels on a clean frame
+    prob.requires_grad_(True)
+    recipe = soft_dice_loss(prob, empty)
+    recipe.backward()
+    g_recipe = float(prob.grad[0, 0, 0])
+    prob.grad = None
+    area = soft_dice_loss(prob, empty, empty_area=0.1)  # smooth = 409.6 pixels
+    area.backward()
+    g_area = float(prob.grad[0, 0, 0])
+    s = 0.99 * 400
+    assert float(recipe) == pytest.approx(s / (s + 1), rel=1e-5)  # saturated ...
+    assert g_recipe == pytest.approx(1 / (s + 1) ** 2, rel=1e-4)  # ... and its gradient vanishes
+    assert float(area) == pytest.approx(s / (s + 409.6), rel=1e-5)
+    assert g_area == pytest.approx(409.6 / (s + 409.6) ** 2, rel=1e-4)  # 100x the recipe's here
+    # samples with a polyp keep the recipe's smooth of 1
+    t = torch.zeros(2, 64, 64)
+    t[0, 5:10, 5:10] = 1
+    p = torch.rand(2, 64, 64)
+    per_recipe = [float(soft_dice_loss(p[i:i + 1], t[i:i + 1])) for i in range(2)]
+    assert float(soft_dice_loss(p, t, empty_area=0.1)) == pytest.approx(
+        (per_recipe[0] + float(soft_dice_loss(p[1:], t[1:], empty_area=0.1))) / 2, rel=1e-6)
+
+
+def test_empty_dice_area_must_be_a_fraction(capsys):
+    from trainer.__main__ import main
+
+    with pytest.raises(SystemExit):
+        main(["train", "--empty-dice-area", "5", "--data", "x"])
+    assert "not a fraction of the image in (0, 1]" in capsys.readouterr().err

@@ -61,7 +61,20 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--size", type=int, default=d.size,
                    help=f"square network input size, a multiple of 16 (default {d.size}, the paper's); the "
                         "weights file records it and npseg predicts at it")
+    p.add_argument("--empty-dice-area", type=_image_fraction, default=None, metavar="FRACTION",
+                   help="soft-Dice smooth term on polyp-free samples as a fraction of the image (e.g. 0.01), "
+                        "so that a false mark on a clean frame keeps a gradient; default: the recipe's 1 pixel")
     p.add_argument("--resume", action="store_true", help="continue RUN_DIR/last.pt with its saved options")
+
+
+def _image_fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a fraction of the image in (0, 1], e.g. 0.01")
+    return value
 
 
 def run_train(args) -> int:
@@ -73,7 +86,8 @@ def run_train(args) -> int:
                         patience=TrainOptions.patience if args.patience is None else args.patience,
                         seed=args.seed, max_minutes=args.max_minutes, device=args.device, threads=args.threads,
                         cache_dir=args.cache_dir, skip_bad=args.skip_bad, limit=args.limit, workers=args.workers,
-                        init=args.init, augmentation=args.augment, size=args.size)
+                        init=args.init, augmentation=args.augment, size=args.size,
+                        empty_dice_area=args.empty_dice_area)
     try:
         given = tuple(k for k in ("epochs", "patience") if getattr(args, k) is not None)
         train(opts, resume=args.resume, resume_overrides=given)

@@ -51,6 +51,7 @@ class TrainOptions:
     init: str | None = None  # npseg weights file (or bundled name) to start from instead of a random init
     augmentation: str = "recipe"  # data.AUGMENTATIONS: the paper's flips + rotation, or "strong"
     size: int = D.SIZE  # square network input (the paper's 256); the exported file records it
+    empty_dice_area: float | None = None  # loss.soft_dice_loss's empty_area; None = the recipe
 
 
 def _dist_info() -> tuple[int, int, int]:
@@ -280,7 +281,7 @@ def train(opts: TrainOptions, resume: bool = False, resume_overrides=()) -> dict
         for x, mask, bound in bar:
             x, mask, bound = x.to(device, memory_format=memory_format), mask.to(device), bound.to(device)
             logits, regions, boundaries = net(x)
-            loss, parts = ultraseg_loss(logits, regions, boundaries, mask, bound)
+            loss, parts = ultraseg_loss(logits, regions, boundaries, mask, bound, opts.empty_dice_area)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -358,6 +359,11 @@ def _size(opts: dict) -> int:
     return opts.get("size", D.SIZE)  # checkpoints written before --size trained at 256
 
 
+def _empty_dice_note(opts: dict) -> str:
+    area = opts.get("empty_dice_area")
+    return "" if area is None else f", Dice smooth {area:g} of the image on polyp-free samples"
+
+
 def checkpoint_provenance(ckpt: dict, ckpt_path) -> dict:
     """What a weights file records about its training: data, splits, recipe, seed, epochs, wall time."""
     opts = ckpt["options"]
@@ -377,7 +383,8 @@ def checkpoint_provenance(ckpt: dict, ckpt_path) -> dict:
         "recipe": f"Adam lr {opts['lr']}, cosine over {opts['epochs']} epochs, batch {opts['batch_size']}, "
                   f"{_size(opts)}x{_size(opts)}, "
                   f"{D.AUGMENTATIONS[opts.get('augmentation', 'recipe')]}, CE + 2 Dice main, 0.5 BCE + Dice side heads (0.1-0.4 region, "
-                  f"0.1-0.3 boundary), early stopping patience {opts['patience']} on validation Dice",
+                  f"0.1-0.3 boundary){_empty_dice_note(opts)}, early stopping patience {opts['patience']} on "
+                  "validation Dice",
         "epochs_planned": opts["epochs"],
         "epochs_run": ckpt["epoch"],
         "best_epoch": ckpt["best_epoch"],
