@@ -69,12 +69,11 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
 
 def _image_fraction(text: str) -> float:
     try:
-        value = float(text)
+        if 0 < (value := float(text)) <= 1:
+            return value
     except ValueError:
-        value = float("nan")
-    if not 0 < value <= 1:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a fraction of the image in (0, 1], e.g. 0.01")
-    return value
+        pass
+    raise argparse.ArgumentTypeError(f"{text!r} is not a fraction of the image in (0, 1], e.g. 0.01")
 
 
 def run_train(args) -> int:

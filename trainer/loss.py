@@ -37,7 +37,7 @@ def main_loss(logits: torch.Tensor, mask: torch.Tensor, empty_area: float | None
 
 
 def side_loss(logit: torch.Tensor, target: torch.Tensor, empty_area: float | None = None) -> torch.Tensor:
-    """0.5 x BCE-with-logits + soft Dice of the sigmoid (smooth 1)."""
+    """0.5 x BCE-with-logits + soft Dice of the sigmoid (smooth 1, or empty_area on empty targets)."""
     return (0.5 * F.binary_cross_entropy_with_logits(logit, target)
             + soft_dice_loss(torch.sigmoid(logit), target, empty_area=empty_area))
 
