@@ -299,7 +299,37 @@ def test_init_from_weights_file_starts_from_its_tensors(two_epoch_run, toy, tmp_
     assert after.provenance["init"]["file"] == "start.safetensors"
     assert after.provenance["init"]["epochs_run"] == 2
     with pytest.raises(ValueError, match="pass --variant ultraseg-108k"):
-        train(options(tmp, data, "wrong-variant", variant="ultraseg-130k", init=str(start)))
+        train(options(tmp, data, "wrong-variant", variant="ultraseg-500k", init=str(start)))
+
+
+def test_a_108k_file_grows_into_a_130k_model_that_computes_the_same(two_epoch_run, toy, tmp_path):
+    """--init a 108K file for a 130K run: shared tensors load as they are and AGF + SSA start as a
+    pass-through, so the 130K starts from the 108K's function; provenance says it was grown."""
+    import torch
+
+    from trainer.model import build
+    from trainer.train import init_from_weights
+
+    tmp, data = toy
+    opts, _ = two_epoch_run
+    start = export_checkpoint(Path(opts.run_dir) / "best.pt", tmp_path / "start.safetensors")
+    small, grown = build("ultraseg-108k").eval(), build("ultraseg-130k").eval()
+    init_from_weights(small, str(start))
+    info = init_from_weights(grown, str(start))
+    assert info["grown_from"].startswith("ultraseg-108k")
+    x = torch.rand(2, 3, 64, 64)
+    with torch.no_grad():
+        ref, out = small(x), grown(x)
+    # AGF keeps a 0.25 % share of f3 so that its weights get a gradient: near, not bit-equal
+    assert (out - ref).abs().max().item() < 2e-2 * max(1.0, ref.abs().max().item())
+
+    summary = train(options(tmp, data, "grown", variant="ultraseg-130k", epochs=1, init=str(start)))
+    assert summary["epochs_run"] == 1
+    import npseg
+
+    after = npseg.load(export_checkpoint(tmp / "grown" / "best.pt", tmp_path / "grown.safetensors")).weights
+    assert after.config.name == "ultraseg-130k"
+    assert after.provenance["init"]["grown_from"].startswith("ultraseg-108k")
 
 
 def test_init_reuses_the_init_files_split_whatever_the_seed(two_epoch_run, toy, tmp_path):

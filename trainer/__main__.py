@@ -55,7 +55,8 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
                    help="skip corrupt images, missing masks and size mismatches with a warning instead of stopping")
     p.add_argument("--init", default=None, metavar="WEIGHTS",
                    help="start from an npseg weights file or bundled model name (fine-tuning) instead of a random "
-                        "init; a dataset it was trained on keeps the split it records (its test images stay out)")
+                        "init; a dataset it was trained on keeps the split it records (its test images stay out); a 108K "
+                        "file may start a 130K run (AGF and SSA start as a pass-through)")
     p.add_argument("--augment", default=d.augmentation, choices=list(AUGMENTATIONS),
                    help="recipe: the paper's hflip + rotation (default); strong: also vflip, zoom and colour jitter")
     p.add_argument("--size", type=int, default=d.size,

@@ -120,25 +120,59 @@ def _init_splits(path_or_name: str) -> dict:
     return weights_file.load(resolve_weights(path_or_name)).provenance.get("splits") or {}
 
 
+# A file of the fusion-less variant (108K) may start the fusion variant of the same widths (130K): the
+# 130K graph computes the 108K function exactly when AGF passes t4 through and SSA's alpha is 0, so the
+# larger model starts from everything the smaller one learned instead of from a random init.
+AGF_PASS_THROUGH_LOGIT = 3.0  # AGF softmax weights (0.0025, 0.9975): t4 almost alone, f3 still gets gradient
+
+
+def _grows_into(file_cfg, model_cfg) -> bool:
+    return (not file_cfg.fusion and model_cfg.fusion and file_cfg.widths == model_cfg.widths
+            and file_cfg.out_ch == model_cfg.out_ch and file_cfg.gsa_grid == model_cfg.gsa_grid)
+
+
+@torch.no_grad()
+def _pass_through_fusion(model: UltraSeg) -> None:
+    """Set the AGF + SSA tensors (absent from a 108K file) so that they leave the 108K function unchanged."""
+    head = model.multiscale_fusion.spatial_attention[-1]  # Conv1x1 -> the two AGF logits (f3, t4)
+    head.weight.zero_()
+    head.bias.copy_(torch.tensor([-AGF_PASS_THROUGH_LOGIT, AGF_PASS_THROUGH_LOGIT]))
+    model.attention_alpha.zero_()  # z = B
+    for block in model.encoder3[1:]:
+        block.res_weight.fill_(0.1)  # the 108K's constant EDB residual scale
+
+
 def init_from_weights(model: UltraSeg, path_or_name: str) -> dict:
-    """Load an npseg weights file into `model` (same variant); returns what provenance records of it."""
+    """Load an npseg weights file into `model` (same variant, or a 108K file into a 130K model: see
+    _grows_into); returns what provenance records of it."""
     from npseg import weights as weights_file
     from npseg.segmenter import resolve_weights
 
     path = resolve_weights(path_or_name)
     w = weights_file.load(path)
-    if w.config != model.cfg:
+    grown = w.config != model.cfg and _grows_into(w.config, model.cfg)
+    if w.config != model.cfg and not grown:
         raise ValueError(f"--init {path}: its model is {w.config.name} with config {w.config.to_dict()}, "
                          f"not the {model.cfg.name} being trained; pass --variant {w.config.name} or other weights")
     state = {k: torch.from_numpy(v) for k, v in w.tensors.items()}
     missing, unexpected = model.load_state_dict(state, strict=False)
     missing = [k for k in missing if not k.endswith("num_batches_tracked")]  # BN step counters are not exported
+    if grown:
+        fusion = {k for k in model.state_dict() if k.startswith("multiscale_fusion.")}
+        fusion |= {"attention_alpha"} | {f"encoder3.{i}.res_weight" for i in (1, 2)}
+        missing = [k for k in missing if k not in fusion]
+        _pass_through_fusion(model)
     if missing or unexpected:
         raise ValueError(f"--init {path}: missing tensors {missing}, unexpected tensors {unexpected}")
     prov = w.provenance
-    return {"file": path.name, "tensors_sha256": weights_file.tensors_checksum(w.tensors),
+    info = {"file": path.name, "tensors_sha256": weights_file.tensors_checksum(w.tensors),
             "datasets": sorted(prov.get("datasets", {})), "epochs_run": prov.get("epochs_run"),
             "init": prov.get("init")}
+    if grown:
+        info["grown_from"] = (f"{w.config.name}: its tensors loaded as they are, AGF set to pass t4 through "
+                              f"(softmax logits -{AGF_PASS_THROUGH_LOGIT:g}/+{AGF_PASS_THROUGH_LOGIT:g}), "
+                              "SSA alpha 0, EDB residual scales 0.1")
+    return info
 
 
 def load_checkpoint(path) -> dict:
