@@ -150,7 +150,7 @@ def init_from_weights(model: UltraSeg, path_or_name: str) -> dict:
 
     path = resolve_weights(path_or_name)
     w = weights_file.load(path)
-    grown = w.config != model.cfg and _grows_into(w.config, model.cfg)
+    grown = _grows_into(w.config, model.cfg)
     if w.config != model.cfg and not grown:
         raise ValueError(f"--init {path}: its model is {w.config.name} with config {w.config.to_dict()}, "
                          f"not the {model.cfg.name} being trained; pass --variant {w.config.name} or other weights")
@@ -158,9 +158,8 @@ def init_from_weights(model: UltraSeg, path_or_name: str) -> dict:
     missing, unexpected = model.load_state_dict(state, strict=False)
     missing = [k for k in missing if not k.endswith("num_batches_tracked")]  # BN step counters are not exported
     if grown:
-        fusion = {k for k in model.state_dict() if k.startswith("multiscale_fusion.")}
-        fusion |= {"attention_alpha"} | {f"encoder3.{i}.res_weight" for i in (1, 2)}
-        missing = [k for k in missing if k not in fusion]
+        extra = set(model.state_dict()) - set(build(w.config).state_dict())  # what the 108K graph lacks
+        missing = [k for k in missing if k not in extra]
         _pass_through_fusion(model)
     if missing or unexpected:
         raise ValueError(f"--init {path}: missing tensors {missing}, unexpected tensors {unexpected}")
