@@ -121,8 +121,8 @@ def _init_splits(path_or_name: str) -> dict:
 
 
 # A file of the fusion-less variant (108K) may start the fusion variant of the same widths (130K): the
-# 130K graph computes the 108K function exactly when AGF passes t4 through and SSA's alpha is 0, so the
-# larger model starts from everything the smaller one learned instead of from a random init.
+# 130K graph computes the 108K function when AGF passes t4 through and SSA's alpha is 0 (here to 0.25 %:
+# see below), so the larger model starts from everything the smaller one learned, not from a random init.
 AGF_PASS_THROUGH_LOGIT = 3.0  # AGF softmax weights (0.0025, 0.9975): t4 almost alone, f3 still gets gradient
 
 
