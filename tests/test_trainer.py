@@ -1,6 +1,7 @@
 """Trainer: data, loss, metrics, a 2-epoch smoke run with export, resume, bad data."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import warnings
 from pathlib import Path
@@ -332,6 +333,31 @@ def test_a_108k_file_grows_into_a_130k_model_that_computes_the_same(two_epoch_ru
     assert after.provenance["init"]["grown_from"].startswith("ultraseg-108k")
 
 
+def test_train_grown_only_keeps_every_108k_tensor_as_loaded(two_epoch_run, toy, tmp_path):
+    """--train-grown-only: the tensors and BatchNorm statistics a grown 130K took from its 108K file are
+    bit-identical after training (also across a resume); AGF, SSA and the EDB scales do train."""
+    import npseg
+
+    tmp, data = toy
+    opts, _ = two_epoch_run
+    start = export_checkpoint(Path(opts.run_dir) / "best.pt", tmp_path / "start.safetensors")
+    run = options(tmp, data, "grown-only", variant="ultraseg-130k", epochs=1, init=str(start),
+                  train_grown_only=True)
+    train(run)
+    train(dataclasses.replace(run, epochs=2), resume=True, resume_overrides=("epochs",))
+    before = npseg.load(start).weights
+    after = npseg.load(export_checkpoint(tmp / "grown-only" / "last.pt", tmp_path / "grown-only.safetensors")).weights
+    for k, v in before.tensors.items():
+        np.testing.assert_array_equal(after.tensors[k], v, err_msg=k)
+    grown = set(after.tensors) - set(before.tensors)
+    assert grown and any("spatial_attention" in k for k in grown)
+    assert after.tensors["attention_alpha"].item() != 0  # SSA moved off its pass-through
+    assert "only the tensors grown from the 108K trained" in after.provenance["recipe"]
+    with pytest.raises(ValueError, match="--train-grown-only trains only what a grown model added"):
+        train(options(tmp, data, "not-grown", variant="ultraseg-108k", epochs=1, init=str(start),
+                      train_grown_only=True))
+
+
 def test_init_reuses_the_init_files_split_whatever_the_seed(two_epoch_run, toy, tmp_path):
     """A fine-tune with another --seed keeps the split its --init file recorded, so the starting
     model's test images never enter training; a folder of other images gets a new split, with a warning."""
@@ -427,9 +453,9 @@ def test_empty_dice_area_keeps_a_gradient_on_polyp_free_samples():
     area.backward()
     g_area = float(prob.grad[0, 0, 0])
     s = 0.99 * 400
-    assert float(recipe) == pytest.approx(s / (s + 1), rel=1e-5)  # saturated ...
+    assert recipe.item() == pytest.approx(s / (s + 1), rel=1e-5)  # saturated ...
     assert g_recipe == pytest.approx(1 / (s + 1) ** 2, rel=1e-4)  # ... and its gradient vanishes
-    assert float(area) == pytest.approx(s / (s + 409.6), rel=1e-5)
+    assert area.item() == pytest.approx(s / (s + 409.6), rel=1e-5)
     assert g_area == pytest.approx(409.6 / (s + 409.6) ** 2, rel=1e-4)  # 100x the recipe's here
     # samples with a polyp keep the recipe's smooth of 1
     t = torch.zeros(2, 64, 64)

@@ -65,6 +65,9 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--empty-dice-area", type=_image_fraction, default=None, metavar="FRACTION",
                    help="soft-Dice smooth term on polyp-free samples as a fraction of the image (e.g. 0.01), "
                         "so that a false mark on a clean frame keeps a gradient; default: the recipe's 1 pixel")
+    p.add_argument("--train-grown-only", action="store_true",
+                   help="with --variant ultraseg-130k and a 108K --init: train only what growing added (AGF, SSA, "
+                        "EDB residual scales); the 108K's tensors and BatchNorm statistics stay as loaded")
     p.add_argument("--resume", action="store_true", help="continue RUN_DIR/last.pt with its saved options")
 
 
@@ -87,7 +90,7 @@ def run_train(args) -> int:
                         seed=args.seed, max_minutes=args.max_minutes, device=args.device, threads=args.threads,
                         cache_dir=args.cache_dir, skip_bad=args.skip_bad, limit=args.limit, workers=args.workers,
                         init=args.init, augmentation=args.augment, size=args.size,
-                        empty_dice_area=args.empty_dice_area)
+                        empty_dice_area=args.empty_dice_area, train_grown_only=args.train_grown_only)
     try:
         given = tuple(k for k in ("epochs", "patience") if getattr(args, k) is not None)
         train(opts, resume=args.resume, resume_overrides=given)

@@ -51,6 +51,9 @@ class Down(nn.Module):
         return self.conv(self.bn(x))
 
 
+EDB_RES_SCALE = 0.1  # the 108K's constant residual scale, and the 130K's learned scale at init
+
+
 class EnhancedDilatedBlock(nn.Module):
     """Three grouped 3x3 convs (dilation 1, 2, 3; groups C/3, C -> C/3), 1x1 fusion, scaled residual."""
 
@@ -61,9 +64,9 @@ class EnhancedDilatedBlock(nn.Module):
         )
         self.fusion = nn.Conv2d(c, c, 1)
         if learned_scale:
-            self.res_weight = nn.Parameter(torch.tensor(0.1))
+            self.res_weight = nn.Parameter(torch.tensor(EDB_RES_SCALE))
         else:
-            self.res_weight = 0.1
+            self.res_weight = EDB_RES_SCALE
 
     def forward(self, x):
         y = torch.cat([conv(x) for conv in self.dilated_convs], 1)

@@ -24,7 +24,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 from . import data as D
 from .loss import ultraseg_loss
 from .evaluate import dice_iou
-from .model import UltraSeg, build
+from .model import EDB_RES_SCALE, UltraSeg, build
 
 CHECKPOINT_FORMAT = "npseg-trainer-checkpoint-1"
 LOG_FIELDS = ["epoch", "lr", "train_loss", "train_main", "train_region", "train_boundary", "val_dice",
@@ -52,6 +52,7 @@ class TrainOptions:
     augmentation: str = "recipe"  # data.AUGMENTATIONS: the paper's flips + rotation, or "strong"
     size: int = D.SIZE  # square network input (the paper's 256); the exported file records it
     empty_dice_area: float | None = None  # loss.soft_dice_loss's empty_area; None = the recipe
+    train_grown_only: bool = False  # with a 108K --init growing a 130K: train only AGF, SSA, EDB scales
 
 
 def _dist_info() -> tuple[int, int, int]:
@@ -131,6 +132,22 @@ def _grows_into(file_cfg, model_cfg) -> bool:
             and file_cfg.out_ch == model_cfg.out_ch and file_cfg.gsa_grid == model_cfg.gsa_grid)
 
 
+def _grown_tensors(cfg) -> set[str]:
+    """State-dict keys of a fusion variant that its fusion-less twin (the 108K for the 130K) lacks."""
+    twin = dataclasses.replace(cfg, fusion=False, learned_res_scale=False)
+    return set(build(cfg).state_dict()) - set(build(twin).state_dict())
+
+
+def _train_grown_only(model: UltraSeg) -> list[torch.nn.Module]:
+    """Freeze every tensor a grown model took from its 108K file; returns the frozen BatchNorm layers,
+    which the loop keeps in eval mode so that their running statistics stay as loaded too."""
+    grown = _grown_tensors(model.cfg)
+    for name, param in model.named_parameters():
+        param.requires_grad_(name in grown)
+    return [m for m in model.modules()
+            if isinstance(m, torch.nn.BatchNorm2d) and not m.weight.requires_grad]
+
+
 @torch.no_grad()
 def _pass_through_fusion(model: UltraSeg) -> None:
     """Set the AGF + SSA tensors (absent from a 108K file) so that they leave the 108K function unchanged."""
@@ -139,7 +156,7 @@ def _pass_through_fusion(model: UltraSeg) -> None:
     head.bias.copy_(torch.tensor([-AGF_PASS_THROUGH_LOGIT, AGF_PASS_THROUGH_LOGIT]))
     model.attention_alpha.zero_()  # z = B
     for block in model.encoder3[1:]:
-        block.res_weight.fill_(0.1)  # the 108K's constant EDB residual scale
+        block.res_weight.fill_(EDB_RES_SCALE)  # the 108K's constant
 
 
 def init_from_weights(model: UltraSeg, path_or_name: str) -> dict:
@@ -158,8 +175,8 @@ def init_from_weights(model: UltraSeg, path_or_name: str) -> dict:
     missing, unexpected = model.load_state_dict(state, strict=False)
     missing = [k for k in missing if not k.endswith("num_batches_tracked")]  # BN step counters are not exported
     if grown:
-        extra = set(model.state_dict()) - set(build(w.config).state_dict())  # what the 108K graph lacks
-        missing = [k for k in missing if k not in extra]
+        grown_keys = _grown_tensors(model.cfg)
+        missing = [k for k in missing if k not in grown_keys]
         _pass_through_fusion(model)
     if missing or unexpected:
         raise ValueError(f"--init {path}: missing tensors {missing}, unexpected tensors {unexpected}")
@@ -268,10 +285,16 @@ def train(opts: TrainOptions, resume: bool = False, resume_overrides=()) -> dict
              f"{init_info['epochs_run']} epochs)", rank)
     elif ckpt is not None:
         init_info = ckpt.get("init")
+    frozen_norms = []
+    if opts.train_grown_only:
+        if not (init_info and "grown_from" in init_info):
+            raise ValueError("--train-grown-only trains only what a grown model added: pass --variant ultraseg-130k "
+                             "with --init a 108K weights file, or drop --train-grown-only")
+        frozen_norms = _train_grown_only(model)
     # channels-last makes torch's CPU depthwise/grouped convs about 1.5x faster here (measured, 1 thread)
     memory_format = torch.channels_last if device.type == "cpu" else torch.contiguous_format
     model = model.to(device=device, memory_format=memory_format)
-    optimizer = torch.optim.Adam(model.parameters(), lr=opts.lr)
+    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=opts.lr)
     state = {"epoch": 0, "best_val_dice": -1.0, "best_epoch": 0, "epochs_since_best": 0, "train_seconds": 0.0,
              "history": []}
     if ckpt is not None:
@@ -307,6 +330,8 @@ def train(opts: TrainOptions, resume: bool = False, resume_overrides=()) -> dict
         sampler.set_epoch(epoch)
         train_set.set_epoch(epoch)
         net.train()
+        for norm in frozen_norms:
+            norm.eval()
         sums = {"loss": 0.0, "main": 0.0, "region": 0.0, "boundary": 0.0}
         n = 0
         bar = tqdm(loader, desc=f"epoch {epoch}/{opts.epochs}", disable=rank != 0, file=sys.stderr,
@@ -397,6 +422,10 @@ def _empty_dice_note(opts: dict) -> str:
     return "" if area is None else f", Dice smooth {area:g} of the image on polyp-free samples"
 
 
+def _grown_only_note(opts: dict) -> str:
+    return ", only the tensors grown from the 108K trained" if opts.get("train_grown_only") else ""
+
+
 def checkpoint_provenance(ckpt: dict, ckpt_path) -> dict:
     """What a weights file records about its training: data, splits, recipe, seed, epochs, wall time."""
     opts = ckpt["options"]
@@ -416,7 +445,7 @@ def checkpoint_provenance(ckpt: dict, ckpt_path) -> dict:
         "recipe": f"Adam lr {opts['lr']}, cosine over {opts['epochs']} epochs, batch {opts['batch_size']}, "
                   f"{_size(opts)}x{_size(opts)}, "
                   f"{D.AUGMENTATIONS[opts.get('augmentation', 'recipe')]}, CE + 2 Dice main, 0.5 BCE + Dice side heads (0.1-0.4 region, "
-                  f"0.1-0.3 boundary){_empty_dice_note(opts)}, early stopping patience {opts['patience']} on "
+                  f"0.1-0.3 boundary){_empty_dice_note(opts)}{_grown_only_note(opts)}, early stopping patience {opts['patience']} on "
                   "validation Dice",
         "epochs_planned": opts["epochs"],
         "epochs_run": ckpt["epoch"],
