@@ -472,3 +472,20 @@ def test_empty_dice_area_must_be_a_fraction(capsys):
     with pytest.raises(SystemExit):
         main(["train", "--empty-dice-area", "5", "--data", "x"])
     assert "not a fraction of the image in (0, 1]" in capsys.readouterr().err
+
+
+def test_select_on_one_dataset_of_a_mixed_run(toy, tmp_path):
+    """--select-on: a mixed run keeps the checkpoint that is best on that dataset's validation Dice alone."""
+    import npseg
+
+    tmp, data = toy
+    other = make_dataset(tmp_path / "other", n=12, seed=5)
+    opts = dataclasses.replace(options(tmp, data, "select-on", select_on="other"), data=[str(data), str(other)])
+    summary = train(opts)
+    log = json.loads((tmp / "select-on" / "log.json").read_text())
+    assert [r["val_dice"] for r in log] == [r["val_dice_per_dataset"]["other"] for r in log]
+    assert summary["best_val_dice"] == max(r["val_dice_per_dataset"]["other"] for r in log)
+    out = export_checkpoint(tmp / "select-on" / "best.pt", tmp_path / "select-on.safetensors")
+    assert "other's validation Dice alone" in npseg.load(out).weights.provenance["recipe"]
+    with pytest.raises(D.DataError, match="--select-on polypgen: not a dataset of this run"):
+        train(dataclasses.replace(opts, run_dir=str(tmp_path / "wrong"), select_on="polypgen"))

@@ -68,6 +68,9 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--train-grown-only", action="store_true",
                    help="with --variant ultraseg-130k and a 108K --init: train only what growing added (AGF, SSA, "
                         "EDB residual scales); the 108K's tensors and BatchNorm statistics stay as loaded")
+    p.add_argument("--select-on", default=None, metavar="DATASET",
+                   help="a mixed run selects its best checkpoint (and stops early) on this dataset's validation "
+                        "Dice alone, e.g. polypgen; default: the mean over the run's datasets")
     p.add_argument("--resume", action="store_true", help="continue RUN_DIR/last.pt with its saved options")
 
 
@@ -90,7 +93,8 @@ def run_train(args) -> int:
                         seed=args.seed, max_minutes=args.max_minutes, device=args.device, threads=args.threads,
                         cache_dir=args.cache_dir, skip_bad=args.skip_bad, limit=args.limit, workers=args.workers,
                         init=args.init, augmentation=args.augment, size=args.size,
-                        empty_dice_area=args.empty_dice_area, train_grown_only=args.train_grown_only)
+                        empty_dice_area=args.empty_dice_area, train_grown_only=args.train_grown_only,
+                        select_on=args.select_on)
     try:
         given = tuple(k for k in ("epochs", "patience") if getattr(args, k) is not None)
         train(opts, resume=args.resume, resume_overrides=given)

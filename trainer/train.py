@@ -53,6 +53,7 @@ class TrainOptions:
     size: int = D.SIZE  # square network input (the paper's 256); the exported file records it
     empty_dice_area: float | None = None  # loss.soft_dice_loss's empty_area; None = the recipe
     train_grown_only: bool = False  # with a 108K --init growing a 130K: train only AGF, SSA, EDB scales
+    select_on: str | None = None  # dataset name: select on its validation Dice alone; None = the mean over datasets
 
 
 def _dist_info() -> tuple[int, int, int]:
@@ -256,6 +257,9 @@ def train(opts: TrainOptions, resume: bool = False, resume_overrides=()) -> dict
         opts = dataclasses.replace(saved, device=opts.device, threads=opts.threads, max_minutes=opts.max_minutes,
                                    workers=opts.workers, run_dir=opts.run_dir, cache_dir=opts.cache_dir,
                                    **{k: getattr(opts, k) for k in resume_overrides})
+    if opts.select_on is not None and opts.select_on not in (names := [D.dataset_name(r) for r in opts.data]):
+        raise D.DataError(f"--select-on {opts.select_on}: not a dataset of this run (have {names}); "
+                          "name one of them, or drop --select-on to select on their mean")
     distributed = world > 1
     if opts.device.startswith("cuda"):
         device = torch.device(f"cuda:{local_rank}" if distributed else opts.device)
@@ -353,6 +357,8 @@ def train(opts: TrainOptions, resume: bool = False, resume_overrides=()) -> dict
         improved = False
         if rank == 0:
             val_dice, val_per = validate(model, val_parts, names, device)
+            if opts.select_on is not None:
+                val_dice = val_per[opts.select_on]
             improved = val_dice > state["best_val_dice"]
         epoch_seconds = time.time() - t0
         last_epoch_seconds = epoch_seconds
@@ -422,6 +428,11 @@ def _empty_dice_note(opts: dict) -> str:
     return "" if area is None else f", Dice smooth {area:g} of the image on polyp-free samples"
 
 
+def _selection_note(opts: dict) -> str:
+    name = opts.get("select_on")
+    return "validation Dice" if name is None else f"{name}'s validation Dice alone"
+
+
 def _grown_only_note(opts: dict) -> str:
     return ", only the tensors grown from the 108K trained" if opts.get("train_grown_only") else ""
 
@@ -446,7 +457,7 @@ def checkpoint_provenance(ckpt: dict, ckpt_path) -> dict:
                   f"{_size(opts)}x{_size(opts)}, "
                   f"{D.AUGMENTATIONS[opts.get('augmentation', 'recipe')]}, CE + 2 Dice main, 0.5 BCE + Dice side heads (0.1-0.4 region, "
                   f"0.1-0.3 boundary){_empty_dice_note(opts)}{_grown_only_note(opts)}, early stopping patience {opts['patience']} on "
-                  "validation Dice",
+                  f"{_selection_note(opts)}",
         "epochs_planned": opts["epochs"],
         "epochs_run": ckpt["epoch"],
         "best_epoch": ckpt["best_epoch"],
