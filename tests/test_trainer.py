@@ -185,7 +185,8 @@ def test_cached_sample_matches_npseg_preprocessing(toy, tmp_path):
     frame = cv2.imread(str(data / "images" / "img00.jpg"))
     ds = D.PolypDataset([(stems, images, masks, bounds)])
     x = ds[0][0].numpy()
-    ref = npseg.load("ultraseg-130k", backend="numpy").preprocess(frame)  # the deployed preprocessing
+    size = images.shape[1]  # the cache's (the recipe's 256); the default file may predict at another
+    ref = npseg.load("ultraseg-130k", backend="numpy", size=size).preprocess(frame)  # the deployed preprocessing
     np.testing.assert_array_equal(x, ref)
 
 
