@@ -490,3 +490,23 @@ def test_select_on_one_dataset_of_a_mixed_run(toy, tmp_path):
     assert "other's validation Dice alone" in npseg.load(out).weights.provenance["recipe"]
     with pytest.raises(D.DataError, match="--select-on polypgen: not a dataset of this run"):
         train(dataclasses.replace(opts, run_dir=str(tmp_path / "wrong"), select_on="polypgen"))
+
+
+def test_a_dataset_of_the_init_chain_without_a_recorded_split_is_refused(two_epoch_run, toy, tmp_path):
+    """An --init file whose ancestor trained on a dataset but which records no split for it would let a
+    new split put the ancestor's training images into the test part: the run stops and names
+    --splits-from, which takes the split from a weights file or a split file."""
+    tmp, data = toy
+    opts, _ = two_epoch_run
+    start = export_checkpoint(Path(opts.run_dir) / "best.pt", tmp_path / "start.safetensors")  # records toy
+    recorded = json.loads((Path(opts.run_dir) / "splits" / "toy.json").read_text())
+    other = make_dataset(tmp_path / "other", n=12, seed=5)
+    train(options(tmp, other, "other-from-start", epochs=1, init=str(start)))
+    mid = export_checkpoint(tmp / "other-from-start" / "best.pt", tmp_path / "mid.safetensors")  # records other only
+    with pytest.raises(D.DataError, match=r"toy: --init .*descends from start\.safetensors.*--splits-from"):
+        train(options(tmp, data, "toy-from-mid", epochs=1, seed=7, init=str(mid)))
+    for i, source in enumerate((start, Path(opts.run_dir) / "splits" / "toy.json")):
+        train(options(tmp, data, f"toy-from-mid-{i}", epochs=1, seed=7, init=str(mid), splits_from=[str(source)]))
+        assert json.loads((tmp / f"toy-from-mid-{i}" / "splits" / "toy.json").read_text()) == recorded
+    with pytest.raises(D.DataError, match="none of this run's"):
+        train(options(tmp, data, "no-overlap", epochs=1, init=str(mid), splits_from=[str(mid)]))

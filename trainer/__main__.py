@@ -71,6 +71,10 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--select-on", default=None, metavar="DATASET",
                    help="a mixed run selects its best checkpoint (and stops early) on this dataset's validation "
                         "Dice alone, e.g. polypgen; default: the mean over the run's datasets")
+    p.add_argument("--splits-from", nargs="+", default=[], metavar="FILE",
+                   help="reuse recorded splits: split files (runs/<run>/splits/<dataset>.json) or weights files / "
+                        "bundled names whose provenance records them; needed when --init descends from a file "
+                        "trained on a dataset that --init itself records no split for")
     p.add_argument("--resume", action="store_true", help="continue RUN_DIR/last.pt with its saved options")
 
 
@@ -94,7 +98,7 @@ def run_train(args) -> int:
                         cache_dir=args.cache_dir, skip_bad=args.skip_bad, limit=args.limit, workers=args.workers,
                         init=args.init, augmentation=args.augment, size=args.size,
                         empty_dice_area=args.empty_dice_area, train_grown_only=args.train_grown_only,
-                        select_on=args.select_on)
+                        select_on=args.select_on, splits_from=args.splits_from)
     try:
         given = tuple(k for k in ("epochs", "patience") if getattr(args, k) is not None)
         train(opts, resume=args.resume, resume_overrides=given)

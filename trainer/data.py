@@ -148,7 +148,7 @@ def dataset_name(root: str | os.PathLike) -> str:
 def load_or_make_split(root, seed: int, split_file: Path | None = None, skip_bad: bool = False,
                        limit: int | None = None, inherited: dict | None = None) -> dict[str, list[str]]:
     """The split recorded in `split_file` when it exists (so resume and eval reuse it), else
-    `inherited` (the split an --init weights file recorded for this dataset) when it covers exactly
+    `inherited` (the split an --init or --splits-from file recorded for this dataset) when it covers exactly
     this folder's images, so that a fine-tune never trains on its starting model's test images,
     else a new one from `seed`. `limit` keeps the first N stems of each part (for smoke runs)."""
     if split_file is not None and split_file.exists():
@@ -158,8 +158,8 @@ def load_or_make_split(root, seed: int, split_file: Path | None = None, skip_bad
         split = {k: list(v) for k, v in inherited.items()}
     else:
         if inherited is not None:
-            warnings.warn(f"{root}: the --init file's split for {dataset_name(root)!r} does not list exactly "
-                          f"this folder's images, so a new split (seed {seed}) is made; images the starting "
+            warnings.warn(f"{root}: the recorded split (--init or --splits-from) for {dataset_name(root)!r} does "
+                          f"not list exactly this folder's images, so a new split (seed {seed}) is made; images the starting "
                           "model was tested on may now be in this run's train part", stacklevel=2)
         split = make_split(stems, seed)
     if limit:

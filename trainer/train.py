@@ -54,6 +54,7 @@ class TrainOptions:
     empty_dice_area: float | None = None  # loss.soft_dice_loss's empty_area; None = the recipe
     train_grown_only: bool = False  # with a 108K --init growing a 130K: train only AGF, SSA, EDB scales
     select_on: str | None = None  # dataset name: select on its validation Dice alone; None = the mean over datasets
+    splits_from: list[str] = field(default_factory=list)  # split JSON files or weights files recording splits
 
 
 def _dist_info() -> tuple[int, int, int]:
@@ -76,14 +77,24 @@ def prepare_data(opts: TrainOptions, run_dir: Path, progress: bool = True):
     if len(set(names)) != len(names):
         raise D.DataError(f"dataset folders must have distinct names, got {names}")
     split_files = [run_dir / "splits" / f"{name}.json" for name in names]
-    # the --init file is read only while some dataset has no recorded split, so a resume never needs it
-    inherited = _init_splits(opts.init) if opts.init and not all(f.exists() for f in split_files) else {}
+    # the --init and --splits-from files are read only while some dataset has no recorded split, so a
+    # resume never needs them
+    fresh = [name for name, f in zip(names, split_files) if not f.exists()]
+    init_prov = _init_provenance(opts.init) if opts.init and fresh else {}
+    inherited = _recorded_splits(init_prov, opts.splits_from if fresh else [], fresh)
+    ancestors = _ancestor_datasets(init_prov)
     splits, train_parts, val_parts = {}, [], []
     for root, name, split_file in zip(opts.data, names, split_files):
+        if name in fresh and name not in inherited and name in ancestors:
+            raise D.DataError(
+                f"{name}: --init {opts.init} descends from {ancestors[name]}, which trained on {name}, but records "
+                f"no split for it, so a new split (seed {opts.seed}) could put images the starting model trained on "
+                f"into this run's test part; pass the split it was trained with: --splits-from a weights file that "
+                f"records it (e.g. one trained on {name} alone) or a split file {name}.json (runs/<run>/splits/)")
         split = D.load_or_make_split(root, opts.seed, split_file, skip_bad=opts.skip_bad, limit=opts.limit,
                                      inherited=inherited.get(name))
         if progress and name in inherited and split["test"] == inherited[name]["test"]:
-            _log(f"{name}: the split recorded in the --init file (its test images stay out of training)")
+            _log(f"{name}: the recorded split (from --init or --splits-from; its test images stay out of training)")
         splits[name] = split
         train_parts.append(D.cached_arrays(root, split["train"], opts.cache_dir, opts.skip_bad, progress, opts.size))
         val_parts.append(D.cached_arrays(root, split["val"], opts.cache_dir, opts.skip_bad, progress, opts.size))
@@ -114,12 +125,49 @@ def _save_atomic(obj, path: Path) -> None:
     os.replace(tmp, path)  # a kill during the save never leaves a truncated checkpoint
 
 
-def _init_splits(path_or_name: str) -> dict:
-    """The per-dataset splits an --init weights file records in its provenance (none for foreign files)."""
+def _init_provenance(path_or_name: str) -> dict:
     from npseg import weights as weights_file
     from npseg.segmenter import resolve_weights
 
-    return weights_file.load(resolve_weights(path_or_name)).provenance.get("splits") or {}
+    return weights_file.load(resolve_weights(path_or_name)).provenance
+
+
+def _ancestor_datasets(provenance: dict) -> dict[str, str]:
+    """Datasets that files earlier in an --init file's chain trained on -> the nearest such file's name."""
+    found, link = {}, provenance.get("init")
+    while isinstance(link, dict):
+        for name in link.get("datasets") or []:
+            found.setdefault(name, link.get("file", "?"))
+        link = link.get("init")
+    return found
+
+
+def _recorded_splits(init_provenance: dict, sources: list[str], names: list[str]) -> dict:
+    """The splits to reuse per dataset: those the --init file records, and those of --splits-from
+    (split JSON files named <dataset>.json, or weights files and bundled names whose provenance records
+    splits). Two sources that disagree about a dataset of the run are an error, not a silent pick."""
+    found = {name: (split, "--init") for name, split in (init_provenance.get("splits") or {}).items()}
+    for src in sources:
+        if Path(src).suffix == ".json":
+            try:
+                split = json.loads(Path(src).read_text())
+            except (OSError, ValueError) as e:
+                raise D.DataError(f"--splits-from {src}: cannot read it as a split file ({e})") from None
+            if not (isinstance(split, dict) and set(split) == {"train", "val", "test"}):
+                raise D.DataError(f"--splits-from {src}: not a split file (a JSON object with train, val and test "
+                                  "lists of file stems, as runs/<run>/splits/<dataset>.json)")
+            given = {Path(src).stem: split}
+        else:
+            given = _init_provenance(src).get("splits") or {}
+            if not set(given) & set(names):
+                raise D.DataError(f"--splits-from {src}: it records splits for {sorted(given) or 'no dataset'}, "
+                                  f"none of this run's {names}")
+        for name, split in given.items():
+            if name in names and name in found and sorted(found[name][0]["test"]) != sorted(split["test"]):
+                raise D.DataError(f"{name}: {found[name][1]} and --splits-from {src} record different test parts; "
+                                  "keep the one the starting model was trained with")
+            found.setdefault(name, (split, f"--splits-from {src}"))
+    return {name: split for name, (split, _) in found.items()}
 
 
 # A file of the fusion-less variant (108K) may start the fusion variant of the same widths (130K): the
