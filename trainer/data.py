@@ -159,8 +159,8 @@ def load_or_make_split(root, seed: int, split_file: Path | None = None, skip_bad
     else:
         if inherited is not None:
             warnings.warn(f"{root}: the recorded split (--init or --splits-from) for {dataset_name(root)!r} does "
-                          f"not list exactly this folder's images, so a new split (seed {seed}) is made; images the starting "
-                          "model was tested on may now be in this run's train part", stacklevel=2)
+                          f"not list exactly this folder's images, so a new split (seed {seed}) is made; images "
+                          "the starting model was tested on may now be in this run's train part", stacklevel=2)
         split = make_split(stems, seed)
     if limit:
         split = {k: v[:max(1, limit if k == "train" else limit // 4)] for k, v in split.items()}

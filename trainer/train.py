@@ -80,7 +80,7 @@ def prepare_data(opts: TrainOptions, run_dir: Path, progress: bool = True):
     # the --init and --splits-from files are read only while some dataset has no recorded split, so a
     # resume never needs them
     fresh = [name for name, f in zip(names, split_files) if not f.exists()]
-    init_prov = _init_provenance(opts.init) if opts.init and fresh else {}
+    init_prov = _provenance_of(opts.init) if opts.init and fresh else {}
     inherited = _recorded_splits(init_prov, opts.splits_from if fresh else [], fresh)
     ancestors = _ancestor_datasets(init_prov)
     splits, train_parts, val_parts = {}, [], []
@@ -125,7 +125,8 @@ def _save_atomic(obj, path: Path) -> None:
     os.replace(tmp, path)  # a kill during the save never leaves a truncated checkpoint
 
 
-def _init_provenance(path_or_name: str) -> dict:
+def _provenance_of(path_or_name: str) -> dict:
+    """The provenance a weights file (or bundled model name) records (npseg checks the file as it loads)."""
     from npseg import weights as weights_file
     from npseg.segmenter import resolve_weights
 
@@ -158,7 +159,10 @@ def _recorded_splits(init_provenance: dict, sources: list[str], names: list[str]
                                   "lists of file stems, as runs/<run>/splits/<dataset>.json)")
             given = {Path(src).stem: split}
         else:
-            given = _init_provenance(src).get("splits") or {}
+            try:
+                given = _provenance_of(src).get("splits") or {}
+            except (OSError, ValueError) as e:  # npseg's WeightsError is a ValueError naming the problem
+                raise D.DataError(f"--splits-from {src}: {e}") from None
             if not set(given) & set(names):
                 raise D.DataError(f"--splits-from {src}: it records splits for {sorted(given) or 'no dataset'}, "
                                   f"none of this run's {names}")
