@@ -124,10 +124,11 @@ def add_eval_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _read_splits(files):
-    import json
     from pathlib import Path
 
-    return {Path(f).stem: json.loads(Path(f).read_text()) for f in files} if files else None
+    from .data import read_split_file
+
+    return {Path(f).stem: read_split_file(f) for f in files} if files else None
 
 
 def run_eval(args) -> int:

@@ -145,6 +145,18 @@ def dataset_name(root: str | os.PathLike) -> str:
     return Path(root).resolve().name
 
 
+def read_split_file(path) -> dict[str, list[str]]:
+    """A split file (runs/<run>/splits/<dataset>.json: train, val and test lists of file stems)."""
+    try:
+        split = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as e:
+        raise DataError(f"{path}: cannot read it as a split file ({e})") from None
+    if not (isinstance(split, dict) and set(split) == {"train", "val", "test"}):
+        raise DataError(f"{path}: not a split file (a JSON object with train, val and test lists of file stems, "
+                        "as runs/<run>/splits/<dataset>.json)")
+    return split
+
+
 def load_or_make_split(root, seed: int, split_file: Path | None = None, skip_bad: bool = False,
                        limit: int | None = None, inherited: dict | None = None) -> dict[str, list[str]]:
     """The split recorded in `split_file` when it exists (so resume and eval reuse it), else
@@ -152,7 +164,7 @@ def load_or_make_split(root, seed: int, split_file: Path | None = None, skip_bad
     this folder's images, so that a fine-tune never trains on its starting model's test images,
     else a new one from `seed`. `limit` keeps the first N stems of each part (for smoke runs)."""
     if split_file is not None and split_file.exists():
-        return json.loads(split_file.read_text())
+        return read_split_file(split_file)
     stems = [p.stem for p in list_pairs(root, skip_bad=skip_bad)]
     if inherited is not None and sorted(s for part in inherited.values() for s in part) == sorted(stems):
         split = {k: list(v) for k, v in inherited.items()}

@@ -150,14 +150,7 @@ def _recorded_splits(init_provenance: dict, sources: list[str], names: list[str]
     found = {name: (split, "--init") for name, split in (init_provenance.get("splits") or {}).items()}
     for src in sources:
         if Path(src).suffix == ".json":
-            try:
-                split = json.loads(Path(src).read_text())
-            except (OSError, ValueError) as e:
-                raise D.DataError(f"--splits-from {src}: cannot read it as a split file ({e})") from None
-            if not (isinstance(split, dict) and set(split) == {"train", "val", "test"}):
-                raise D.DataError(f"--splits-from {src}: not a split file (a JSON object with train, val and test "
-                                  "lists of file stems, as runs/<run>/splits/<dataset>.json)")
-            given = {Path(src).stem: split}
+            given = {Path(src).stem: D.read_split_file(src)}
         else:
             try:
                 given = _provenance_of(src).get("splits") or {}
