@@ -43,17 +43,17 @@ UNPINNED = "npseg-numba-openblas-auto"
 # ---------------------------------------------------------------------------------------------
 # workers: each runs in a fresh pinned process and prints one JSON line
 # ---------------------------------------------------------------------------------------------
-def _input(seed=0):
-    return np.random.default_rng(seed).random((3, SIZE, SIZE), dtype=np.float32)
+def _input(size, seed=0):
+    return np.random.default_rng(seed).random((3, size, size), dtype=np.float32)
 
 
-def _engine_forward(engine, weights_path, onnx_path):
-    """A callable running one forward of the fixed input with `engine`."""
-    x = _input()
+def _engine_forward(engine, weights_path, onnx_path, size):
+    """A callable running one forward of the fixed size x size input with `engine`."""
+    x = _input(size)
     if engine.startswith("npseg-"):
         import npseg
 
-        seg = npseg.load(weights_path, backend=engine.split("-")[1], size=SIZE)
+        seg = npseg.load(weights_path, backend=engine.split("-")[1], size=size)
         run = getattr(seg._engine, "run", seg._engine.forward)
         return lambda: run(x)
     if engine == "torch-eager":
@@ -83,7 +83,7 @@ def _engine_forward(engine, weights_path, onnx_path):
 
 
 def worker_forward(args):
-    run = _engine_forward(args.engine, args.weights, args.onnx)
+    run = _engine_forward(args.engine, args.weights, args.onnx, args.size)
     for _ in range(args.warmup):
         run()
     times = []
@@ -95,15 +95,16 @@ def worker_forward(args):
 
 
 def worker_e2e(args):
-    """predict() on BGR frames of each size vs the bare forward, in one process; then peak RSS."""
+    """predict() on BGR frames of each size vs the bare forward, in one process, at the file's own input
+    size (what `npseg.load(name).predict(frame)` runs); then peak RSS."""
     import cv2
 
     import npseg
 
-    seg = npseg.load(args.weights, size=SIZE)
-    x = seg.preprocess(np.zeros((SIZE, SIZE, 3), np.uint8))
+    seg = npseg.load(args.weights)
+    x = seg.preprocess(np.zeros((*seg.input_size, 3), np.uint8))
     rng = np.random.default_rng(1)
-    out = {"backend": seg.backend}
+    out = {"backend": seg.backend, "input_size": list(seg.input_size)}
     for h, w in FRAME_SIZES:
         frame = cv2.GaussianBlur(rng.integers(0, 256, (h, w, 3), dtype=np.uint8), (0, 0), 8)  # image-like
         fwd, e2e = [], []
@@ -164,17 +165,51 @@ def _spawn(mode, extra_env=None, drop_env=(), **kw):
 
 
 def _prepare_weights(tmp: Path) -> dict:
-    """The bundled weights of each variant, and each exported to ONNX from the torch model built
-    on the same tensors."""
+    """The bundled weights of each variant, its own input size, and ONNX exports (from the torch
+    model built on the same tensors) at SIZE and at that size."""
+    from npseg.weights import load as load_weights
     from trainer.evaluate import torch_model_from_weights
     from trainer.export import export_onnx
 
     out = {}
     for variant in VARIANTS:
         path = REPO / "weights" / f"{variant}.safetensors"
-        onnx_path = export_onnx(torch_model_from_weights(path), tmp / f"{variant}.onnx", (SIZE, SIZE))
-        out[variant] = {"weights": str(path), "onnx": str(onnx_path)}
+        own = load_weights(path).input_size[0]  # square: the trainer's --size
+        model = torch_model_from_weights(path)
+        onnx = {size: str(export_onnx(model, tmp / f"{variant}-{size}.onnx", (size, size))) for size in {SIZE, own}}
+        out[variant] = {"weights": str(path), "own_size": own, "onnx": onnx}
     return out
+
+
+def _time_engines(variant, f, size, engines, frames, rounds, numpy_frames) -> dict:
+    """Engines alternating in `rounds` rounds on one variant at size x size: per-engine stats, ratios
+    to ONNX Runtime and torch, and the numba / ONNX Runtime ratio within each round."""
+    samples = {e: [] for e in engines}
+    round_medians = {e: [] for e in engines}
+    for r in range(rounds):
+        for engine in engines:
+            if engine == "npseg-numpy" and r:  # the slow reference: one round is enough
+                continue
+            unpinned = engine == UNPINNED
+            res = _spawn("forward", drop_env=("OPENBLAS_CORETYPE",) if unpinned else (),
+                         engine="npseg-numba" if unpinned else engine, weights=f["weights"], onnx=f["onnx"][size],
+                         size=size, frames=numpy_frames if engine == "npseg-numpy" else frames,
+                         warmup=3 if engine == "npseg-numpy" else 20)
+            samples[engine] += res["ms"]
+            round_medians[engine].append(float(np.median(res["ms"])))
+            print(f"{variant} {size}x{size} round {r + 1}/{rounds} {engine:12s} median {np.median(res['ms']):7.2f} ms",
+                  flush=True)
+    table = {e: _stats(ms) for e, ms in samples.items()}
+    ort = table["onnxruntime"]["median_ms"]
+    torch_ms = table["torch-eager"]["median_ms"]
+    for e in table:
+        table[e]["vs_onnxruntime"] = table[e]["median_ms"] / ort
+        table[e]["speedup_vs_torch"] = torch_ms / table[e]["median_ms"]
+        table[e]["round_medians_ms"] = round_medians[e]
+    # the same ratio within each round: neighbours in time share the machine's load
+    table["npseg-numba"]["vs_onnxruntime_per_round"] = [
+        n / o for n, o in zip(round_medians["npseg-numba"], round_medians["onnxruntime"])]
+    return table
 
 
 def _stats(ms):
@@ -186,39 +221,15 @@ def _stats(ms):
 def run_benchmark(frames: int, rounds: int, numpy_frames: int, tmp: Path) -> dict:
     files = _prepare_weights(tmp)
     load_before = os.getloadavg()
-    speed = {}
     engines = ENGINES + ((UNPINNED,) if "OPENBLAS_CORETYPE" in os.environ else ())
-    for variant in VARIANTS:
-        f = files[variant]
-        samples = {e: [] for e in engines}
-        round_medians = {e: [] for e in engines}
-        for r in range(rounds):
-            for engine in engines:
-                n = numpy_frames if engine == "npseg-numpy" else frames
-                if engine == "npseg-numpy" and r:  # the slow reference: one round is enough
-                    continue
-                unpinned = engine == UNPINNED
-                res = _spawn("forward", drop_env=("OPENBLAS_CORETYPE",) if unpinned else (),
-                             engine="npseg-numba" if unpinned else engine, weights=f["weights"], onnx=f["onnx"],
-                             frames=n, warmup=3 if engine == "npseg-numpy" else 20)
-                samples[engine] += res["ms"]
-                round_medians[engine].append(float(np.median(res["ms"])))
-                print(f"{variant} round {r + 1}/{rounds} {engine:12s} median {np.median(res['ms']):7.2f} ms",
-                      flush=True)
-        table = {e: _stats(ms) for e, ms in samples.items()}
-        ort = table["onnxruntime"]["median_ms"]
-        torch_ms = table["torch-eager"]["median_ms"]
-        for e in table:
-            table[e]["vs_onnxruntime"] = table[e]["median_ms"] / ort
-            table[e]["speedup_vs_torch"] = torch_ms / table[e]["median_ms"]
-            table[e]["round_medians_ms"] = round_medians[e]
-        # the same ratio within each round: neighbours in time share the machine's load
-        table["npseg-numba"]["vs_onnxruntime_per_round"] = [
-            n / o for n, o in zip(round_medians["npseg-numba"], round_medians["onnxruntime"])]
-        speed[variant] = table
+    speed = {v: _time_engines(v, files[v], SIZE, engines, frames, rounds, numpy_frames) for v in VARIANTS}
+    # what the bundled files run at by default, where that is not SIZE: the three deployable engines
+    own_size = {v: {"size": files[v]["own_size"],
+                    "table": _time_engines(v, files[v], files[v]["own_size"], ENGINES[:3], frames, rounds, 0)}
+                for v in VARIANTS if files[v]["own_size"] != SIZE}
 
     e2e_raw = _spawn("e2e", weights=files["ultraseg-130k"]["weights"], frames=max(frames // 2, 50), warmup=10)
-    e2e = {"backend": e2e_raw["backend"], "peak_rss_mb": e2e_raw["peak_rss_mb"]}
+    e2e = {"backend": e2e_raw["backend"], "input_size": e2e_raw["input_size"], "peak_rss_mb": e2e_raw["peak_rss_mb"]}
     for h, w in FRAME_SIZES:
         d = e2e_raw[f"{w}x{h}"]
         fwd, pred = np.median(d["forward_ms"]), np.median(d["predict_ms"])
@@ -246,9 +257,8 @@ def run_benchmark(frames: int, rounds: int, numpy_frames: int, tmp: Path) -> dic
         "setup": {"input": f"3x{SIZE}x{SIZE}", "pinning": "taskset -c 0", "threads": 1, "frames_per_round": frames,
                   "openblas_coretype": os.environ.get("OPENBLAS_CORETYPE"),
                   "rounds": rounds, "numpy_reference_frames": numpy_frames,
-                  "weights": {v: ("bundled weights/ultraseg-130k.safetensors" if v == "ultraseg-130k"
-                                  else "seeded random init") for v in VARIANTS}},
-        "forward": speed, "end_to_end": e2e, "cold_start": cold,
+                  "weights": {v: f"bundled weights/{v}.safetensors" for v in VARIANTS}},
+        "forward": speed, "forward_own_size": own_size, "end_to_end": e2e, "cold_start": cold,
     }
 
 
@@ -313,8 +323,20 @@ def write_markdown(res: dict, path: Path):
                   f"kernels are not affected by it. {UNPINNED} is the same engine with the variable unset, so "
                   "OpenBLAS picks its kernels for this CPU itself (AVX-512)."]
     lines += ["", ENGINE_NOTES]
+    if res.get("forward_own_size"):
+        lines += ["", "## Forward at each bundled file's own input size, one core", "",
+                  "The size the file was trained at and `npseg.load(name)` predicts at unless given `size=`.", "",
+                  "| model | input | engine | median ms | p90 ms | min ms | FPS | × ONNX Runtime time | "
+                  "speed-up vs torch |", "|---|---|---|---|---|---|---|---|---|"]
+        for variant, d in res["forward_own_size"].items():
+            for engine, t in d["table"].items():
+                lines.append(f"| {variant} | {d['size']}×{d['size']} | {engine} | {t['median_ms']:.2f} | "
+                             f"{t['p90_ms']:.2f} | {t['min_ms']:.2f} | {t['fps']:.0f} | {t['vs_onnxruntime']:.2f} | "
+                             f"{t['speedup_vs_torch']:.1f} |")
     e = res["end_to_end"]
-    lines += ["", f"## End to end: `predict(frame)` (BGR uint8 frame → mask), UltraSeg-130K, backend {e['backend']}", "",
+    h_in, w_in = e["input_size"]
+    lines += ["", f"## End to end: `predict(frame)` (BGR uint8 frame → mask), UltraSeg-130K at its own input size "
+              f"{w_in}×{h_in}, backend {e['backend']}", "",
               "| frame | forward median ms | predict median ms | predict p90 ms | predict / forward |",
               "|---|---|---|---|---|"]
     for h, w in FRAME_SIZES:
@@ -370,6 +392,7 @@ def main(argv=None):
     ap.add_argument("--engine", help=argparse.SUPPRESS)
     ap.add_argument("--weights", help=argparse.SUPPRESS)
     ap.add_argument("--onnx", help=argparse.SUPPRESS)
+    ap.add_argument("--size", type=int, default=SIZE, help=argparse.SUPPRESS)
     ap.add_argument("--warmup", type=int, default=20, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.worker:
