@@ -3,7 +3,7 @@
     OPENBLAS_NUM_THREADS=1 python benchmarks/speed.py            # full run (several minutes)
     python benchmarks/speed.py --frames 60 --rounds 2            # quick look
 
-Every measurement runs in its own subprocess pinned to one core (`taskset -c 0`)
+Every measurement runs in its own subprocess pinned to one core (`taskset -c 0`, or --core N)
 with one thread everywhere, on the same weights and the same input. The shared
 machine is noisy, so engines run in alternating rounds (numba, ORT, torch,
 numba, ...) and are compared as ratios measured in the same run. Writes
@@ -38,6 +38,7 @@ FRAME_SIZES = ((1024, 1280), (1080, 1920))
 # Haswell: NumPy's OpenBLAS, which runs npseg's wide 1x1 convs and bottleneck, then uses AVX2
 # kernels on an AVX-512 CPU, while torch's and ONNX Runtime's own kernels detect AVX-512 regardless)
 UNPINNED = "npseg-numba-openblas-auto"
+CORE = 0  # the core every worker is pinned to (--core)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -148,7 +149,7 @@ def _peak_rss_mb():
 # orchestration
 # ---------------------------------------------------------------------------------------------
 def _spawn(mode, extra_env=None, drop_env=(), **kw):
-    cmd = ["taskset", "-c", "0", sys.executable, str(Path(__file__).resolve()), "--worker", mode]
+    cmd = ["taskset", "-c", str(CORE), sys.executable, str(Path(__file__).resolve()), "--worker", mode]
     for k, v in kw.items():
         cmd += [f"--{k.replace('_', '-')}", str(v)]
     env = {**os.environ, **ONE_THREAD, "PYTHONPATH": str(REPO), **(extra_env or {})}
@@ -254,7 +255,7 @@ def run_benchmark(frames: int, rounds: int, numpy_frames: int, tmp: Path) -> dic
                     "numba": numba.__version__, "onnxruntime": onnxruntime.__version__,
                     "torch": torch.__version__, "load_average_before": load_before,
                     "load_average_after": os.getloadavg()},
-        "setup": {"input": f"3x{SIZE}x{SIZE}", "pinning": "taskset -c 0", "threads": 1, "frames_per_round": frames,
+        "setup": {"input": f"3x{SIZE}x{SIZE}", "pinning": f"taskset -c {CORE}", "threads": 1, "frames_per_round": frames,
                   "openblas_coretype": os.environ.get("OPENBLAS_CORETYPE"),
                   "rounds": rounds, "numpy_reference_frames": numpy_frames,
                   "weights": {v: f"bundled weights/{v}.safetensors" for v in VARIANTS}},
@@ -384,10 +385,12 @@ def plot(res: dict, path: Path):
 
 
 def main(argv=None):
+    global CORE
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--frames", type=int, default=100, help="timed frames per engine per round")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--numpy-frames", type=int, default=20)
+    ap.add_argument("--core", type=int, default=CORE, help="CPU core to pin every measurement to (default 0)")
     ap.add_argument("--worker", choices=["forward", "e2e", "cold"], help=argparse.SUPPRESS)
     ap.add_argument("--engine", help=argparse.SUPPRESS)
     ap.add_argument("--weights", help=argparse.SUPPRESS)
@@ -395,6 +398,7 @@ def main(argv=None):
     ap.add_argument("--size", type=int, default=SIZE, help=argparse.SUPPRESS)
     ap.add_argument("--warmup", type=int, default=20, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+    CORE = args.core
     if args.worker:
         print(json.dumps({"forward": worker_forward, "e2e": worker_e2e, "cold": worker_cold}[args.worker](args)))
         return
