@@ -510,6 +510,10 @@ def test_a_dataset_of_the_init_chain_without_a_recorded_split_is_refused(two_epo
         assert json.loads((tmp / f"toy-from-mid-{i}" / "splits" / "toy.json").read_text()) == recorded
     with pytest.raises(D.DataError, match="none of this run's"):
         train(options(tmp, data, "no-overlap", epochs=1, init=str(mid), splits_from=[str(mid)]))
+    stray = tmp_path / "other.json"  # a split file named for a dataset the run does not train on
+    stray.write_text(json.dumps(recorded))
+    with pytest.raises(D.DataError, match="none of this run's"):
+        train(options(tmp, data, "no-overlap-json", epochs=1, init=str(mid), splits_from=[str(stray)]))
     other_split = tmp_path / "toy.json"
     other_split.write_text(json.dumps(D.make_split(sorted(s for part in recorded.values() for s in part), 7)))
     with pytest.raises(D.DataError, match="toy: --init and --splits-from .* record different test parts"):

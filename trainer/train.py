@@ -156,9 +156,9 @@ def _recorded_splits(init_provenance: dict, sources: list[str], names: list[str]
                 given = _provenance_of(src).get("splits") or {}
             except (OSError, ValueError) as e:  # npseg's WeightsError is a ValueError naming the problem
                 raise D.DataError(f"--splits-from {src}: {e}") from None
-            if not set(given) & set(names):
-                raise D.DataError(f"--splits-from {src}: it records splits for {sorted(given) or 'no dataset'}, "
-                                  f"none of this run's {names}")
+        if not set(given) & set(names):  # a source that splits none of the run's datasets is a mistake
+            raise D.DataError(f"--splits-from {src}: it records splits for {sorted(given) or 'no dataset'}, "
+                              f"none of this run's {names}")
         for name, split in given.items():
             if name in names and name in found and sorted(found[name][0]["test"]) != sorted(split["test"]):
                 raise D.DataError(f"{name}: {found[name][1]} and --splits-from {src} record different test parts; "
