@@ -475,6 +475,30 @@ def test_empty_dice_area_must_be_a_fraction(capsys):
     assert "not a fraction of the image in (0, 1]" in capsys.readouterr().err
 
 
+def test_repeat_small_repeats_small_and_polyp_free_samples():
+    masks = np.zeros((4, 32, 32), np.uint8)
+    masks[0, :16, :16] = 1  # 25 % of the image: kept once
+    masks[1, :2, :2] = 1  # 0.4 %: small
+    # masks[2] and masks[3] are polyp-free
+    part = ([f"s{i}" for i in range(4)], np.zeros((4, 32, 32, 3), np.uint8), masks, masks.copy())
+    ds = D.PolypDataset([part], seed=0, repeat_small=(0.01, 3))
+    assert len(ds) == 4 + 3 * 2
+    assert sorted(i for _, i in ds.index) == [0, 1, 1, 1, 2, 2, 2, 3, 3, 3]
+    assert len(D.PolypDataset([part], seed=0)) == 4
+
+
+def test_repeat_small_is_checked_and_recorded(capsys):
+    from trainer.__main__ import main
+    from trainer.train import checkpoint_provenance
+
+    assert main(["train", "--repeat-small", "0.01", "1", "--data", "x"]) == 2
+    assert "--repeat-small 0.01 1: give an image fraction in (0, 1] and a whole number" in capsys.readouterr().err
+    opts = dataclasses.asdict(TrainOptions(data=["k"], repeat_small=[0.01, 3]))
+    ckpt = {"options": opts, "datasets": ["k"], "splits": {}, "epoch": 1, "best_epoch": 1,
+            "best_val_dice": 0.5, "train_seconds": 60}
+    assert "under 0.01 of the image (or none) repeated 3x per epoch" in checkpoint_provenance(ckpt, "b.pt")["recipe"]
+
+
 def test_select_on_one_dataset_of_a_mixed_run(toy, tmp_path):
     """--select-on: a mixed run keeps the checkpoint that is best on that dataset's validation Dice alone."""
     import npseg

@@ -75,6 +75,9 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
                    help="reuse recorded splits: split files (runs/<run>/splits/<dataset>.json) or weights files / "
                         "bundled names whose provenance records them; needed when --init descends from a file "
                         "trained on a dataset that --init itself records no split for")
+    p.add_argument("--repeat-small", nargs=2, default=None, metavar=("AREA", "TIMES"),
+                   help="train samples whose polyp covers under AREA of the image (polyp-free ones included) "
+                        "appear TIMES times per epoch, e.g. 0.01 3; default: each once")
     p.add_argument("--resume", action="store_true", help="continue RUN_DIR/last.pt with its saved options")
 
 
@@ -87,9 +90,28 @@ def _image_fraction(text: str) -> float:
     raise argparse.ArgumentTypeError(f"{text!r} is not a fraction of the image in (0, 1], e.g. 0.01")
 
 
+def _repeat_small(pair: list[str] | None) -> list | None:
+    if pair is None:
+        return None
+    area, times = pair
+    try:
+        if 0 < float(area) <= 1 and int(times) >= 2:
+            return [float(area), int(times)]
+    except ValueError:
+        pass
+    raise ValueError(f"--repeat-small {area} {times}: give an image fraction in (0, 1] and a whole number of "
+                     "times >= 2, e.g. --repeat-small 0.01 3")
+
+
 def run_train(args) -> int:
     from .data import DataError
     from .train import TrainOptions, train
+
+    try:
+        repeat_small = _repeat_small(args.repeat_small)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
 
     opts = TrainOptions(variant=args.variant, data=args.data, run_dir=args.run_dir or f"runs/{args.variant}",
                         epochs=args.epochs or TrainOptions.epochs, batch_size=args.batch_size, lr=args.lr,
@@ -98,7 +120,7 @@ def run_train(args) -> int:
                         cache_dir=args.cache_dir, skip_bad=args.skip_bad, limit=args.limit, workers=args.workers,
                         init=args.init, augmentation=args.augment, size=args.size,
                         empty_dice_area=args.empty_dice_area, train_grown_only=args.train_grown_only,
-                        select_on=args.select_on, splits_from=args.splits_from)
+                        select_on=args.select_on, splits_from=args.splits_from, repeat_small=repeat_small)
     try:
         given = tuple(k for k in ("epochs", "patience") if getattr(args, k) is not None)
         train(opts, resume=args.resume, resume_overrides=given)

@@ -300,12 +300,19 @@ class PolypDataset(torch.utils.data.Dataset):
     """Cached samples of one or more datasets. Items: image [3,H,W] float32 RGB in [0,1],
     mask [1,H,W] and boundary [1,H,W] float32 {0,1}. With `seed`, augmentation is a
     deterministic function of (seed, epoch, index), whatever the worker or process;
-    `augmentation` names the recipe (see `augment`)."""
+    `augmentation` names the recipe (see `augment`). With `repeat_small=(area, times)`, a sample
+    whose polyp covers under `area` of the image (polyp-free ones included) appears `times` times
+    per epoch, each copy augmented differently."""
 
-    def __init__(self, parts: list[tuple], seed: int | None = None, augmentation: str = "recipe"):
+    def __init__(self, parts: list[tuple], seed: int | None = None, augmentation: str = "recipe",
+                 repeat_small: tuple[float, int] | None = None):
         check_augmentation(augmentation)
         self.parts = parts  # (stems, images, masks, boundaries) per dataset
         self.index = [(p, i) for p, part in enumerate(parts) for i in range(len(part[0]))]
+        if repeat_small is not None:
+            area, times = repeat_small
+            small = [(p, i) for p, i in self.index if float(np.mean(parts[p][2][i])) < area]
+            self.index += small * (int(times) - 1)
         self.seed = seed
         self.augmentation = augmentation
         self.epoch = 0

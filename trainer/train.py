@@ -55,6 +55,7 @@ class TrainOptions:
     train_grown_only: bool = False  # with a 108K --init growing a 130K: train only AGF, SSA, EDB scales
     select_on: str | None = None  # dataset name: select on its validation Dice alone; None = the mean over datasets
     splits_from: list[str] = field(default_factory=list)  # split JSON files or weights files recording splits
+    repeat_small: list | None = None  # [area fraction, times]: small-polyp and polyp-free samples repeated per epoch
 
 
 def _dist_info() -> tuple[int, int, int]:
@@ -355,7 +356,8 @@ def train(opts: TrainOptions, resume: bool = False, resume_overrides=()) -> dict
              f"(best val Dice {state['best_val_dice']:.4f} at epoch {state['best_epoch']})", rank)
     net = torch.nn.parallel.DistributedDataParallel(model) if distributed else model
 
-    train_set = D.PolypDataset(train_parts, seed=opts.seed, augmentation=opts.augmentation)
+    train_set = D.PolypDataset(train_parts, seed=opts.seed, augmentation=opts.augmentation,
+                               repeat_small=opts.repeat_small)
     loader, sampler = train_loader(train_set, opts, world, rank)
     _log(f"{opts.variant}: {len(train_set)} train / {sum(len(p[0]) for p in val_parts)} val samples from "
          f"{', '.join(names)}; {world} process(es) on {device}, batch {opts.batch_size} per process, "
@@ -473,6 +475,12 @@ def _empty_dice_note(opts: dict) -> str:
     return "" if area is None else f", Dice smooth {area:g} of the image on polyp-free samples"
 
 
+def _repeat_note(opts: dict) -> str:
+    rep = opts.get("repeat_small")
+    return "" if rep is None else (f", samples with a polyp under {rep[0]:g} of the image (or none) "
+                                   f"repeated {int(rep[1])}x per epoch")
+
+
 def _selection_note(opts: dict) -> str:
     name = opts.get("select_on")
     return "validation Dice" if name is None else f"{name}'s validation Dice alone"
@@ -501,7 +509,7 @@ def checkpoint_provenance(ckpt: dict, ckpt_path) -> dict:
         "recipe": f"Adam lr {opts['lr']}, cosine over {opts['epochs']} epochs, batch {opts['batch_size']}, "
                   f"{_size(opts)}x{_size(opts)}, "
                   f"{D.AUGMENTATIONS[opts.get('augmentation', 'recipe')]}, CE + 2 Dice main, 0.5 BCE + Dice side heads (0.1-0.4 region, "
-                  f"0.1-0.3 boundary){_empty_dice_note(opts)}{_grown_only_note(opts)}, early stopping patience {opts['patience']} on "
+                  f"0.1-0.3 boundary){_empty_dice_note(opts)}{_grown_only_note(opts)}{_repeat_note(opts)}, early stopping patience {opts['patience']} on "
                   f"{_selection_note(opts)}",
         "epochs_planned": opts["epochs"],
         "epochs_run": ckpt["epoch"],
