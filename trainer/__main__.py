@@ -95,9 +95,9 @@ def _repeat_small(pair: list[str] | None) -> list | None:
         return None
     area, times = pair
     try:
-        if 0 < float(area) <= 1 and int(times) >= 2:
-            return [float(area), int(times)]
-    except ValueError:
+        if int(times) >= 2:
+            return [_image_fraction(area), int(times)]
+    except (ValueError, argparse.ArgumentTypeError):
         pass
     raise ValueError(f"--repeat-small {area} {times}: give an image fraction in (0, 1] and a whole number of "
                      "times >= 2, e.g. --repeat-small 0.01 3")
