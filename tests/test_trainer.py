@@ -435,6 +435,47 @@ def test_input_size_is_trained_cached_and_exported(toy, tmp_path):
     assert seg.predict(frame).shape == frame.shape[:2]
 
 
+def test_a_non_square_input_size_is_trained_cached_and_exported(toy, tmp_path):
+    """--size HxW: wide frames keep more of their aspect; the cache, the file and npseg's input follow it,
+    and npseg still matches torch at that size."""
+    import npseg
+    from trainer.train import checkpoint_export_parts
+
+    tmp, data = toy
+    summary = train(options(tmp, data, "size48x80", epochs=1, size=[48, 80]))
+    assert summary["epochs_run"] == 1
+    out = export_checkpoint(tmp / "size48x80" / "best.pt", tmp_path / "wide.safetensors")
+    seg = npseg.load(out, backend="numpy")
+    assert seg.input_size == (48, 80) and "48x80" in seg.weights.provenance["recipe"]
+    stems, images, masks, bounds = D.cached_arrays(data, ["img00"], tmp / "cache", progress=False, size=[48, 80])
+    assert images.shape == (1, 48, 80, 3) and masks.shape == bounds.shape == (1, 48, 80)
+    model = checkpoint_export_parts(tmp / "size48x80" / "best.pt")[0].eval()
+    frame = cv2.imread(str(data / "images" / "img00.jpg"))
+    x = seg.preprocess(frame)
+    with torch.no_grad():
+        ref = model(torch.from_numpy(x)[None])
+    ref = (ref[0] if isinstance(ref, (tuple, list)) else ref)[0].numpy()
+    np.testing.assert_allclose(seg.logits(frame), ref, atol=1e-4)
+    assert seg.predict(frame).shape == frame.shape[:2]
+
+
+@pytest.mark.parametrize("text, size", [("320", 320), ("288x448", [288, 448]), ("256X256", 256)])
+def test_size_option_takes_a_side_or_h_by_w(text, size):
+    from trainer.__main__ import _input_size
+
+    assert _input_size(text) == size
+
+
+def test_a_bad_size_option_names_the_forms(capsys):
+    from trainer.__main__ import main
+
+    with pytest.raises(SystemExit):
+        main(["train", "--size", "288by448", "--data", "x"])
+    assert "is not an input size: give a side or HxW, e.g. 320 or 288x448" in capsys.readouterr().err
+    with pytest.raises(D.DataError, match="multiple of 16"):
+        D.check_size([288, 450])
+
+
 def test_input_size_must_be_a_multiple_of_16(toy):
     tmp, data = toy
     with pytest.raises(D.DataError, match="multiple of 16"):

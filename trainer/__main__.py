@@ -59,9 +59,9 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
                         "file may start a 130K run (AGF and SSA start as a pass-through)")
     p.add_argument("--augment", default=d.augmentation, choices=list(AUGMENTATIONS),
                    help="recipe: the paper's hflip + rotation (default); strong: also vflip, zoom and colour jitter")
-    p.add_argument("--size", type=int, default=d.size,
-                   help=f"square network input size, a multiple of 16 (default {d.size}, the paper's); the "
-                        "weights file records it and npseg predicts at it")
+    p.add_argument("--size", type=_input_size, default=d.size, metavar="SIDE|HxW",
+                   help=f"network input size, multiples of 16: a square side (default {d.size}, the paper's) or "
+                        "HxW, e.g. 288x448 for wide video frames; the weights file records it and npseg predicts at it")
     p.add_argument("--empty-dice-area", type=_image_fraction, default=None, metavar="FRACTION",
                    help="soft-Dice smooth term on polyp-free samples as a fraction of the image (e.g. 0.01), "
                         "so that a false mark on a clean frame keeps a gradient; default: the recipe's 1 pixel")
@@ -88,6 +88,19 @@ def _image_fraction(text: str) -> float:
     except ValueError:
         pass
     raise argparse.ArgumentTypeError(f"{text!r} is not a fraction of the image in (0, 1], e.g. 0.01")
+
+
+def _input_size(text: str) -> int | list[int]:
+    """"320" -> 320; "288x448" -> [288, 448] (H, W); a square HxW -> its side."""
+    try:
+        sides = [int(s) for s in text.lower().split("x")]
+    except ValueError:
+        sides = []
+    if len(sides) == 1 or (len(sides) == 2 and sides[0] == sides[1]):
+        return sides[0]
+    if len(sides) == 2:
+        return sides
+    raise argparse.ArgumentTypeError(f"{text!r} is not an input size: give a side or HxW, e.g. 320 or 288x448")
 
 
 def _repeat_small(pair: list[str] | None) -> list | None:

@@ -110,16 +110,24 @@ def boundary_target(mask01: np.ndarray) -> np.ndarray:
     return (cv2.dilate(edges, kernel, iterations=1) > 0).astype(np.uint8)
 
 
-def check_size(size: int) -> None:
-    if not (isinstance(size, int) and size > 0 and size % 16 == 0):
+def size_hw(size) -> tuple[int, int]:
+    """(H, W) of a network input size given as a square side or as [H, W]."""
+    return (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
+
+
+def check_size(size) -> None:
+    sides = [size] if isinstance(size, int) else list(size) if isinstance(size, (list, tuple)) else [None]
+    if len(sides) not in (1, 2) or not all(isinstance(s, int) and s > 0 and s % 16 == 0 for s in sides):
         raise DataError(f"input size {size!r}: give a positive multiple of 16 (npseg's engines need it), "
-                        "e.g. 256 or 320")
+                        "or two as [H, W], e.g. 256, 320 or [288, 448]")
 
 
-def resize_sample(img_bgr: np.ndarray, mask01: np.ndarray, size: int = SIZE) -> tuple[np.ndarray, np.ndarray]:
-    """Network-size RGB uint8 image (cv2 bilinear, as npseg preprocesses) and nearest-resized mask."""
-    img = cv2.resize(img_bgr, (size, size), interpolation=cv2.INTER_LINEAR)[:, :, ::-1]
-    mask = cv2.resize(mask01, (size, size), interpolation=cv2.INTER_NEAREST)
+def resize_sample(img_bgr: np.ndarray, mask01: np.ndarray, size=SIZE) -> tuple[np.ndarray, np.ndarray]:
+    """Network-size RGB uint8 image (cv2 bilinear, as npseg preprocesses) and nearest-resized mask;
+    `size` is a square side or [H, W]."""
+    h, w = size_hw(size)
+    img = cv2.resize(img_bgr, (w, h), interpolation=cv2.INTER_LINEAR)[:, :, ::-1]
+    mask = cv2.resize(mask01, (w, h), interpolation=cv2.INTER_NEAREST)
     return np.ascontiguousarray(img), mask
 
 
@@ -184,8 +192,10 @@ def load_or_make_split(root, seed: int, split_file: Path | None = None, skip_bad
 
 # ---------------------------------------------------------------- cache
 
-def _cache_key(root: Path, stems: list[str], pairs: dict[str, Pair], size: int) -> str:
-    h = hashlib.sha256(f"{CACHE_VERSION}|{size}|{root.resolve()}".encode())
+def _cache_key(root: Path, stems: list[str], pairs: dict[str, Pair], size) -> str:
+    height, width = size_hw(size)
+    side = height if height == width else f"{height}x{width}"  # square keys as before: old caches stay valid
+    h = hashlib.sha256(f"{CACHE_VERSION}|{side}|{root.resolve()}".encode())
     for s in stems:
         for p in (pairs[s].image, pairs[s].mask):
             st = p.stat()
@@ -194,8 +204,9 @@ def _cache_key(root: Path, stems: list[str], pairs: dict[str, Pair], size: int) 
 
 
 def cached_arrays(root, stems: list[str], cache_dir, skip_bad: bool = False, progress: bool = True,
-                  size: int = SIZE):
-    """(stems kept, images [N,size,size,3] RGB uint8, masks [N,size,size] {0,1}, boundaries [N,size,size] {0,1}),
+                  size=SIZE):
+    """(stems kept, images [N,H,W,3] RGB uint8, masks [N,H,W] {0,1}, boundaries [N,H,W] {0,1}) at `size`
+    (a square side or [H, W]),
     decoded once and memory-mapped from `cache_dir` afterwards. Bad files stop with DataError
     (or are dropped with a warning under `skip_bad`)."""
     root = Path(root)

@@ -50,7 +50,7 @@ class TrainOptions:
     workers: int = 0
     init: str | None = None  # npseg weights file (or bundled name) to start from instead of a random init
     augmentation: str = "recipe"  # data.AUGMENTATIONS: the paper's flips + rotation, or "strong"
-    size: int = D.SIZE  # square network input (the paper's 256); the exported file records it
+    size: int | list[int] = D.SIZE  # network input: square side (the paper's 256) or [H, W]; the file records it
     empty_dice_area: float | None = None  # loss.soft_dice_loss's empty_area; None = the recipe
     train_grown_only: bool = False  # with a 108K --init growing a 130K: train only AGF, SSA, EDB scales
     select_on: str | None = None  # dataset name: select on its validation Dice alone; None = the mean over datasets
@@ -466,8 +466,8 @@ def _mean_over_ranks(sums: dict, n: int, distributed: bool, device) -> dict:
     return {k: v / max(n, 1) for k, v in sums.items()}
 
 
-def _size(opts: dict) -> int:
-    return opts.get("size", D.SIZE)  # checkpoints written before --size trained at 256
+def _size(opts: dict) -> tuple[int, int]:
+    return D.size_hw(opts.get("size", D.SIZE))  # checkpoints written before --size trained at 256
 
 
 def _empty_dice_note(opts: dict) -> str:
@@ -507,7 +507,7 @@ def checkpoint_provenance(ckpt: dict, ckpt_path) -> dict:
         "seed": opts["seed"],
         "init": ckpt.get("init") or "random (seeded)",
         "recipe": f"Adam lr {opts['lr']}, cosine over {opts['epochs']} epochs, batch {opts['batch_size']}, "
-                  f"{_size(opts)}x{_size(opts)}, "
+                  f"{_size(opts)[0]}x{_size(opts)[1]}, "
                   f"{D.AUGMENTATIONS[opts.get('augmentation', 'recipe')]}, CE + 2 Dice main, 0.5 BCE + Dice side heads (0.1-0.4 region, "
                   f"0.1-0.3 boundary){_empty_dice_note(opts)}{_grown_only_note(opts)}{_repeat_note(opts)}, early stopping patience {opts['patience']} on "
                   f"{_selection_note(opts)}",
@@ -529,8 +529,7 @@ def checkpoint_export_parts(ckpt_path) -> tuple[UltraSeg, dict, tuple[int, int]]
         run = load_checkpoint(last)
         provenance.update(epochs_run=max(run["epoch"], ckpt["epoch"]),
                           train_minutes=round(float(max(run["train_seconds"], ckpt["train_seconds"])) / 60, 1))
-    size = _size(ckpt["options"])
-    return model_from_checkpoint(ckpt), provenance, (size, size)
+    return model_from_checkpoint(ckpt), provenance, _size(ckpt["options"])
 
 
 def export_checkpoint(ckpt_path, out, metrics: dict | None = None) -> Path:
