@@ -471,7 +471,7 @@ def test_a_bad_size_option_names_the_forms(capsys):
 
     with pytest.raises(SystemExit):
         main(["train", "--size", "288by448", "--data", "x"])
-    assert "is not an input size: give a side or HxW, e.g. 320 or 288x448" in capsys.readouterr().err
+    assert "'288by448': give N or HxW, multiples of 16" in capsys.readouterr().err
     with pytest.raises(D.DataError, match="multiple of 16"):
         D.check_size([288, 450])
 

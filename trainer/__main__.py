@@ -91,16 +91,12 @@ def _image_fraction(text: str) -> float:
 
 
 def _input_size(text: str) -> int | list[int]:
-    """"320" -> 320; "288x448" -> [288, 448] (H, W); a square HxW -> its side."""
-    try:
-        sides = [int(s) for s in text.lower().split("x")]
-    except ValueError:
-        sides = []
-    if len(sides) == 1 or (len(sides) == 2 and sides[0] == sides[1]):
-        return sides[0]
-    if len(sides) == 2:
-        return sides
-    raise argparse.ArgumentTypeError(f"{text!r} is not an input size: give a side or HxW, e.g. 320 or 288x448")
+    """npseg's own --size parser (N or HxW, multiples of 16); a square size is kept as its side, as
+    runs before HxW recorded it."""
+    from npseg.cli import _size
+
+    height, width = _size(text)
+    return height if height == width else [height, width]
 
 
 def _repeat_small(pair: list[str] | None) -> list | None:

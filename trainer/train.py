@@ -507,7 +507,7 @@ def checkpoint_provenance(ckpt: dict, ckpt_path) -> dict:
         "seed": opts["seed"],
         "init": ckpt.get("init") or "random (seeded)",
         "recipe": f"Adam lr {opts['lr']}, cosine over {opts['epochs']} epochs, batch {opts['batch_size']}, "
-                  f"{_size(opts)[0]}x{_size(opts)[1]}, "
+                  f"{'x'.join(map(str, _size(opts)))}, "
                   f"{D.AUGMENTATIONS[opts.get('augmentation', 'recipe')]}, CE + 2 Dice main, 0.5 BCE + Dice side heads (0.1-0.4 region, "
                   f"0.1-0.3 boundary){_empty_dice_note(opts)}{_grown_only_note(opts)}{_repeat_note(opts)}, early stopping patience {opts['patience']} on "
                   f"{_selection_note(opts)}",
