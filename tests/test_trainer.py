@@ -439,7 +439,7 @@ def test_a_non_square_input_size_is_trained_cached_and_exported(toy, tmp_path):
     """--size HxW: wide frames keep more of their aspect; the cache, the file and npseg's input follow it,
     and npseg still matches torch at that size."""
     import npseg
-    from trainer.train import checkpoint_export_parts
+    from trainer.evaluate import torch_model_from_weights
 
     tmp, data = toy
     summary = train(options(tmp, data, "size48x80", epochs=1, size=[48, 80]))
@@ -449,12 +449,9 @@ def test_a_non_square_input_size_is_trained_cached_and_exported(toy, tmp_path):
     assert seg.input_size == (48, 80) and "48x80" in seg.weights.provenance["recipe"]
     stems, images, masks, bounds = D.cached_arrays(data, ["img00"], tmp / "cache", progress=False, size=[48, 80])
     assert images.shape == (1, 48, 80, 3) and masks.shape == bounds.shape == (1, 48, 80)
-    model = checkpoint_export_parts(tmp / "size48x80" / "best.pt")[0].eval()
     frame = cv2.imread(str(data / "images" / "img00.jpg"))
-    x = seg.preprocess(frame)
     with torch.no_grad():
-        ref = model(torch.from_numpy(x)[None])
-    ref = (ref[0] if isinstance(ref, (tuple, list)) else ref)[0].numpy()
+        ref = torch_model_from_weights(out)(torch.from_numpy(seg.preprocess(frame))[None])[0].numpy()
     np.testing.assert_allclose(seg.logits(frame), ref, atol=1e-4)
     assert seg.predict(frame).shape == frame.shape[:2]
 
