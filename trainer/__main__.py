@@ -78,6 +78,13 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--repeat-small", nargs=2, default=None, metavar=("AREA", "TIMES"),
                    help="train samples whose polyp covers under AREA of the image (polyp-free ones included) "
                         "appear TIMES times per epoch, e.g. 0.01 3; default: each once")
+    p.add_argument("--paste-small", type=_probability, default=0.0, metavar="P",
+                   help="copy-paste for small polyps: with probability P a train sample gets another sample's "
+                        "polyp, shrunk to 0.1-1%% of the image, blended in on the mucosa (e.g. 0.5); default 0")
+    p.add_argument("--freeze-bn", action="store_true",
+                   help="with --init: BatchNorm layers normalise with the running statistics they were loaded "
+                        "with and keep them (their scale and shift still train), instead of the noisy statistics "
+                        "of batches of 4")
     p.add_argument("--resume", action="store_true", help="continue RUN_DIR/last.pt with its saved options")
 
 
@@ -88,6 +95,15 @@ def _image_fraction(text: str) -> float:
     except ValueError:
         pass
     raise argparse.ArgumentTypeError(f"{text!r} is not a fraction of the image in (0, 1], e.g. 0.01")
+
+
+def _probability(text: str) -> float:
+    try:
+        if 0 <= (value := float(text)) <= 1:
+            return value
+    except ValueError:
+        pass
+    raise argparse.ArgumentTypeError(f"{text!r} is not a probability in [0, 1], e.g. 0.5")
 
 
 def _input_size(text: str) -> int | list[int]:
@@ -129,7 +145,8 @@ def run_train(args) -> int:
                         cache_dir=args.cache_dir, skip_bad=args.skip_bad, limit=args.limit, workers=args.workers,
                         init=args.init, augmentation=args.augment, size=args.size,
                         empty_dice_area=args.empty_dice_area, train_grown_only=args.train_grown_only,
-                        select_on=args.select_on, splits_from=args.splits_from, repeat_small=repeat_small)
+                        select_on=args.select_on, splits_from=args.splits_from, repeat_small=repeat_small,
+                        paste_small=args.paste_small, freeze_bn=args.freeze_bn)
     try:
         given = tuple(k for k in ("epochs", "patience") if getattr(args, k) is not None)
         train(opts, resume=args.resume, resume_overrides=given)

@@ -307,16 +307,65 @@ def _jitter_colour(img: np.ndarray, brightness: float, contrast: float, saturati
     return np.clip(x + 0.5, 0, 255).astype(np.uint8)
 
 
+PASTE_AREA = (0.001, 0.01)  # image fraction a pasted polyp covers: the small polyps every file misses
+
+
+def paste_small_polyp(img: np.ndarray, mask: np.ndarray, src_img: np.ndarray, src_mask: np.ndarray,
+                      rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Copy-paste for small polyps: the polyp of (src_img, src_mask), with a margin, shrunk so that it
+    covers a log-uniform PASTE_AREA fraction of the image, is blended into `img` at a random place
+    (a feathered edge, so that no seam marks it) and added to `mask`. Returns image, mask and the
+    boundary label recomputed from the new mask."""
+    h, w = mask.shape
+    ys, xs = np.nonzero(src_mask)
+    y0, y1, x0, x1 = ys.min(), ys.max() + 1, xs.min(), xs.max() + 1
+    pad_y, pad_x = max(2, (y1 - y0) // 4), max(2, (x1 - x0) // 4)  # some of the mucosa around it
+    y0, x0 = max(0, y0 - pad_y), max(0, x0 - pad_x)
+    y1, x1 = min(src_mask.shape[0], y1 + pad_y), min(src_mask.shape[1], x1 + pad_x)
+    area = float(np.exp(rng.uniform(*np.log(PASTE_AREA)))) * h * w
+    scale = float(np.sqrt(area / len(ys)))
+    ph, pw = max(2, round((y1 - y0) * scale)), max(2, round((x1 - x0) * scale))
+    if ph >= h or pw >= w:
+        return img, mask, boundary_target(mask)
+    patch = cv2.resize(np.ascontiguousarray(src_img[y0:y1, x0:x1]), (pw, ph), interpolation=cv2.INTER_AREA)
+    soft = cv2.resize(src_mask[y0:y1, x0:x1].astype(np.float32), (pw, ph), interpolation=cv2.INTER_AREA)
+    # opaque on the polyp, fading to 0 within the margin: the source's own surround stays out, so no seam
+    alpha = np.clip(2.0 * cv2.GaussianBlur(soft, (0, 0), max(0.6, min(ph, pw) / 16)), 0.0, 1.0)
+    alpha[[0, -1], :] = 0.0
+    alpha[:, [0, -1]] = 0.0
+    alpha = alpha[..., None]
+    for _ in range(10):  # on the mucosa (not the black surround or text) and clear of the sample's own polyp
+        top, left = int(rng.integers(0, h - ph + 1)), int(rng.integers(0, w - pw + 1))
+        if not mask[top:top + ph, left:left + pw].any() and img[top:top + ph, left:left + pw].max(axis=2).min() > 40:
+            break
+    else:
+        return img, mask, boundary_target(mask)
+    img = np.array(img)
+    region = img[top:top + ph, left:left + pw].astype(np.float32)
+    # the destination's exposure: a polyp lit like its new surround
+    patch = patch.astype(np.float32) * np.float32(np.clip((region.mean() + 1) / (patch.mean() + 1), 0.5, 2.0))
+    img[top:top + ph, left:left + pw] = np.clip(alpha * patch + (1 - alpha) * region + 0.5, 0, 255).astype(np.uint8)
+    mask = np.array(mask)
+    mask[top:top + ph, left:left + pw] |= (soft >= 0.5).astype(np.uint8)
+    return img, mask, boundary_target(mask)
+
+
+def _pasteable(mask: np.ndarray) -> bool:
+    m = np.asarray(mask)
+    return float(m.mean()) >= 0.005 and not (m[0].any() or m[-1].any() or m[:, 0].any() or m[:, -1].any())
+
+
 class PolypDataset(torch.utils.data.Dataset):
     """Cached samples of one or more datasets. Items: image [3,H,W] float32 RGB in [0,1],
     mask [1,H,W] and boundary [1,H,W] float32 {0,1}. With `seed`, augmentation is a
     deterministic function of (seed, epoch, index), whatever the worker or process;
     `augmentation` names the recipe (see `augment`). With `repeat_small=(area, times)`, a sample
     whose polyp covers under `area` of the image (polyp-free ones included) appears `times` times
-    per epoch, each copy augmented differently."""
+    per epoch, each copy augmented differently. With `paste_small` p (and `seed`), a sample gets,
+    with probability p, a small copy of another sample's polyp pasted in (`paste_small_polyp`)."""
 
     def __init__(self, parts: list[tuple], seed: int | None = None, augmentation: str = "recipe",
-                 repeat_small: tuple[float, int] | None = None):
+                 repeat_small: tuple[float, int] | None = None, paste_small: float = 0.0):
         check_augmentation(augmentation)
         self.parts = parts  # (stems, images, masks, boundaries) per dataset
         self.index = [(p, i) for p, part in enumerate(parts) for i in range(len(part[0]))]
@@ -324,6 +373,11 @@ class PolypDataset(torch.utils.data.Dataset):
             area, times = repeat_small
             small = [(p, i) for p, i in self.index if float(np.mean(parts[p][2][i])) < area]
             self.index += small * (int(times) - 1)
+        # paste sources per dataset: polyps large enough to shrink (>= 0.5 % of the image) and clear of
+        # the image border (a polyp cut by the frame would be pasted with a straight edge)
+        self.paste_small = paste_small
+        self.paste_sources = [[i for i in range(len(part[0])) if _pasteable(part[2][i])]
+                              for part in parts] if paste_small > 0 else []
         self.seed = seed
         self.augmentation = augmentation
         self.epoch = 0
@@ -339,8 +393,11 @@ class PolypDataset(torch.utils.data.Dataset):
         _, images, masks, bounds = self.parts[p]
         img, mask, bound = images[i], masks[i], bounds[i]
         if self.seed is not None:
-            img, mask, bound = augment(img, mask, bound, np.random.default_rng((self.seed, self.epoch, k)),
-                                       self.augmentation)
+            rng = np.random.default_rng((self.seed, self.epoch, k))
+            if self.paste_small > 0 and self.paste_sources[p] and rng.random() < self.paste_small:
+                j = self.paste_sources[p][int(rng.integers(len(self.paste_sources[p])))]
+                img, mask, bound = paste_small_polyp(img, mask, images[j], masks[j], rng)
+            img, mask, bound = augment(img, mask, bound, rng, self.augmentation)
         x = torch.from_numpy(np.ascontiguousarray(img).transpose(2, 0, 1).astype(np.float32) * np.float32(1.0 / 255.0))  # as npseg
         return (x, torch.from_numpy(np.array(mask, dtype=np.float32)[None]),
                 torch.from_numpy(np.array(bound, dtype=np.float32)[None]))
