@@ -582,3 +582,89 @@ def test_a_dataset_of_the_init_chain_without_a_recorded_split_is_refused(two_epo
         train(options(tmp, data, "disagree", epochs=1, init=str(start), splits_from=[str(other_split)]))
     with pytest.raises(D.DataError, match="--splits-from no-such-model: unknown weights name"):
         train(options(tmp, data, "missing", epochs=1, init=str(mid), splits_from=["no-such-model"]))
+
+
+def _mucosa_with_polyp(center, radius, size=(64, 96)):
+    """A grey mucosa inside a black surround (the scope's border) with one disc-shaped polyp."""
+    h, w = size
+    img = np.zeros((h, w, 3), np.uint8)
+    img[:, 8:w - 8] = (150, 120, 110)
+    mask = np.zeros((h, w), np.uint8)
+    cv2.circle(mask, center, radius, 1, -1)
+    img[mask > 0] = (200, 60, 60)
+    return img, mask
+
+
+def test_paste_small_adds_one_small_polyp_on_the_mucosa():
+    img, mask = _mucosa_with_polyp((20, 20), 10)
+    src_img, src_mask = _mucosa_with_polyp((48, 32), 14)
+    img0, mask0 = img.copy(), mask.copy()
+    h, w = mask.shape
+    added_areas = []
+    for seed in range(20):
+        out, new_mask, bound = D.paste_small_polyp(img, mask, src_img, src_mask, np.random.default_rng(seed))
+        np.testing.assert_array_equal(img, img0)  # the (memory-mapped) cache is never written
+        np.testing.assert_array_equal(mask, mask0)
+        added = (new_mask > 0) & (mask0 == 0)
+        assert new_mask.dtype == np.uint8 and set(np.unique(new_mask)) <= {0, 1}
+        assert not ((mask0 > 0) & (new_mask == 0)).any()  # the sample's own polyp stays
+        np.testing.assert_array_equal(bound, D.boundary_target(new_mask))
+        if added.any():
+            assert img0[added].max(axis=1).min() > 40  # on the mucosa, not the black surround
+            assert (out[added].astype(int) != img0[added]).any()
+            added_areas.append(added.mean())
+    assert len(added_areas) >= 15
+    lo, hi = D.PASTE_AREA
+    assert lo / 2 <= min(added_areas) and max(added_areas) <= hi * 2  # shrunk to a small polyp
+
+
+def test_paste_small_is_seeded_per_sample_and_off_by_default():
+    images, masks = zip(*(_mucosa_with_polyp((30 + 5 * i, 30), 12) for i in range(4)))
+    masks = np.stack(masks)
+    part = ([f"s{i}" for i in range(4)], np.stack(images), masks, np.stack([D.boundary_target(m) for m in masks]))
+    pasted = D.PolypDataset([part], seed=3, augmentation="strong", paste_small=1.0)
+    again = D.PolypDataset([part], seed=3, augmentation="strong", paste_small=1.0)
+    plain = D.PolypDataset([part], seed=3, augmentation="strong")
+    grew = 0
+    for k in range(4):
+        a, b, c = pasted[k], again[k], plain[k]
+        for u, v in zip(a, b):
+            assert torch.equal(u, v)
+        grew += cv2.connectedComponents(a[1][0].numpy().astype(np.uint8))[0] - 1 == 2  # its polyp and one pasted
+        # without --paste-small the sample is what augment alone gives, as before the option existed
+        _, mask, _ = D.augment(part[1][k], part[2][k], part[3][k], np.random.default_rng((3, 0, k)), "strong")
+        np.testing.assert_array_equal(c[1][0].numpy(), mask)
+    assert grew >= 3
+
+
+def test_paste_small_and_freeze_bn_are_checked_and_recorded(capsys):
+    from trainer.__main__ import main
+    from trainer.train import checkpoint_provenance
+
+    with pytest.raises(SystemExit):
+        main(["train", "--paste-small", "2", "--data", "x"])
+    assert "'2' is not a probability in [0, 1]" in capsys.readouterr().err
+    opts = dataclasses.asdict(TrainOptions(data=["k"], paste_small=0.5, freeze_bn=True))
+    ckpt = {"options": opts, "datasets": ["k"], "splits": {}, "epoch": 1, "best_epoch": 1,
+            "best_val_dice": 0.5, "train_seconds": 60}
+    recipe = checkpoint_provenance(ckpt, "b.pt")["recipe"]
+    assert "a polyp shrunk to 0.1%-1% of the image pasted into 0.5 of samples" in recipe
+    assert "BatchNorm running statistics kept as loaded" in recipe
+
+
+def test_freeze_bn_keeps_the_loaded_statistics_and_trains_the_rest(two_epoch_run, toy, tmp_path):
+    import npseg
+
+    tmp, data = toy
+    opts, _ = two_epoch_run
+    start = export_checkpoint(Path(opts.run_dir) / "best.pt", tmp_path / "start.safetensors")
+    train(options(tmp, data, "freeze-bn", epochs=1, init=str(start), freeze_bn=True, paste_small=0.5))
+    before = npseg.load(start).weights
+    after = npseg.load(export_checkpoint(tmp / "freeze-bn" / "last.pt", tmp_path / "freeze-bn.safetensors")).weights
+    running = [k for k in before.tensors if "running" in k]
+    assert running
+    for k in running:
+        np.testing.assert_array_equal(after.tensors[k], before.tensors[k], err_msg=k)
+    assert any(not np.array_equal(after.tensors[k], v) for k, v in before.tensors.items() if "running" not in k)
+    with pytest.raises(ValueError, match="--freeze-bn keeps the running statistics of a trained model"):
+        train(options(tmp, data, "freeze-no-init", epochs=1, freeze_bn=True))
