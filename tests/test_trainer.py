@@ -602,9 +602,12 @@ def test_paste_small_adds_one_small_polyp_on_the_mucosa():
     h, w = mask.shape
     added_areas = []
     for seed in range(20):
-        out, new_mask, bound = D.paste_small_polyp(img, mask, src_img, src_mask, np.random.default_rng(seed))
+        pasted = D.paste_small_polyp(img, mask, src_img, src_mask, np.random.default_rng(seed))
         np.testing.assert_array_equal(img, img0)  # the (memory-mapped) cache is never written
         np.testing.assert_array_equal(mask, mask0)
+        if pasted is None:  # no place on the mucosa clear of the polyp: the sample stays as it is
+            continue
+        out, new_mask, bound = pasted
         added = (new_mask > 0) & (mask0 == 0)
         assert new_mask.dtype == np.uint8 and set(np.unique(new_mask)) <= {0, 1}
         assert not ((mask0 > 0) & (new_mask == 0)).any()  # the sample's own polyp stays

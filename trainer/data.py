@@ -311,11 +311,11 @@ PASTE_AREA = (0.001, 0.01)  # image fraction a pasted polyp covers: the small po
 
 
 def paste_small_polyp(img: np.ndarray, mask: np.ndarray, src_img: np.ndarray, src_mask: np.ndarray,
-                      rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                      rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
     """Copy-paste for small polyps: the polyp of (src_img, src_mask), with a margin, shrunk so that it
     covers a log-uniform PASTE_AREA fraction of the image, is blended into `img` at a random place
     (a feathered edge, so that no seam marks it) and added to `mask`. Returns image, mask and the
-    boundary label recomputed from the new mask."""
+    boundary label recomputed from the new mask, or None when no place fits (the sample stays as it is)."""
     h, w = mask.shape
     ys, xs = np.nonzero(src_mask)
     y0, y1, x0, x1 = ys.min(), ys.max() + 1, xs.min(), xs.max() + 1
@@ -326,7 +326,7 @@ def paste_small_polyp(img: np.ndarray, mask: np.ndarray, src_img: np.ndarray, sr
     scale = float(np.sqrt(area / len(ys)))
     ph, pw = max(2, round((y1 - y0) * scale)), max(2, round((x1 - x0) * scale))
     if ph >= h or pw >= w:
-        return img, mask, boundary_target(mask)
+        return None
     patch = cv2.resize(np.ascontiguousarray(src_img[y0:y1, x0:x1]), (pw, ph), interpolation=cv2.INTER_AREA)
     soft = cv2.resize(src_mask[y0:y1, x0:x1].astype(np.float32), (pw, ph), interpolation=cv2.INTER_AREA)
     # opaque on the polyp, fading to 0 within the margin: the source's own surround stays out, so no seam
@@ -339,7 +339,7 @@ def paste_small_polyp(img: np.ndarray, mask: np.ndarray, src_img: np.ndarray, sr
         if not mask[top:top + ph, left:left + pw].any() and img[top:top + ph, left:left + pw].max(axis=2).min() > 40:
             break
     else:
-        return img, mask, boundary_target(mask)
+        return None
     img = np.array(img)
     region = img[top:top + ph, left:left + pw].astype(np.float32)
     # the destination's exposure: a polyp lit like its new surround
@@ -396,7 +396,7 @@ class PolypDataset(torch.utils.data.Dataset):
             rng = np.random.default_rng((self.seed, self.epoch, k))
             if self.paste_small > 0 and self.paste_sources[p] and rng.random() < self.paste_small:
                 j = self.paste_sources[p][int(rng.integers(len(self.paste_sources[p])))]
-                img, mask, bound = paste_small_polyp(img, mask, images[j], masks[j], rng)
+                img, mask, bound = paste_small_polyp(img, mask, images[j], masks[j], rng) or (img, mask, bound)
             img, mask, bound = augment(img, mask, bound, rng, self.augmentation)
         x = torch.from_numpy(np.ascontiguousarray(img).transpose(2, 0, 1).astype(np.float32) * np.float32(1.0 / 255.0))  # as npseg
         return (x, torch.from_numpy(np.array(mask, dtype=np.float32)[None]),
