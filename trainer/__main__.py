@@ -88,22 +88,23 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--resume", action="store_true", help="continue RUN_DIR/last.pt with its saved options")
 
 
-def _image_fraction(text: str) -> float:
+def _unit_float(text: str, zero_ok: bool, what: str) -> float:
+    """A number in (0, 1], or [0, 1] with `zero_ok`; otherwise an argparse error naming `what` it must be."""
     try:
-        if 0 < (value := float(text)) <= 1:
+        value = float(text)
+        if (value >= 0 if zero_ok else value > 0) and value <= 1:
             return value
     except ValueError:
         pass
-    raise argparse.ArgumentTypeError(f"{text!r} is not a fraction of the image in (0, 1], e.g. 0.01")
+    raise argparse.ArgumentTypeError(f"{text!r} is not {what}")
+
+
+def _image_fraction(text: str) -> float:
+    return _unit_float(text, False, "a fraction of the image in (0, 1], e.g. 0.01")
 
 
 def _probability(text: str) -> float:
-    try:
-        if 0 <= (value := float(text)) <= 1:
-            return value
-    except ValueError:
-        pass
-    raise argparse.ArgumentTypeError(f"{text!r} is not a probability in [0, 1], e.g. 0.5")
+    return _unit_float(text, True, "a probability in [0, 1], e.g. 0.5")
 
 
 def _input_size(text: str) -> int | list[int]:
