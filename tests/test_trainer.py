@@ -599,7 +599,6 @@ def test_paste_small_adds_one_small_polyp_on_the_mucosa():
     img, mask = _mucosa_with_polyp((20, 20), 10)
     src_img, src_mask = _mucosa_with_polyp((48, 32), 14)
     img0, mask0 = img.copy(), mask.copy()
-    h, w = mask.shape
     added_areas = []
     for seed in range(20):
         pasted = D.paste_small_polyp(img, mask, src_img, src_mask, np.random.default_rng(seed))
@@ -671,3 +670,21 @@ def test_freeze_bn_keeps_the_loaded_statistics_and_trains_the_rest(two_epoch_run
     assert any(not np.array_equal(after.tensors[k], v) for k, v in before.tensors.items() if "running" not in k)
     with pytest.raises(ValueError, match="--freeze-bn keeps the running statistics of a trained model"):
         train(options(tmp, data, "freeze-no-init", epochs=1, freeze_bn=True))
+
+
+def test_freeze_bn_on_a_grown_model_lets_the_new_batchnorm_learn(two_epoch_run, toy, tmp_path):
+    """A 108K file grown to 130K: its BatchNorm statistics stay as loaded, while AGF's, which start at
+    the defaults rather than from the file, are estimated in training."""
+    import npseg
+
+    tmp, data = toy
+    opts, _ = two_epoch_run
+    start = export_checkpoint(Path(opts.run_dir) / "best.pt", tmp_path / "start.safetensors")
+    train(options(tmp, data, "freeze-bn-grown", variant="ultraseg-130k", epochs=1, init=str(start), freeze_bn=True))
+    before = npseg.load(start).weights
+    after = npseg.load(export_checkpoint(tmp / "freeze-bn-grown" / "last.pt", tmp_path / "fbg.safetensors")).weights
+    for k, v in before.tensors.items():
+        if "running" in k:
+            np.testing.assert_array_equal(after.tensors[k], v, err_msg=k)
+    grown_running = [k for k in set(after.tensors) - set(before.tensors) if "running_mean" in k]
+    assert grown_running and all(np.any(after.tensors[k] != 0) for k in grown_running)

@@ -347,7 +347,10 @@ def train(opts: TrainOptions, resume: bool = False, resume_overrides=()) -> dict
         if init_info is None:
             raise ValueError("--freeze-bn keeps the running statistics of a trained model: pass --init a weights "
                              "file, or drop --freeze-bn (a random init has no statistics to keep)")
-        frozen_norms = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+        # a grown model's AGF BatchNorm starts with default statistics, not loaded ones: those keep learning
+        grown = _grown_tensors(model.cfg) if "grown_from" in init_info else set()
+        frozen_norms = [m for name, m in model.named_modules()
+                        if isinstance(m, torch.nn.BatchNorm2d) and f"{name}.running_mean" not in grown]
     # channels-last makes torch's CPU depthwise/grouped convs about 1.5x faster here (measured, 1 thread)
     memory_format = torch.channels_last if device.type == "cpu" else torch.contiguous_format
     model = model.to(device=device, memory_format=memory_format)
