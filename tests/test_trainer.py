@@ -595,6 +595,51 @@ def _mucosa_with_polyp(center, radius, size=(64, 96)):
     return img, mask
 
 
+def test_lovasz_hinge_is_the_lovasz_extension_of_the_jaccard_loss():
+    from trainer.loss import lovasz_hinge
+
+    def jaccard_loss(wrong, target):  # 1 - IoU when the pixels in `wrong` are mispredicted
+        polyp = {i for i, v in enumerate(target) if v}
+        union = polyp | wrong
+        return 1 - len(polyp - wrong) / len(union) if union else 0.0
+
+    rng = np.random.default_rng(3)
+    for target in ([1, 0, 1, 1, 0, 0, 1], [0] * 7, [1] * 7):
+        margin = rng.normal(0, 2, 7)
+        errors = 1 - margin * (2 * np.array(target) - 1)
+        order = np.argsort(-errors)
+        # the extension: the sorted positive errors times the Jaccard loss each one adds in turn
+        expected = sum(max(errors[k], 0) * (jaccard_loss(set(order[:i + 1]), target) - jaccard_loss(set(order[:i]), target))
+                       for i, k in enumerate(order))
+        got = lovasz_hinge(torch.tensor(margin)[None, None], torch.tensor(target, dtype=torch.float64)[None, None])
+        assert float(got) == pytest.approx(expected, rel=1e-9, abs=1e-12)
+    # a polyp-free frame weighs only its worst error; a confident, right margin costs nothing
+    empty = torch.zeros(1, 4, 4)
+    margin = torch.full((1, 4, 4), -3.0)
+    assert float(lovasz_hinge(margin, empty)) == 0.0
+    margin[0, 1, 2] = 0.5
+    assert float(lovasz_hinge(margin, empty)) == pytest.approx(1.5)
+
+
+def test_lovasz_weight_adds_to_the_main_loss_and_is_checked_and_recorded(capsys):
+    from trainer.__main__ import main
+    from trainer.loss import lovasz_hinge
+    from trainer.train import checkpoint_provenance
+
+    t = torch.from_numpy(square(16, 4, 4, 8)).float()[None, None]
+    logits = torch.randn(1, 2, 16, 16)
+    extra = float(main_loss(logits, t, lovasz=0.5)) - float(main_loss(logits, t))
+    assert extra == pytest.approx(0.5 * float(lovasz_hinge(logits[:, 1] - logits[:, 0], t[:, 0])), rel=1e-5)
+    with pytest.raises(SystemExit):
+        main(["train", "--lovasz", "-1", "--data", "x"])
+    assert "'-1' is not a non-negative weight" in capsys.readouterr().err
+    ckpt = {"options": dataclasses.asdict(TrainOptions(data=["k"], lovasz=1.0)), "datasets": ["k"], "splits": {},
+            "epoch": 1, "best_epoch": 1, "best_val_dice": 0.5, "train_seconds": 60}
+    assert "CE + 2 Dice + 1 Lovász hinge main" in checkpoint_provenance(ckpt, "b.pt")["recipe"]
+    ckpt["options"]["lovasz"] = 0.0
+    assert "CE + 2 Dice main" in checkpoint_provenance(ckpt, "b.pt")["recipe"]
+
+
 def test_paste_small_adds_one_small_polyp_on_the_mucosa():
     img, mask = _mucosa_with_polyp((20, 20), 10)
     src_img, src_mask = _mucosa_with_polyp((48, 32), 14)

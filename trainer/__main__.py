@@ -85,6 +85,9 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
                    help="with --init: BatchNorm layers normalise with the running statistics they were loaded "
                         "with and keep them (their scale and shift still train), instead of the noisy statistics "
                         "of batches of 4")
+    p.add_argument("--lovasz", type=_non_negative, default=0.0, metavar="WEIGHT",
+                   help="add WEIGHT x the Lovász hinge (a per-image surrogate of 1 - IoU) to the main output's "
+                        "loss, e.g. 1; default 0, the recipe's CE + 2 Dice")
     p.add_argument("--resume", action="store_true", help="continue RUN_DIR/last.pt with its saved options")
 
 
@@ -105,6 +108,16 @@ def _image_fraction(text: str) -> float:
 
 def _probability(text: str) -> float:
     return _unit_float(text, True, "a probability in [0, 1], e.g. 0.5")
+
+
+def _non_negative(text: str) -> float:
+    try:
+        value = float(text)
+        if value >= 0 and value != float("inf"):
+            return value
+    except ValueError:
+        pass
+    raise argparse.ArgumentTypeError(f"{text!r} is not a non-negative weight, e.g. 1")
 
 
 def _input_size(text: str) -> int | list[int]:
@@ -147,7 +160,7 @@ def run_train(args) -> int:
                         init=args.init, augmentation=args.augment, size=args.size,
                         empty_dice_area=args.empty_dice_area, train_grown_only=args.train_grown_only,
                         select_on=args.select_on, splits_from=args.splits_from, repeat_small=repeat_small,
-                        paste_small=args.paste_small, freeze_bn=args.freeze_bn)
+                        paste_small=args.paste_small, freeze_bn=args.freeze_bn, lovasz=args.lovasz)
     try:
         given = tuple(k for k in ("epochs", "patience") if getattr(args, k) is not None)
         train(opts, resume=args.resume, resume_overrides=given)

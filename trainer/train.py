@@ -58,6 +58,7 @@ class TrainOptions:
     repeat_small: list | None = None  # [area fraction, times]: small-polyp and polyp-free samples repeated per epoch
     paste_small: float = 0.0  # probability of a small pasted polyp per train sample (data.paste_small_polyp)
     freeze_bn: bool = False  # with --init: BatchNorm keeps (and normalises with) the loaded running statistics
+    lovasz: float = 0.0  # weight of the Lovász hinge added to the main loss (loss.lovasz_hinge); 0 = the recipe
 
 
 def _dist_info() -> tuple[int, int, int]:
@@ -400,7 +401,8 @@ def train(opts: TrainOptions, resume: bool = False, resume_overrides=()) -> dict
         for x, mask, bound in bar:
             x, mask, bound = x.to(device, memory_format=memory_format), mask.to(device), bound.to(device)
             logits, regions, boundaries = net(x)
-            loss, parts = ultraseg_loss(logits, regions, boundaries, mask, bound, opts.empty_dice_area)
+            loss, parts = ultraseg_loss(logits, regions, boundaries, mask, bound, opts.empty_dice_area,
+                                        opts.lovasz)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -501,6 +503,11 @@ def _freeze_bn_note(opts: dict) -> str:
     return ", BatchNorm running statistics kept as loaded" if opts.get("freeze_bn") else ""
 
 
+def _lovasz_note(opts: dict) -> str:
+    w = opts.get("lovasz") or 0.0
+    return "" if w == 0 else f" + {w:g} Lovász hinge"
+
+
 def _selection_note(opts: dict) -> str:
     name = opts.get("select_on")
     return "validation Dice" if name is None else f"{name}'s validation Dice alone"
@@ -528,7 +535,7 @@ def checkpoint_provenance(ckpt: dict, ckpt_path) -> dict:
         "init": ckpt.get("init") or "random (seeded)",
         "recipe": f"Adam lr {opts['lr']}, cosine over {opts['epochs']} epochs, batch {opts['batch_size']}, "
                   f"{'x'.join(map(str, _size(opts)))}, "
-                  f"{D.AUGMENTATIONS[opts.get('augmentation', 'recipe')]}, CE + 2 Dice main, 0.5 BCE + Dice side heads (0.1-0.4 region, "
+                  f"{D.AUGMENTATIONS[opts.get('augmentation', 'recipe')]}, CE + 2 Dice{_lovasz_note(opts)} main, 0.5 BCE + Dice side heads (0.1-0.4 region, "
                   f"0.1-0.3 boundary){_empty_dice_note(opts)}{_grown_only_note(opts)}{_repeat_note(opts)}{_paste_note(opts)}{_freeze_bn_note(opts)}, early stopping patience {opts['patience']} on "
                   f"{_selection_note(opts)}",
         "epochs_planned": opts["epochs"],
