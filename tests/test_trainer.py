@@ -640,6 +640,31 @@ def test_lovasz_weight_adds_to_the_main_loss_and_is_checked_and_recorded(capsys)
     assert "CE + 2 Dice main" in checkpoint_provenance(ckpt, "b.pt")["recipe"]
 
 
+def test_ema_validates_and_saves_the_average_and_resumes_exactly(toy, capsys):
+    from trainer.__main__ import main
+    from trainer.train import checkpoint_provenance
+
+    tmp, data = toy
+    train(options(tmp, data, "ema-copy", ema=0.0))
+    copy = load_checkpoint(tmp / "ema-copy" / "last.pt")
+    # decay 0: the average is the last step's weights, statistics included
+    assert all(torch.equal(copy["model"][k], v) for k, v in copy["train_model"].items())
+    full = train(options(tmp, data, "ema-full", ema=0.5))
+    assert train(options(tmp, data, "ema-resumed", ema=0.5, max_minutes=0.0))["epochs_run"] == 1
+    assert train(options(tmp, data, "ema-resumed", ema=0.5), resume=True)["epochs_run"] == full["epochs_run"] == 2
+    a, b = (load_checkpoint(tmp / run / "last.pt") for run in ("ema-full", "ema-resumed"))
+    assert a["ema_updates"] == b["ema_updates"] > 0
+    assert not torch.equal(a["model"]["final.0.weight"], a["train_model"]["final.0.weight"])  # an average, not the weights
+    for key in ("model", "train_model"):  # the resumed average and weights retrace the uninterrupted ones
+        for k, v in a[key].items():
+            assert torch.allclose(v.float(), b[key][k].float(), rtol=1e-4, atol=1e-6), (key, k)
+    assert "a moving average of the weights (decay 0.5 per step) validated and exported" in \
+        checkpoint_provenance(a, "last.pt")["recipe"]
+    with pytest.raises(SystemExit):
+        main(["train", "--ema", "1", "--data", "x"])
+    assert "'1' is not a decay in [0, 1)" in capsys.readouterr().err
+
+
 def test_paste_small_adds_one_small_polyp_on_the_mucosa():
     img, mask = _mucosa_with_polyp((20, 20), 10)
     src_img, src_mask = _mucosa_with_polyp((48, 32), 14)

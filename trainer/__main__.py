@@ -88,6 +88,10 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lovasz", type=_non_negative, default=0.0, metavar="WEIGHT",
                    help="add WEIGHT x the Lovász hinge (a per-image surrogate of 1 - IoU) to the main output's "
                         "loss, e.g. 1; default 0, the recipe's CE + 2 Dice")
+    p.add_argument("--ema", type=_decay, default=None, metavar="DECAY",
+                   help="validate, select and export an exponential moving average of the weights and BatchNorm "
+                        "statistics, updated after every step with this decay (e.g. 0.999); default: the weights "
+                        "as trained")
     p.add_argument("--resume", action="store_true", help="continue RUN_DIR/last.pt with its saved options")
 
 
@@ -108,6 +112,13 @@ def _image_fraction(text: str) -> float:
 
 def _probability(text: str) -> float:
     return _unit_float(text, True, "a probability in [0, 1], e.g. 0.5")
+
+
+def _decay(text: str) -> float:
+    value = _unit_float(text, True, "a decay in [0, 1), e.g. 0.999")
+    if value == 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a decay in [0, 1), e.g. 0.999 (1 would never move)")
+    return value
 
 
 def _non_negative(text: str) -> float:
@@ -160,7 +171,8 @@ def run_train(args) -> int:
                         init=args.init, augmentation=args.augment, size=args.size,
                         empty_dice_area=args.empty_dice_area, train_grown_only=args.train_grown_only,
                         select_on=args.select_on, splits_from=args.splits_from, repeat_small=repeat_small,
-                        paste_small=args.paste_small, freeze_bn=args.freeze_bn, lovasz=args.lovasz)
+                        paste_small=args.paste_small, freeze_bn=args.freeze_bn, lovasz=args.lovasz,
+                        ema=args.ema)
     try:
         given = tuple(k for k in ("epochs", "patience") if getattr(args, k) is not None)
         train(opts, resume=args.resume, resume_overrides=given)

@@ -59,6 +59,7 @@ class TrainOptions:
     paste_small: float = 0.0  # probability of a small pasted polyp per train sample (data.paste_small_polyp)
     freeze_bn: bool = False  # with --init: BatchNorm keeps (and normalises with) the loaded running statistics
     lovasz: float = 0.0  # weight of the Lovász hinge added to the main loss (loss.lovasz_hinge); 0 = the recipe
+    ema: float | None = None  # decay of a moving average of weights and BN statistics, validated and saved as the model
 
 
 def _dist_info() -> tuple[int, int, int]:
@@ -358,13 +359,24 @@ def train(opts: TrainOptions, resume: bool = False, resume_overrides=()) -> dict
     optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=opts.lr)
     state = {"epoch": 0, "best_val_dice": -1.0, "best_epoch": 0, "epochs_since_best": 0, "train_seconds": 0.0,
              "history": []}
+    # with --ema the checkpoint's "model" is the average (what is validated and exported) and
+    # "train_model" the weights the optimizer steps
     if ckpt is not None:
-        model.load_state_dict(ckpt["model"])
+        model.load_state_dict(ckpt.get("train_model", ckpt["model"]))
         optimizer.load_state_dict(ckpt["optimizer"])
         state = {k: ckpt[k] for k in state}
         torch.set_rng_state(ckpt["torch_rng"])
         _log(f"resumed {run_dir / 'last.pt'} after epoch {state['epoch']} "
              f"(best val Dice {state['best_val_dice']:.4f} at epoch {state['best_epoch']})", rank)
+    average = None
+    if opts.ema is not None:
+        from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+        average = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(opts.ema), use_buffers=True)
+        if ckpt is not None:
+            average.module.load_state_dict(ckpt["model"])
+            average.n_averaged.fill_(ckpt["ema_updates"])
+    selected = model if average is None else average.module
     net = torch.nn.parallel.DistributedDataParallel(model) if distributed else model
 
     train_set = D.PolypDataset(train_parts, seed=opts.seed, augmentation=opts.augmentation,
@@ -406,6 +418,8 @@ def train(opts: TrainOptions, resume: bool = False, resume_overrides=()) -> dict
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
+            if average is not None:
+                average.update_parameters(model)
             sums["loss"] += float(loss.detach()) * len(x)
             for k, v in parts.items():
                 sums[k] += v * len(x)
@@ -415,7 +429,7 @@ def train(opts: TrainOptions, resume: bool = False, resume_overrides=()) -> dict
 
         improved = False
         if rank == 0:
-            val_dice, val_per = validate(model, val_parts, names, device)
+            val_dice, val_per = validate(selected, val_parts, names, device)
             if opts.select_on is not None:
                 val_dice = val_per[opts.select_on]
             improved = val_dice > state["best_val_dice"]
@@ -435,8 +449,10 @@ def train(opts: TrainOptions, resume: bool = False, resume_overrides=()) -> dict
             state["history"].append(row)
             ck = {"format": CHECKPOINT_FORMAT, "config": model.cfg.to_dict(), "options": dataclasses.asdict(opts),
                   "splits": splits, "init": init_info, "datasets": [str(Path(r).resolve()) for r in opts.data],
-                  "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                  "model": selected.state_dict(), "optimizer": optimizer.state_dict(),
                   "lr_schedule": {"kind": "cosine", "base_lr": opts.lr, "epochs": opts.epochs}, "torch_rng": torch.get_rng_state(), **state}
+            if average is not None:
+                ck.update(train_model=model.state_dict(), ema_updates=int(average.n_averaged))
             if improved:
                 _save_atomic(ck, run_dir / "best.pt")
             _save_atomic(ck, run_dir / "last.pt")
@@ -508,6 +524,11 @@ def _lovasz_note(opts: dict) -> str:
     return "" if w == 0 else f" + {w:g} Lovász hinge"
 
 
+def _ema_note(opts: dict) -> str:
+    decay = opts.get("ema")
+    return "" if decay is None else f", a moving average of the weights (decay {decay:g} per step) validated and exported"
+
+
 def _selection_note(opts: dict) -> str:
     name = opts.get("select_on")
     return "validation Dice" if name is None else f"{name}'s validation Dice alone"
@@ -536,7 +557,7 @@ def checkpoint_provenance(ckpt: dict, ckpt_path) -> dict:
         "recipe": f"Adam lr {opts['lr']}, cosine over {opts['epochs']} epochs, batch {opts['batch_size']}, "
                   f"{'x'.join(map(str, _size(opts)))}, "
                   f"{D.AUGMENTATIONS[opts.get('augmentation', 'recipe')]}, CE + 2 Dice{_lovasz_note(opts)} main, 0.5 BCE + Dice side heads (0.1-0.4 region, "
-                  f"0.1-0.3 boundary){_empty_dice_note(opts)}{_grown_only_note(opts)}{_repeat_note(opts)}{_paste_note(opts)}{_freeze_bn_note(opts)}, early stopping patience {opts['patience']} on "
+                  f"0.1-0.3 boundary){_empty_dice_note(opts)}{_grown_only_note(opts)}{_repeat_note(opts)}{_paste_note(opts)}{_freeze_bn_note(opts)}{_ema_note(opts)}, early stopping patience {opts['patience']} on "
                   f"{_selection_note(opts)}",
         "epochs_planned": opts["epochs"],
         "epochs_run": ckpt["epoch"],
