@@ -95,11 +95,11 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--resume", action="store_true", help="continue RUN_DIR/last.pt with its saved options")
 
 
-def _unit_float(text: str, zero_ok: bool, what: str) -> float:
-    """A number in (0, 1], or [0, 1] with `zero_ok`; otherwise an argparse error naming `what` it must be."""
+def _checked_float(text: str, ok, what: str) -> float:
+    """A number for which ok(number) holds; otherwise an argparse error naming `what` it must be."""
     try:
         value = float(text)
-        if (value >= 0 if zero_ok else value > 0) and value <= 1:
+        if ok(value):
             return value
     except ValueError:
         pass
@@ -107,28 +107,19 @@ def _unit_float(text: str, zero_ok: bool, what: str) -> float:
 
 
 def _image_fraction(text: str) -> float:
-    return _unit_float(text, False, "a fraction of the image in (0, 1], e.g. 0.01")
+    return _checked_float(text, lambda v: 0 < v <= 1, "a fraction of the image in (0, 1], e.g. 0.01")
 
 
 def _probability(text: str) -> float:
-    return _unit_float(text, True, "a probability in [0, 1], e.g. 0.5")
+    return _checked_float(text, lambda v: 0 <= v <= 1, "a probability in [0, 1], e.g. 0.5")
 
 
 def _decay(text: str) -> float:
-    value = _unit_float(text, True, "a decay in [0, 1), e.g. 0.999")
-    if value == 1:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a decay in [0, 1), e.g. 0.999 (1 would never move)")
-    return value
+    return _checked_float(text, lambda v: 0 <= v < 1, "a decay in [0, 1), e.g. 0.999")
 
 
 def _non_negative(text: str) -> float:
-    try:
-        value = float(text)
-        if value >= 0 and value != float("inf"):
-            return value
-    except ValueError:
-        pass
-    raise argparse.ArgumentTypeError(f"{text!r} is not a non-negative weight, e.g. 1")
+    return _checked_float(text, lambda v: 0 <= v < float("inf"), "a non-negative weight, e.g. 1")
 
 
 def _input_size(text: str) -> int | list[int]:
