@@ -665,6 +665,43 @@ def test_ema_validates_and_saves_the_average_and_resumes_exactly(toy, capsys):
     assert "'1' is not a decay in [0, 1)" in capsys.readouterr().err
 
 
+def test_sam_takes_the_gradient_at_the_perturbed_weights_and_keeps_bn_statistics(toy, capsys):
+    from trainer.__main__ import main
+    from trainer.train import checkpoint_provenance, sharpness_aware_gradients
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(2, 3, 3), torch.nn.BatchNorm2d(3), torch.nn.Conv2d(3, 1, 1))
+    model.train()
+    x = torch.randn(4, 2, 6, 6)
+    loss_fn = lambda: (model(x) ** 2).mean()  # noqa: E731
+    weights = [p.detach().clone() for p in model.parameters()]
+    loss_fn().backward()
+    g = [p.grad.clone() for p in model.parameters()]
+    stats = {k: v.clone() for k, v in model[1].state_dict().items() if "running" in k}
+    sharpness_aware_gradients(model, 0.3, loss_fn)
+    # by hand: the gradient at w + 0.3 g / |g|, the norm over all tensors
+    norm = torch.sqrt(sum((t ** 2).sum() for t in g))
+    probe = torch.nn.Sequential(torch.nn.Conv2d(2, 3, 3), torch.nn.BatchNorm2d(3), torch.nn.Conv2d(3, 1, 1))
+    probe.load_state_dict(model.state_dict())
+    with torch.no_grad():
+        for p, w, t in zip(probe.parameters(), weights, g, strict=True):
+            p.copy_(w + 0.3 * t / norm)
+    (probe(x) ** 2).mean().backward()
+    for p, q, w in zip(model.parameters(), probe.parameters(), weights, strict=True):
+        assert torch.equal(p.detach(), w)  # moved back exactly
+        assert torch.allclose(p.grad, q.grad, rtol=1e-5, atol=1e-7)
+    for k, v in stats.items():  # the probe pass left the running statistics as they were
+        assert torch.equal(model[1].state_dict()[k], v), k
+    tmp, data = toy
+    run = train(options(tmp, data, "sam", sam=0.05, epochs=1))
+    assert run["epochs_run"] == 1
+    ckpt = load_checkpoint(tmp / "sam" / "last.pt")
+    assert "sharpness-aware steps (SAM, radius 0.05)" in checkpoint_provenance(ckpt, "last.pt")["recipe"]
+    with pytest.raises(SystemExit):
+        main(["train", "--sam", "-0.1", "--data", "x"])
+    assert "'-0.1' is not a non-negative weight" in capsys.readouterr().err
+
+
 def test_paste_small_adds_one_small_polyp_on_the_mucosa():
     img, mask = _mucosa_with_polyp((20, 20), 10)
     src_img, src_mask = _mucosa_with_polyp((48, 32), 14)

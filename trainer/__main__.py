@@ -92,6 +92,9 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
                    help="validate, select and export an exponential moving average of the weights and BatchNorm "
                         "statistics, updated after every step with this decay (e.g. 0.999); default: the weights "
                         "as trained")
+    p.add_argument("--sam", type=_non_negative, default=0.0, metavar="RHO",
+                   help="sharpness-aware steps: take each step's gradient at the weights moved by RHO along the "
+                        "normalised gradient (about twice the time per step), e.g. 0.05; default 0, plain steps")
     p.add_argument("--resume", action="store_true", help="continue RUN_DIR/last.pt with its saved options")
 
 
@@ -163,7 +166,7 @@ def run_train(args) -> int:
                         empty_dice_area=args.empty_dice_area, train_grown_only=args.train_grown_only,
                         select_on=args.select_on, splits_from=args.splits_from, repeat_small=repeat_small,
                         paste_small=args.paste_small, freeze_bn=args.freeze_bn, lovasz=args.lovasz,
-                        ema=args.ema)
+                        ema=args.ema, sam=args.sam)
     try:
         given = tuple(k for k in ("epochs", "patience") if getattr(args, k) is not None)
         train(opts, resume=args.resume, resume_overrides=given)

@@ -60,6 +60,7 @@ class TrainOptions:
     freeze_bn: bool = False  # with --init: BatchNorm keeps (and normalises with) the loaded running statistics
     lovasz: float = 0.0  # weight of the Lovász hinge added to the main loss (loss.lovasz_hinge); 0 = the recipe
     ema: float | None = None  # decay of a moving average of weights and BN statistics, validated and saved as the model
+    sam: float = 0.0  # sharpness-aware steps: radius of the weight perturbation (sharpness_aware_gradients); 0 = off
 
 
 def _dist_info() -> tuple[int, int, int]:
@@ -417,6 +418,9 @@ def train(opts: TrainOptions, resume: bool = False, resume_overrides=()) -> dict
                                         opts.lovasz)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            if opts.sam:
+                sharpness_aware_gradients(model, opts.sam, lambda: ultraseg_loss(
+                    *net(x), mask, bound, opts.empty_dice_area, opts.lovasz)[0])
             optimizer.step()
             if average is not None:
                 average.update_parameters(model)
@@ -476,6 +480,32 @@ def train(opts: TrainOptions, resume: bool = False, resume_overrides=()) -> dict
     return summary
 
 
+def sharpness_aware_gradients(model: torch.nn.Module, rho: float, loss_fn) -> None:
+    """SAM (Foret et al., ICLR 2021): replace the gradients in model (those of the loss at the weights
+    w) by the gradients of loss_fn() at w + rho g / |g|, the norm taken over every trained tensor, and
+    restore w. BatchNorm keeps the running statistics of the first pass: the perturbed pass is a probe."""
+    params = [p for p in model.parameters() if p.grad is not None]
+    norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(p.grad) for p in params]))
+    weights = [p.detach().clone() for p in params]  # restored by copy: w + e - e is not w in floats
+    with torch.no_grad():
+        for p in params:
+            p.add_(p.grad, alpha=float(rho / (norm + 1e-12)))
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    momenta = [m.momentum for m in norms]
+    try:
+        for m in norms:
+            m.momentum = 0.0  # running = (1 - 0) x running + 0 x batch: left as it was
+        for p in params:
+            p.grad = None
+        loss_fn().backward()
+    finally:
+        for m, momentum in zip(norms, momenta, strict=True):
+            m.momentum = momentum
+        with torch.no_grad():
+            for p, w in zip(params, weights, strict=True):
+                p.copy_(w)
+
+
 def _agree(flag: bool, distributed: bool, device) -> bool:
     """Rank 0's decision, shared with every rank."""
     if not distributed:
@@ -529,6 +559,11 @@ def _ema_note(opts: dict) -> str:
     return "" if decay is None else f", a moving average of the weights (decay {decay:g} per step) validated and exported"
 
 
+def _sam_note(opts: dict) -> str:
+    rho = opts.get("sam") or 0.0
+    return "" if rho == 0 else f", sharpness-aware steps (SAM, radius {rho:g})"
+
+
 def _selection_note(opts: dict) -> str:
     name = opts.get("select_on")
     return "validation Dice" if name is None else f"{name}'s validation Dice alone"
@@ -557,7 +592,7 @@ def checkpoint_provenance(ckpt: dict, ckpt_path) -> dict:
         "recipe": f"Adam lr {opts['lr']}, cosine over {opts['epochs']} epochs, batch {opts['batch_size']}, "
                   f"{'x'.join(map(str, _size(opts)))}, "
                   f"{D.AUGMENTATIONS[opts.get('augmentation', 'recipe')]}, CE + 2 Dice{_lovasz_note(opts)} main, 0.5 BCE + Dice side heads (0.1-0.4 region, "
-                  f"0.1-0.3 boundary){_empty_dice_note(opts)}{_grown_only_note(opts)}{_repeat_note(opts)}{_paste_note(opts)}{_freeze_bn_note(opts)}{_ema_note(opts)}, early stopping patience {opts['patience']} on "
+                  f"0.1-0.3 boundary){_empty_dice_note(opts)}{_grown_only_note(opts)}{_repeat_note(opts)}{_paste_note(opts)}{_freeze_bn_note(opts)}{_sam_note(opts)}{_ema_note(opts)}, early stopping patience {opts['patience']} on "
                   f"{_selection_note(opts)}",
         "epochs_planned": opts["epochs"],
         "epochs_run": ckpt["epoch"],
