@@ -413,14 +413,14 @@ def train(opts: TrainOptions, resume: bool = False, resume_overrides=()) -> dict
                    mininterval=1 if sys.stderr.isatty() else 60, dynamic_ncols=True)
         for x, mask, bound in bar:
             x, mask, bound = x.to(device, memory_format=memory_format), mask.to(device), bound.to(device)
-            logits, regions, boundaries = net(x)
-            loss, parts = ultraseg_loss(logits, regions, boundaries, mask, bound, opts.empty_dice_area,
-                                        opts.lovasz)
+            def batch_loss():
+                return ultraseg_loss(*net(x), mask, bound, opts.empty_dice_area, opts.lovasz)
+
+            loss, parts = batch_loss()
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if opts.sam:
-                sharpness_aware_gradients(model, opts.sam, lambda: ultraseg_loss(
-                    *net(x), mask, bound, opts.empty_dice_area, opts.lovasz)[0])
+                sharpness_aware_gradients(model, opts.sam, lambda: batch_loss()[0])
             optimizer.step()
             if average is not None:
                 average.update_parameters(model)
@@ -528,40 +528,9 @@ def _size(opts: dict) -> tuple[int, int]:
     return D.size_hw(opts.get("size", D.SIZE))  # checkpoints written before --size trained at 256
 
 
-def _empty_dice_note(opts: dict) -> str:
-    area = opts.get("empty_dice_area")
-    return "" if area is None else f", Dice smooth {area:g} of the image on polyp-free samples"
-
-
-def _repeat_note(opts: dict) -> str:
-    rep = opts.get("repeat_small")
-    return "" if rep is None else (f", samples with a polyp under {rep[0]:g} of the image (or none) "
-                                   f"repeated {int(rep[1])}x per epoch")
-
-
-def _paste_note(opts: dict) -> str:
-    p = opts.get("paste_small") or 0.0
-    lo, hi = D.PASTE_AREA
-    return "" if p == 0 else f", a polyp shrunk to {lo:.1%}-{hi:.0%} of the image pasted into {p:g} of samples"
-
-
-def _freeze_bn_note(opts: dict) -> str:
-    return ", BatchNorm running statistics kept as loaded" if opts.get("freeze_bn") else ""
-
-
 def _lovasz_note(opts: dict) -> str:
     w = opts.get("lovasz") or 0.0
     return "" if w == 0 else f" + {w:g} Lovász hinge"
-
-
-def _ema_note(opts: dict) -> str:
-    decay = opts.get("ema")
-    return "" if decay is None else f", a moving average of the weights (decay {decay:g} per step) validated and exported"
-
-
-def _sam_note(opts: dict) -> str:
-    rho = opts.get("sam") or 0.0
-    return "" if rho == 0 else f", sharpness-aware steps (SAM, radius {rho:g})"
 
 
 def _selection_note(opts: dict) -> str:
@@ -569,8 +538,24 @@ def _selection_note(opts: dict) -> str:
     return "validation Dice" if name is None else f"{name}'s validation Dice alone"
 
 
-def _grown_only_note(opts: dict) -> str:
-    return ", only the tensors grown from the 108K trained" if opts.get("train_grown_only") else ""
+# the options beyond the paper's recipe that the recipe line names after the loss, in its order:
+# (option, its value when off, the clause for another value); checkpoints older than an option lack it
+_OPTION_CLAUSES = (
+    ("empty_dice_area", None, lambda area: f", Dice smooth {area:g} of the image on polyp-free samples"),
+    ("train_grown_only", False, lambda _: ", only the tensors grown from the 108K trained"),
+    ("repeat_small", None, lambda rep: f", samples with a polyp under {rep[0]:g} of the image (or none) "
+                                       f"repeated {int(rep[1])}x per epoch"),
+    ("paste_small", 0.0, lambda p: f", a polyp shrunk to {D.PASTE_AREA[0]:.1%}-{D.PASTE_AREA[1]:.0%} of the image "
+                                   f"pasted into {p:g} of samples"),
+    ("freeze_bn", False, lambda _: ", BatchNorm running statistics kept as loaded"),
+    ("sam", 0.0, lambda rho: f", sharpness-aware steps (SAM, radius {rho:g})"),
+    ("ema", None, lambda decay: f", a moving average of the weights (decay {decay:g} per step) validated and exported"),
+)
+
+
+def _option_notes(opts: dict) -> str:
+    return "".join(clause(opts[key]) for key, off, clause in _OPTION_CLAUSES
+                   if opts.get(key, off) is not None and opts.get(key, off) != off)
 
 
 def checkpoint_provenance(ckpt: dict, ckpt_path) -> dict:
@@ -592,7 +577,7 @@ def checkpoint_provenance(ckpt: dict, ckpt_path) -> dict:
         "recipe": f"Adam lr {opts['lr']}, cosine over {opts['epochs']} epochs, batch {opts['batch_size']}, "
                   f"{'x'.join(map(str, _size(opts)))}, "
                   f"{D.AUGMENTATIONS[opts.get('augmentation', 'recipe')]}, CE + 2 Dice{_lovasz_note(opts)} main, 0.5 BCE + Dice side heads (0.1-0.4 region, "
-                  f"0.1-0.3 boundary){_empty_dice_note(opts)}{_grown_only_note(opts)}{_repeat_note(opts)}{_paste_note(opts)}{_freeze_bn_note(opts)}{_sam_note(opts)}{_ema_note(opts)}, early stopping patience {opts['patience']} on "
+                  f"0.1-0.3 boundary){_option_notes(opts)}, early stopping patience {opts['patience']} on "
                   f"{_selection_note(opts)}",
         "epochs_planned": opts["epochs"],
         "epochs_run": ckpt["epoch"],
