@@ -483,7 +483,8 @@ def train(opts: TrainOptions, resume: bool = False, resume_overrides=()) -> dict
 def sharpness_aware_gradients(model: torch.nn.Module, rho: float, loss_fn) -> None:
     """SAM (Foret et al., ICLR 2021): replace the gradients in model (those of the loss at the weights
     w) by the gradients of loss_fn() at w + rho g / |g|, the norm taken over every trained tensor, and
-    restore w. BatchNorm keeps the running statistics of the first pass: the perturbed pass is a probe."""
+    restore w. BatchNorm keeps the running mean and variance of the first pass (the perturbed pass is
+    a probe); only its batch counter, unused at a fixed momentum, counts the probe too."""
     params = [p for p in model.parameters() if p.grad is not None]
     norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(p.grad) for p in params]))
     weights = [p.detach().clone() for p in params]  # restored by copy: w + e - e is not w in floats
@@ -554,8 +555,8 @@ _OPTION_CLAUSES = (
 
 
 def _option_notes(opts: dict) -> str:
-    return "".join(clause(opts[key]) for key, off, clause in _OPTION_CLAUSES
-                   if opts.get(key, off) is not None and opts.get(key, off) != off)
+    return "".join(clause(value) for key, off, clause in _OPTION_CLAUSES
+                   if (value := opts.get(key)) is not None and value != off)
 
 
 def checkpoint_provenance(ckpt: dict, ckpt_path) -> dict:
