@@ -795,3 +795,58 @@ def test_freeze_bn_on_a_grown_model_lets_the_new_batchnorm_learn(two_epoch_run, 
             np.testing.assert_array_equal(after.tensors[k], v, err_msg=k)
     grown_running = [k for k in set(after.tensors) - set(before.tensors) if "running_mean" in k]
     assert grown_running and all(np.any(after.tensors[k] != 0) for k in grown_running)
+
+
+def test_pack_copies_train_and_val_frames_and_trains_and_evaluates_on_the_source(two_epoch_run, toy, tmp_path,
+                                                                                capsys):
+    """`pack` writes the recorded split's train and validation frames, resized, without the test frames;
+    a run on the copy keeps that split, records where it came from, and is evaluated on the source."""
+    import npseg
+    from trainer.__main__ import main
+
+    tmp, data = toy
+    opts, _ = two_epoch_run
+    start = export_checkpoint(Path(opts.run_dir) / "best.pt", tmp_path / "start.safetensors")
+    recorded = json.loads((Path(opts.run_dir) / "splits" / "toy.json").read_text())
+    assert main(["pack", "--data", str(data), "--size", "64", "--init", str(start), "-o", str(tmp_path / "packed"),
+                 "--seed", "7"]) == 0
+    packed = tmp_path / "packed" / "toy"
+    assert f"its {len(recorded['test'])} test frames stay behind" in capsys.readouterr().out
+    assert sorted(p.stem for p in (packed / "images").iterdir()) == sorted(recorded["train"] + recorded["val"])
+    assert D.pack_info(packed)["split"] == recorded and D.pack_info(packed)["size"] == [64, 64]
+    stems = recorded["val"]
+    _, img_src, mask_src, bound_src = D.cached_arrays(data, stems, tmp_path / "cache", progress=False, size=64)
+    _, img_pk, mask_pk, bound_pk = D.cached_arrays(packed, stems, tmp_path / "cache", progress=False, size=64)
+    np.testing.assert_array_equal(mask_pk, mask_src)
+    np.testing.assert_array_equal(bound_pk, bound_src)
+    jpeg_95_444 = [cv2.IMWRITE_JPEG_QUALITY, 95, cv2.IMWRITE_JPEG_SAMPLING_FACTOR, cv2.IMWRITE_JPEG_SAMPLING_FACTOR_444]
+    for frame_pk, frame_src in zip(img_pk, img_src):  # the source's cached frame through JPEG, chroma not halved
+        jpeg = cv2.imencode(".jpg", np.ascontiguousarray(frame_src[:, :, ::-1]), jpeg_95_444)[1]
+        np.testing.assert_array_equal(frame_pk, cv2.imdecode(jpeg, cv2.IMREAD_COLOR)[:, :, ::-1])
+
+    train(options(tmp, packed, "from-pack", epochs=1, size=64, seed=5))
+    assert json.loads((tmp / "from-pack" / "splits" / "toy.json").read_text()) == recorded
+    out = tmp_path / "from-pack.safetensors"
+    assert main(["export", str(tmp / "from-pack" / "best.pt"), "-o", str(out), "--evaluate"]) == 0
+    w = npseg.load(out).weights
+    assert w.provenance["packed_copies"]["toy"] == {"source": str(data.resolve()), "size": [64, 64],
+                                                    "jpeg_quality": 95}
+    assert w.metrics["datasets"]["toy"]["n"] == len(recorded["test"])  # evaluated on the source's test frames
+
+    capsys.readouterr()
+    assert main(["eval", str(out), "--data", str(packed), "--no-torch"]) == 2
+    assert "a packed copy" in capsys.readouterr().err
+    with pytest.raises(D.DataError, match="packed at 64x64; train it with --size 64"):
+        train(options(tmp, packed, "pack-other-size", epochs=1, size=96))
+    other = tmp_path / "toy.json"
+    other.write_text(json.dumps(D.make_split(sorted(recorded["train"] + recorded["val"] + recorded["test"]), 7)))
+    with pytest.raises(D.DataError, match="packed with another split"):
+        train(options(tmp, packed, "pack-other-split", epochs=1, size=64, splits_from=[str(other)]))
+    assert main(["pack", "--data", str(data), "--size", "64", "-o", str(tmp_path / "packed")]) == 2
+    assert "already exists" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["pack", "--data", str(data), "--size", "64", "-o", str(tmp_path / "q"), "--quality", "40"])
+    assert "a whole JPEG quality in 50-100" in capsys.readouterr().err
+    next((packed / "images").iterdir()).unlink()
+    with pytest.raises(D.DataError, match="not the train and validation parts"):
+        train(options(tmp, packed, "pack-tampered", epochs=1, size=64))

@@ -1,4 +1,4 @@
-"""python -m trainer train|eval|export — see `python -m trainer SUBCOMMAND --help`.
+"""python -m trainer train|eval|export|pack — see `python -m trainer SUBCOMMAND --help`.
 
 Subcommands are registered in SUBCOMMANDS: (add_arguments, run) pairs; adding
 one is a function pair and a line there.
@@ -20,6 +20,9 @@ EXAMPLES = """examples:
   torchrun --nproc_per_node 2 -m trainer train --data ../shared/data/kvasir-seg --run-dir runs/ddp
   # test-split Dice/IoU/HD95 through npseg, torch as a cross-check
   python -m trainer eval weights/ultraseg-130k.safetensors --data ../shared/data/kvasir-seg ../shared/data/polypgen
+  # a compact copy of the train and validation frames (no test frames), to train on a GPU machine
+  python -m trainer pack --data ../shared/data/polypgen --size 320 --init ultraseg-130k -o packed
+  python -m trainer train --data packed/polypgen --size 320 --device cuda --workers 8 --run-dir runs/gpu
   # export the best checkpoint, evaluated on the test splits, to an npseg weights file
   python -m trainer export runs/mix-130k/best.pt -o weights/ultraseg-130k.safetensors --evaluate
 """
@@ -125,6 +128,11 @@ def _non_negative(text: str) -> float:
     return _checked_float(text, lambda v: 0 <= v < float("inf"), "a non-negative weight, e.g. 1")
 
 
+def _jpeg_quality(text: str) -> int:
+    value = _checked_float(text, lambda v: v == int(v) and 50 <= v <= 100, "a whole JPEG quality in 50-100, e.g. 95")
+    return int(value)
+
+
 def _input_size(text: str) -> int | list[int]:
     """npseg's own --size parser (N or HxW, multiples of 16); a square size is kept as its side, as
     runs before HxW recorded it."""
@@ -205,12 +213,19 @@ def run_eval(args) -> int:
 
     import torch
 
+    from npseg.weights import WeightsError
+
+    from .data import DataError
     from .evaluate import evaluate
 
     torch.set_num_threads(args.threads)
-    res = evaluate(args.weights, args.data, splits=_read_splits(args.splits), part=args.part,
-                   cross_check=not args.no_torch, backend=args.backend, skip_bad=args.skip_bad, limit=args.limit,
-                   per_image_csv=args.per_image)
+    try:
+        res = evaluate(args.weights, args.data, splits=_read_splits(args.splits), part=args.part,
+                       cross_check=not args.no_torch, backend=args.backend, skip_bad=args.skip_bad,
+                       limit=args.limit, per_image_csv=args.per_image)
+    except (DataError, WeightsError) as e:  # a message naming the file or split and the fix
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     text = json.dumps(res, indent=1)
     print(text)
     if args.output:
@@ -251,7 +266,9 @@ def run_export(args) -> int:
         from .evaluate import evaluate
 
         torch.set_num_threads(args.threads)
-        data = args.data or list(provenance["datasets"].values())
+        # a run on packed copies is evaluated on the folders they were packed from
+        packed = provenance.get("packed_copies", {})
+        data = args.data or [packed[n]["source"] if n in packed else r for n, r in provenance["datasets"].items()]
         metrics = evaluate(out, data, backend=args.backend)
         print(json.dumps(metrics, indent=1))
         export_weights(model, args.output, provenance=provenance, metrics=metrics, input_size=input_size)
@@ -259,10 +276,54 @@ def run_export(args) -> int:
     return 0
 
 
+def add_pack_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data", nargs="+", required=True, metavar="FOLDER",
+                   help="dataset folder(s) with images/ and masks/, as for train")
+    p.add_argument("-o", "--output", required=True, metavar="FOLDER",
+                   help="where to write the copies, one sub-folder per dataset (e.g. packed)")
+    p.add_argument("--size", type=_input_size, required=True, metavar="SIDE|HxW",
+                   help="the training input size the copies are resized to; train them with the same --size")
+    p.add_argument("--init", default=None, metavar="WEIGHTS",
+                   help="the run's --init: a dataset it records a split for keeps that split")
+    p.add_argument("--splits-from", nargs="+", default=[], metavar="FILE", help="as for train")
+    p.add_argument("--seed", type=int, default=0, help="split seed for a dataset with no recorded split (as for train)")
+    p.add_argument("--quality", type=_jpeg_quality, default=95, metavar="50-100",
+                   help="JPEG quality of the packed images, colour at full resolution (default 95: a mean error of "
+                        "1 grey level; training on such a copy matched training on the originals to 0.0004 "
+                        "validation Dice, while 90 lost up to 0.006)")
+    p.add_argument("--skip-bad", action="store_true", help="skip unreadable or mismatched files with a warning")
+
+
+def run_pack(args) -> int:
+    from .data import DataError, check_size, write_pack
+    from .train import TrainOptions, resolve_splits
+
+    opts = TrainOptions(data=args.data, seed=args.seed, init=args.init, splits_from=args.splits_from,
+                        skip_bad=args.skip_bad, size=args.size)
+    try:
+        check_size(opts.size)
+        splits = resolve_splits(opts, [None] * len(opts.data))
+        total = 0
+        for root, split in zip(opts.data, splits.values()):
+            dest, size = write_pack(root, split, args.output, opts.size, args.quality, args.skip_bad)
+            total += size
+            print(f"{dest}: {len(split['train'])} train + {len(split['val'])} validation frames, "
+                  f"{size / 2**20:.1f} MiB (its {len(split['test'])} test frames stay behind)")
+    except DataError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"packed {total / 2**20:.1f} MiB; train on the copies with --data {args.output}/<dataset> --size "
+          f"{args.size if isinstance(args.size, int) else 'x'.join(map(str, args.size))}, and evaluate the result "
+          "on the original folders")
+    return 0
+
+
 SUBCOMMANDS = {
     "train": ("train a model (see examples below)", add_train_arguments, run_train),
     "eval": ("test-split Dice/IoU/HD95 through npseg, torch cross-check", add_eval_arguments, run_eval),
     "export": ("write a checkpoint as an npseg weights file", add_export_arguments, run_export),
+    "pack": ("write a compact copy of the train and validation frames, resized, to train elsewhere (e.g. on a "
+             "rented GPU)", add_pack_arguments, run_pack),
     "convert-upstream": ("convert the authors' published .pth to an npseg weights file",
                          add_convert_arguments, run_convert),
 }

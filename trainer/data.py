@@ -167,14 +167,18 @@ def read_split_file(path) -> dict[str, list[str]]:
 
 def load_or_make_split(root, seed: int, split_file: Path | None = None, skip_bad: bool = False,
                        limit: int | None = None, inherited: dict | None = None) -> dict[str, list[str]]:
-    """The split recorded in `split_file` when it exists (so resume and eval reuse it), else
+    """The split recorded in `split_file` when it exists (so resume and eval reuse it), else the one
+    a packed copy records (`write_pack`), else
     `inherited` (the split an --init or --splits-from file recorded for this dataset) when it covers exactly
     this folder's images, so that a fine-tune never trains on its starting model's test images,
     else a new one from `seed`. `limit` keeps the first N stems of each part (for smoke runs)."""
     if split_file is not None and split_file.exists():
         return read_split_file(split_file)
     stems = [p.stem for p in list_pairs(root, skip_bad=skip_bad)]
-    if inherited is not None and sorted(s for part in inherited.values() for s in part) == sorted(stems):
+    packed = pack_info(root)
+    if packed is not None:
+        split = _packed_split(root, packed, stems, inherited)
+    elif inherited is not None and sorted(s for part in inherited.values() for s in part) == sorted(stems):
         split = {k: list(v) for k, v in inherited.items()}
     else:
         if inherited is not None:
@@ -188,6 +192,96 @@ def load_or_make_split(root, seed: int, split_file: Path | None = None, skip_bad
         split_file.parent.mkdir(parents=True, exist_ok=True)
         split_file.write_text(json.dumps(split, indent=0))
     return split
+
+
+def _resized_samples(pairs: dict[str, Pair], stems: list[str], size, skip_bad: bool, progress: str | None):
+    """(stem, RGB image, {0,1} mask) at `size` for each stem, decoded in order; a bad file stops with
+    DataError or, under `skip_bad`, is skipped with a warning. `progress`: a progress bar's title."""
+    it = stems
+    if progress:
+        from tqdm import tqdm
+        it = tqdm(stems, desc=progress, mininterval=5)
+    for s in it:
+        try:
+            img, mask = read_pair(pairs[s])
+        except DataError as e:
+            if not skip_bad:
+                raise DataError(f"{e} (or pass --skip-bad to skip such files with a warning)") from None
+            warnings.warn(f"skipping {e}", stacklevel=2)
+            continue
+        yield (s, *resize_sample(img, mask, size))
+
+
+# ---------------------------------------------------------------- packed copies
+
+PACK_FILE = "pack.json"
+
+
+def pack_info(root) -> dict | None:
+    """What a packed copy (`python -m trainer pack`) records about itself: its dataset's whole split,
+    the size it was resized to, the folder it came from and the JPEG quality; None for an ordinary
+    dataset folder."""
+    path = Path(root) / PACK_FILE
+    if not path.exists():
+        return None
+    try:
+        info = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise DataError(f"{path}: cannot read it ({e}); pack the dataset again with `python -m trainer pack`") from None
+    if not (isinstance(info, dict) and {"split", "size", "source", "jpeg_quality"} <= set(info)
+            and isinstance(info["split"], dict) and set(info["split"]) == {"train", "val", "test"}):
+        raise DataError(f"{path}: not a pack record (split, size, source, jpeg_quality); pack the dataset again "
+                        "with `python -m trainer pack`")
+    return info
+
+
+def _packed_split(root, packed: dict, stems: list[str], inherited: dict | None) -> dict[str, list[str]]:
+    """A packed copy's recorded split, checked against the images it holds (its train and validation
+    parts, no test images) and against the split --init or --splits-from records."""
+    split = {k: list(v) for k, v in packed["split"].items()}
+    if sorted(split["train"] + split["val"]) != sorted(stems):
+        raise DataError(f"{root}: its images are not the train and validation parts that {PACK_FILE} records "
+                        "(files added or removed after packing); pack the dataset again")
+    if inherited is not None and sorted(inherited["test"]) != sorted(split["test"]):
+        raise DataError(f"{root}: packed with another split than --init or --splits-from records for "
+                        f"{dataset_name(root)!r}; pack it again with the same --init or --splits-from")
+    return split
+
+
+def write_pack(root, split: dict[str, list[str]], out_dir, size, jpeg_quality: int = 95,
+               skip_bad: bool = False, progress: bool = True) -> tuple[Path, int]:
+    """Write the train and validation samples of `root`'s split, resized to `size`, to out_dir/<dataset>/
+    (images as JPEG at `jpeg_quality` with full-resolution chroma, masks as 0/255 PNG) with PACK_FILE recording the whole split;
+    the test images are left out. Returns (the packed folder, its bytes)."""
+    root = Path(root)
+    pairs = {p.stem: p for p in list_pairs(root, skip_bad=skip_bad)}
+    dest = Path(out_dir) / dataset_name(root)
+    if dest.exists():
+        raise DataError(f"{dest}: already exists; remove it or pack to another folder (-o)")
+    stems = split["train"] + split["val"]
+    for s in stems:
+        if s not in pairs:
+            raise DataError(f"{root}: the split names {s!r} but there is no such image/mask pair")
+    tmp = dest.with_name(dest.name + f".tmp{os.getpid()}")
+    (tmp / "images").mkdir(parents=True)
+    (tmp / "masks").mkdir()
+    kept = {"train": [], "val": []}
+    train = set(split["train"])
+    samples = _resized_samples(pairs, stems, size, skip_bad,
+                               f"packing {dataset_name(root)} ({len(stems)} train and validation samples)"
+                               if progress else None)
+    for s, img, mask in samples:
+        # full-resolution chroma (4:4:4): the default 4:2:0 halves the colour detail at the polyp's edge
+        cv2.imwrite(str(tmp / "images" / f"{s}.jpg"), np.ascontiguousarray(img[:, :, ::-1]),
+                    [cv2.IMWRITE_JPEG_QUALITY, jpeg_quality,
+                     cv2.IMWRITE_JPEG_SAMPLING_FACTOR, cv2.IMWRITE_JPEG_SAMPLING_FACTOR_444])
+        cv2.imwrite(str(tmp / "masks" / f"{s}.png"), mask * 255)
+        kept["train" if s in train else "val"].append(s)
+    record = {"split": {"train": kept["train"], "val": kept["val"], "test": list(split["test"])},
+              "size": list(size_hw(size)), "source": str(root.resolve()), "jpeg_quality": jpeg_quality}
+    (tmp / PACK_FILE).write_text(json.dumps(record, indent=0))
+    os.replace(tmp, dest)
+    return dest, sum(f.stat().st_size for f in dest.rglob("*") if f.is_file())
 
 
 # ---------------------------------------------------------------- cache
@@ -219,19 +313,9 @@ def cached_arrays(root, stems: list[str], cache_dir, skip_bad: bool = False, pro
     if (d / "done").exists():
         return _load_cache(d)
     imgs, masks, bounds, kept = [], [], [], []
-    it = stems
-    if progress:
-        from tqdm import tqdm
-        it = tqdm(stems, desc=f"caching {dataset_name(root)} ({len(stems)} samples)", mininterval=5)
-    for s in it:
-        try:
-            img, mask = read_pair(pairs[s])
-        except DataError as e:
-            if not skip_bad:
-                raise DataError(f"{e} (or pass --skip-bad to skip such files with a warning)") from None
-            warnings.warn(f"skipping {e}", stacklevel=2)
-            continue
-        img, mask = resize_sample(img, mask, size)
+    samples = _resized_samples(pairs, stems, size, skip_bad,
+                               f"caching {dataset_name(root)} ({len(stems)} samples)" if progress else None)
+    for s, img, mask in samples:
         imgs.append(img)
         masks.append(mask)
         bounds.append(boundary_target(mask))

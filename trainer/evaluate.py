@@ -99,13 +99,18 @@ def evaluate(weights_path, data_roots, splits: dict | None = None, part: str = "
     if splits is None:
         splits = seg.weights.provenance.get("splits")
         if not splits:
-            raise ValueError(f"{weights_path}: no splits in its provenance; pass the run's split files (--splits)")
+            raise D.DataError(f"{weights_path}: no splits in its provenance; pass the run's split files (--splits)")
     model = torch_model_from_weights(weights_path) if cross_check else None
     results, rows = {}, []
     for root in data_roots:
         name = D.dataset_name(root)
+        packed = D.pack_info(root)
+        if packed is not None:
+            raise D.DataError(f"{root}: a packed copy (train and validation frames resized to "
+                              f"{packed['size'][0]}x{packed['size'][1]}, no test frames); evaluate on the original "
+                              f"folder, {packed['source']}, at the frames' own resolution")
         if name not in splits:
-            raise ValueError(f"no split for dataset {name!r} (have {sorted(splits)}); the model was not trained "
+            raise D.DataError(f"no split for dataset {name!r} (have {sorted(splits)}); the model was not trained "
                              f"on it: pass its split file with --splits to evaluate on it anyway")
         pairs = {p.stem: p for p in D.list_pairs(root, skip_bad=skip_bad)}
         stems = splits[name][part][:limit] if limit else splits[name][part]

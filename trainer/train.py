@@ -74,22 +74,19 @@ def _log(msg: str, rank: int = 0) -> None:
         print(msg, flush=True)
 
 
-def prepare_data(opts: TrainOptions, run_dir: Path, progress: bool = True):
-    """Splits (recorded in run_dir/splits/) and the cached train/val arrays of every dataset."""
-    if not opts.data:
-        raise D.DataError("no dataset given: pass --data FOLDER (a folder with images/ and masks/), one or more")
-    D.check_size(opts.size)
+def resolve_splits(opts: TrainOptions, split_files: list[Path | None], progress: bool = True) -> dict:
+    """Each dataset's split: the one recorded in its split file (a resumed run), in a packed copy, in
+    --init or --splits-from (their test images stay out of training), else a new one from the seed."""
     names = [D.dataset_name(r) for r in opts.data]
     if len(set(names)) != len(names):
         raise D.DataError(f"dataset folders must have distinct names, got {names}")
-    split_files = [run_dir / "splits" / f"{name}.json" for name in names]
     # the --init and --splits-from files are read only while some dataset has no recorded split, so a
     # resume never needs them
-    fresh = [name for name, f in zip(names, split_files) if not f.exists()]
+    fresh = [name for name, f in zip(names, split_files) if f is None or not f.exists()]
     init_prov = _provenance_of(opts.init) if opts.init and fresh else {}
     inherited = _recorded_splits(init_prov, opts.splits_from if fresh else [], fresh)
     ancestors = _ancestor_datasets(init_prov)
-    splits, train_parts, val_parts = {}, [], []
+    splits = {}
     for root, name, split_file in zip(opts.data, names, split_files):
         if name in fresh and name not in inherited and name in ancestors:
             raise D.DataError(
@@ -102,6 +99,36 @@ def prepare_data(opts: TrainOptions, run_dir: Path, progress: bool = True):
         if progress and name in inherited and split["test"] == inherited[name]["test"]:
             _log(f"{name}: the recorded split (from --init or --splits-from; its test images stay out of training)")
         splits[name] = split
+    return splits
+
+
+def packed_copies(opts: TrainOptions) -> dict[str, dict]:
+    """The run's packed copies by dataset name (their pack records); a copy packed at another size than
+    the run's is an error, since resizing it again would train on twice-resized frames."""
+    found = {}
+    for root in opts.data:
+        info = D.pack_info(root)
+        if info is None:
+            continue
+        if tuple(info["size"]) != D.size_hw(opts.size):
+            height, width = info["size"]
+            raise D.DataError(f"{root}: a copy packed at {height}x{width}; train it with --size "
+                              f"{height if height == width else f'{height}x{width}'}, or pack {info['source']} "
+                              "again at this run's size")
+        found[D.dataset_name(root)] = {k: info[k] for k in ("source", "size", "jpeg_quality")}
+    return found
+
+
+def prepare_data(opts: TrainOptions, run_dir: Path, progress: bool = True):
+    """Splits (recorded in run_dir/splits/) and the cached train/val arrays of every dataset."""
+    if not opts.data:
+        raise D.DataError("no dataset given: pass --data FOLDER (a folder with images/ and masks/), one or more")
+    D.check_size(opts.size)
+    names = [D.dataset_name(r) for r in opts.data]
+    splits = resolve_splits(opts, [run_dir / "splits" / f"{name}.json" for name in names], progress)
+    train_parts, val_parts = [], []
+    for root, name in zip(opts.data, names):
+        split = splits[name]
         train_parts.append(D.cached_arrays(root, split["train"], opts.cache_dir, opts.skip_bad, progress, opts.size))
         val_parts.append(D.cached_arrays(root, split["val"], opts.cache_dir, opts.skip_bad, progress, opts.size))
     return names, splits, train_parts, val_parts
@@ -322,6 +349,7 @@ def train(opts: TrainOptions, resume: bool = False, resume_overrides=()) -> dict
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     torch.set_num_threads(opts.threads)
 
+    packed = packed_copies(opts)
     if rank == 0:
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "options.json").write_text(json.dumps(dataclasses.asdict(opts), indent=1))
@@ -452,7 +480,7 @@ def train(opts: TrainOptions, resume: bool = False, resume_overrides=()) -> dict
                    "epoch_seconds": round(epoch_seconds, 1), "train_seconds": round(state["train_seconds"], 1)}
             state["history"].append(row)
             ck = {"format": CHECKPOINT_FORMAT, "config": model.cfg.to_dict(), "options": dataclasses.asdict(opts),
-                  "splits": splits, "init": init_info, "datasets": [str(Path(r).resolve()) for r in opts.data],
+                  "splits": splits, "init": init_info, "datasets": [str(Path(r).resolve()) for r in opts.data], "packed": packed,
                   "model": selected.state_dict(), "optimizer": optimizer.state_dict(),
                   "lr_schedule": {"kind": "cosine", "base_lr": opts.lr, "epochs": opts.epochs}, "torch_rng": torch.get_rng_state(), **state}
             if average is not None:
@@ -567,6 +595,7 @@ def checkpoint_provenance(ckpt: dict, ckpt_path) -> dict:
         "checkpoint": Path(ckpt_path).name,
         "variant": opts["variant"],
         "datasets": {D.dataset_name(r): r for r in ckpt["datasets"]},
+        **({"packed_copies": ckpt["packed"]} if ckpt.get("packed") else {}),
         "hardware": f"{opts['device']}, {opts['threads']} torch thread(s) per process",
         "splits": ckpt["splits"],
         "split_sha256": {name: D.split_hash(s) for name, s in ckpt["splits"].items()},
