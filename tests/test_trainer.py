@@ -850,3 +850,23 @@ def test_pack_copies_train_and_val_frames_and_trains_and_evaluates_on_the_source
     next((packed / "images").iterdir()).unlink()
     with pytest.raises(D.DataError, match="not the train and validation parts"):
         train(options(tmp, packed, "pack-tampered", epochs=1, size=64))
+
+
+def test_pack_stops_on_a_corrupt_image_or_skips_it_with_skip_bad(tmp_path, capsys):
+    """A bad frame stops `pack` with its name and leaves no half-written copy; with --skip-bad it is
+    left out of the copy, whose record lists only the frames it holds, and a run on it trains."""
+    from trainer.__main__ import main
+
+    data = make_dataset(tmp_path / "d", n=12)
+    split = D.make_split([f"img{i:02d}" for i in range(12)], 0)
+    bad = split["train"][0]
+    (data / "images" / f"{bad}.jpg").write_bytes(b"not a jpeg")
+    assert main(["pack", "--data", str(data), "--size", "64", "-o", str(tmp_path / "packed")]) == 2
+    assert f"{bad}.jpg" in capsys.readouterr().err
+    assert not (tmp_path / "packed").exists() or not any((tmp_path / "packed").iterdir())
+    with pytest.warns(UserWarning, match=bad):
+        assert main(["pack", "--data", str(data), "--size", "64", "-o", str(tmp_path / "packed"), "--skip-bad"]) == 0
+    record = D.pack_info(tmp_path / "packed" / "d")
+    assert record["split"]["train"] == [s for s in split["train"] if s != bad]
+    assert record["split"]["test"] == split["test"]
+    train(options(tmp_path, tmp_path / "packed" / "d", "run", epochs=1, size=64))

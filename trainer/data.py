@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -261,26 +262,32 @@ def write_pack(root, split: dict[str, list[str]], out_dir, size, jpeg_quality: i
     stems = split["train"] + split["val"]
     for s in stems:
         if s not in pairs:
-            raise DataError(f"{root}: the split names {s!r} but there is no such image/mask pair")
+            _bad(f"{root / 'images'}: split names {s!r} but no image/mask pair has that stem", skip_bad)
+    stems = [s for s in stems if s in pairs]
     tmp = dest.with_name(dest.name + f".tmp{os.getpid()}")
-    (tmp / "images").mkdir(parents=True)
-    (tmp / "masks").mkdir()
-    kept = {"train": [], "val": []}
-    train = set(split["train"])
-    samples = _resized_samples(pairs, stems, size, skip_bad,
-                               f"packing {dataset_name(root)} ({len(stems)} train and validation samples)"
-                               if progress else None)
-    for s, img, mask in samples:
-        # full-resolution chroma (4:4:4): the default 4:2:0 halves the colour detail at the polyp's edge
-        cv2.imwrite(str(tmp / "images" / f"{s}.jpg"), np.ascontiguousarray(img[:, :, ::-1]),
-                    [cv2.IMWRITE_JPEG_QUALITY, jpeg_quality,
-                     cv2.IMWRITE_JPEG_SAMPLING_FACTOR, cv2.IMWRITE_JPEG_SAMPLING_FACTOR_444])
-        cv2.imwrite(str(tmp / "masks" / f"{s}.png"), mask * 255)
-        kept["train" if s in train else "val"].append(s)
-    record = {"split": {"train": kept["train"], "val": kept["val"], "test": list(split["test"])},
-              "size": list(size_hw(size)), "source": str(root.resolve()), "jpeg_quality": jpeg_quality}
-    (tmp / PACK_FILE).write_text(json.dumps(record, indent=0))
-    os.replace(tmp, dest)
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        (tmp / "images").mkdir(parents=True)
+        (tmp / "masks").mkdir()
+        kept = {"train": [], "val": []}
+        train = set(split["train"])
+        samples = _resized_samples(pairs, stems, size, skip_bad,
+                                   f"packing {dataset_name(root)} ({len(stems)} train and validation samples)"
+                                   if progress else None)
+        for s, img, mask in samples:
+            # full-resolution chroma (4:4:4): the default 4:2:0 halves the colour detail at the polyp's edge
+            cv2.imwrite(str(tmp / "images" / f"{s}.jpg"), np.ascontiguousarray(img[:, :, ::-1]),
+                        [cv2.IMWRITE_JPEG_QUALITY, jpeg_quality,
+                         cv2.IMWRITE_JPEG_SAMPLING_FACTOR, cv2.IMWRITE_JPEG_SAMPLING_FACTOR_444])
+            cv2.imwrite(str(tmp / "masks" / f"{s}.png"), mask * 255)
+            kept["train" if s in train else "val"].append(s)
+        record = {"split": {"train": kept["train"], "val": kept["val"], "test": list(split["test"])},
+                  "size": list(size_hw(size)), "source": str(root.resolve()), "jpeg_quality": jpeg_quality}
+        (tmp / PACK_FILE).write_text(json.dumps(record, indent=0))
+        os.replace(tmp, dest)
+    except BaseException:  # a stopped pack leaves nothing half-written behind
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     return dest, sum(f.stat().st_size for f in dest.rglob("*") if f.is_file())
 
 
@@ -331,7 +338,6 @@ def cached_arrays(root, stems: list[str], cache_dir, skip_bad: bool = False, pro
     try:
         os.replace(tmp, d)  # atomic: a concurrent run either sees the finished cache or builds its own
     except OSError:  # another process finished the same cache first
-        import shutil
         shutil.rmtree(tmp, ignore_errors=True)
     return _load_cache(d)
 
