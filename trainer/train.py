@@ -480,7 +480,8 @@ def train(opts: TrainOptions, resume: bool = False, resume_overrides=()) -> dict
                    "epoch_seconds": round(epoch_seconds, 1), "train_seconds": round(state["train_seconds"], 1)}
             state["history"].append(row)
             ck = {"format": CHECKPOINT_FORMAT, "config": model.cfg.to_dict(), "options": dataclasses.asdict(opts),
-                  "splits": splits, "init": init_info, "datasets": [str(Path(r).resolve()) for r in opts.data], "packed": packed,
+                  "splits": splits, "init": init_info, "datasets": [str(Path(r).resolve()) for r in opts.data],
+                  "packed": packed,
                   "model": selected.state_dict(), "optimizer": optimizer.state_dict(),
                   "lr_schedule": {"kind": "cosine", "base_lr": opts.lr, "epochs": opts.epochs}, "torch_rng": torch.get_rng_state(), **state}
             if average is not None:
