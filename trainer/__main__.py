@@ -277,6 +277,8 @@ def run_export(args) -> int:
 
 
 def add_pack_arguments(p: argparse.ArgumentParser) -> None:
+    from .data import PACK_JPEG_QUALITY
+
     p.add_argument("--data", nargs="+", required=True, metavar="FOLDER",
                    help="dataset folder(s) with images/ and masks/, as for train")
     p.add_argument("-o", "--output", required=True, metavar="FOLDER",
@@ -287,15 +289,15 @@ def add_pack_arguments(p: argparse.ArgumentParser) -> None:
                    help="the run's --init: a dataset it records a split for keeps that split")
     p.add_argument("--splits-from", nargs="+", default=[], metavar="FILE", help="as for train")
     p.add_argument("--seed", type=int, default=0, help="split seed for a dataset with no recorded split (as for train)")
-    p.add_argument("--quality", type=_jpeg_quality, default=95, metavar="50-100",
-                   help="JPEG quality of the packed images, colour at full resolution (default 95: a mean error of "
-                        "1 grey level; training on such a copy matched training on the originals to 0.0004 "
+    p.add_argument("--quality", type=_jpeg_quality, default=PACK_JPEG_QUALITY, metavar="50-100",
+                   help=f"JPEG quality of the packed images, colour at full resolution (default "
+                        f"{PACK_JPEG_QUALITY}: a mean error of 1 grey level; training on such a copy matched training on the originals to 0.0004 "
                         "validation Dice, while 90 lost up to 0.006)")
     p.add_argument("--skip-bad", action="store_true", help="skip unreadable or mismatched files with a warning")
 
 
 def run_pack(args) -> int:
-    from .data import DataError, check_size, write_pack
+    from .data import DataError, check_size, size_text, write_pack
     from .train import TrainOptions, resolve_splits
 
     opts = TrainOptions(data=args.data, seed=args.seed, init=args.init, splits_from=args.splits_from,
@@ -313,8 +315,7 @@ def run_pack(args) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(f"packed {total / 2**20:.1f} MiB; train on the copies with --data {args.output}/<dataset> --size "
-          f"{args.size if isinstance(args.size, int) else 'x'.join(map(str, args.size))}, and evaluate the result "
-          "on the original folders")
+          f"{size_text(opts.size)}, and evaluate the result on the original folders")
     return 0
 
 

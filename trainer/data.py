@@ -116,6 +116,12 @@ def size_hw(size) -> tuple[int, int]:
     return (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
 
 
+def size_text(size) -> str:
+    """A size as --size takes it: the side of a square ("320"), else HxW ("288x448")."""
+    height, width = size_hw(size)
+    return str(height) if height == width else f"{height}x{width}"
+
+
 def check_size(size) -> None:
     sides = [size] if isinstance(size, int) else list(size) if isinstance(size, (list, tuple)) else [None]
     if len(sides) not in (1, 2) or not all(isinstance(s, int) and s > 0 and s % 16 == 0 for s in sides):
@@ -195,6 +201,15 @@ def load_or_make_split(root, seed: int, split_file: Path | None = None, skip_bad
     return split
 
 
+def _paired_stems(root: Path, stems: list[str], pairs: dict[str, Pair], skip_bad: bool) -> list[str]:
+    """The split's stems that have an image/mask pair; one without stops with DataError (or is dropped
+    with a warning under `skip_bad`)."""
+    for s in stems:
+        if s not in pairs:
+            _bad(f"{root / 'images'}: split names {s!r} but no image/mask pair has that stem", skip_bad)
+    return [s for s in stems if s in pairs]
+
+
 def _resized_samples(pairs: dict[str, Pair], stems: list[str], size, skip_bad: bool, progress: str | None):
     """(stem, RGB image, {0,1} mask) at `size` for each stem, decoded in order; a bad file stops with
     DataError or, under `skip_bad`, is skipped with a warning. `progress`: a progress bar's title."""
@@ -216,6 +231,7 @@ def _resized_samples(pairs: dict[str, Pair], stems: list[str], size, skip_bad: b
 # ---------------------------------------------------------------- packed copies
 
 PACK_FILE = "pack.json"
+PACK_JPEG_QUALITY = 95  # with full chroma, training on the copy retraces training on the originals
 
 
 def pack_info(root) -> dict | None:
@@ -249,7 +265,7 @@ def _packed_split(root, packed: dict, stems: list[str], inherited: dict | None) 
     return split
 
 
-def write_pack(root, split: dict[str, list[str]], out_dir, size, jpeg_quality: int = 95,
+def write_pack(root, split: dict[str, list[str]], out_dir, size, jpeg_quality: int = PACK_JPEG_QUALITY,
                skip_bad: bool = False, progress: bool = True) -> tuple[Path, int]:
     """Write the train and validation samples of `root`'s split, resized to `size`, to out_dir/<dataset>/
     (images as JPEG at `jpeg_quality` with full-resolution chroma, masks as 0/255 PNG) with PACK_FILE recording the whole split;
@@ -259,11 +275,7 @@ def write_pack(root, split: dict[str, list[str]], out_dir, size, jpeg_quality: i
     dest = Path(out_dir) / dataset_name(root)
     if dest.exists():
         raise DataError(f"{dest}: already exists; remove it or pack to another folder (-o)")
-    stems = split["train"] + split["val"]
-    for s in stems:
-        if s not in pairs:
-            _bad(f"{root / 'images'}: split names {s!r} but no image/mask pair has that stem", skip_bad)
-    stems = [s for s in stems if s in pairs]
+    stems = _paired_stems(root, split["train"] + split["val"], pairs, skip_bad)
     tmp = dest.with_name(dest.name + f".tmp{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     try:
@@ -312,10 +324,7 @@ def cached_arrays(root, stems: list[str], cache_dir, skip_bad: bool = False, pro
     (or are dropped with a warning under `skip_bad`)."""
     root = Path(root)
     pairs = {p.stem: p for p in list_pairs(root, skip_bad=skip_bad)}
-    missing = [s for s in stems if s not in pairs]
-    for s in missing:
-        _bad(f"{root / 'images'}: split names {s!r} but no image/mask pair has that stem", skip_bad)
-    stems = [s for s in stems if s in pairs]
+    stems = _paired_stems(root, stems, pairs, skip_bad)
     d = Path(cache_dir) / f"{dataset_name(root)}-{_cache_key(root, stems, pairs, size)}"
     if (d / "done").exists():
         return _load_cache(d)

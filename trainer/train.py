@@ -113,8 +113,7 @@ def packed_copies(opts: TrainOptions) -> dict[str, dict]:
         if tuple(info["size"]) != D.size_hw(opts.size):
             height, width = info["size"]
             raise D.DataError(f"{root}: a copy packed at {height}x{width}; train it with --size "
-                              f"{height if height == width else f'{height}x{width}'}, or pack {info['source']} "
-                              "again at this run's size")
+                              f"{D.size_text(info['size'])}, or pack {info['source']} again at this run's size")
         found[D.dataset_name(root)] = {k: info[k] for k in ("source", "size", "jpeg_quality")}
     return found
 
