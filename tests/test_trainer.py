@@ -866,6 +866,7 @@ def test_pack_stops_on_a_corrupt_image_or_skips_it_with_skip_bad(tmp_path, capsy
     assert not (tmp_path / "packed").exists() or not any((tmp_path / "packed").iterdir())
     with pytest.warns(UserWarning, match=bad):
         assert main(["pack", "--data", str(data), "--size", "64", "-o", str(tmp_path / "packed"), "--skip-bad"]) == 0
+    assert f"{len(split['train']) - 1} train + {len(split['val'])} validation frames" in capsys.readouterr().out
     record = D.pack_info(tmp_path / "packed" / "d")
     assert record["split"]["train"] == [s for s in split["train"] if s != bad]
     assert record["split"]["test"] == split["test"]

@@ -297,7 +297,7 @@ def add_pack_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run_pack(args) -> int:
-    from .data import DataError, check_size, size_text, write_pack
+    from .data import DataError, check_size, pack_info, size_text, write_pack
     from .train import TrainOptions, resolve_splits
 
     opts = TrainOptions(data=args.data, seed=args.seed, init=args.init, splits_from=args.splits_from,
@@ -309,6 +309,7 @@ def run_pack(args) -> int:
         for root, split in zip(opts.data, splits.values()):
             dest, size = write_pack(root, split, args.output, opts.size, args.quality, args.skip_bad)
             total += size
+            split = pack_info(dest)["split"]  # what was written: --skip-bad may have left frames out
             print(f"{dest}: {len(split['train'])} train + {len(split['val'])} validation frames, "
                   f"{size / 2**20:.1f} MiB (its {len(split['test'])} test frames stay behind)")
     except DataError as e:
