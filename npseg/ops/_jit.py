@@ -15,7 +15,7 @@ try:
 except ImportError:  # pragma: no cover - exercised only where Numba is missing
     numba = None
 
-ACT_NONE, ACT_RELU, ACT_GELU = 0, 1, 2
+ACT_NONE, ACT_RELU, ACT_GELU, ACT_RELU6 = 0, 1, 2, 3
 
 
 # fastmath without "reassoc": sums keep the written order (FMA contraction stays allowed)

@@ -21,6 +21,10 @@ def relu_ref(x):
     return np.maximum(x, 0)
 
 
+def relu6_ref(x):
+    return np.clip(x, 0, 6)
+
+
 def softmax_channels_ref(x):
     """Softmax over axis 0 of [C,H,W]."""
     e = np.exp(x - x.max(0, keepdims=True))
@@ -39,7 +43,7 @@ def softmax_channels_ref(x):
 # sigmoid(x) = (1 + tanh(x/2)) / 2.
 import numpy as _np  # noqa: E402
 
-from ._jit import ACT_GELU, ACT_RELU, kernel, kernel_ordered  # noqa: E402
+from ._jit import ACT_GELU, ACT_RELU, ACT_RELU6, kernel, kernel_ordered  # noqa: E402
 
 _f = _np.float32
 ERF_CLAMP = 3.95  # erf(3.95) = 1 - 1.7e-8
@@ -81,11 +85,13 @@ def sigmoid_fast(x):
 
 @kernel
 def activate(v, act):
-    """The activation `act` (ACT_NONE / ACT_RELU / ACT_GELU) of one value."""
+    """The activation `act` (ACT_NONE / ACT_RELU / ACT_GELU / ACT_RELU6) of one value."""
     if act == ACT_GELU:
         return gelu_fast(v)
     if act == ACT_RELU:
         return max(v, _f(0.0))
+    if act == ACT_RELU6:
+        return min(max(v, _f(0.0)), _f(6.0))
     return v
 
 

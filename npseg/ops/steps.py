@@ -9,7 +9,7 @@ from functools import partial
 
 import numpy as np
 
-from ._jit import ACT_GELU, ACT_NONE, ACT_RELU
+from ._jit import ACT_GELU, ACT_NONE, ACT_RELU, ACT_RELU6
 from .activation import add_nb, affine_act_nb
 from .conv import (conv1x1_nb, conv3x3_nb, conv3x3_stats_nb, conv3x3_winograd_nb, conv4x4s2_nb, down2x2_nb,
                    gn_down_fold_nb, im2col3x3_nb, pad_nb, winograd_weights)
@@ -43,7 +43,7 @@ def _arrays(*arrays):
 
 
 def _act(act):
-    _need(act in (ACT_NONE, ACT_RELU, ACT_GELU), f"unknown activation code {act}")
+    _need(act in (ACT_NONE, ACT_RELU, ACT_GELU, ACT_RELU6), f"unknown activation code {act}")
     return int(act)
 
 

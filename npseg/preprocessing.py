@@ -1,0 +1,115 @@
+"""Pre- and post-processing as data: what a weights file records, and the code that applies it.
+
+A weights file's `preprocessing` (JSON) says how a frame becomes the network input:
+
+    {"color_order": "RGB" | "BGR",                 channel order of the input planes
+     "resize": "bilinear",                         cv2.resize INTER_LINEAR to input_size (aspect not kept)
+     "normalize": {"kind": "affine", "scale": s, "mean": [m0, m1, m2], "std": [s0, s1, s2]}
+                                                   x = (pixel * s - mean[c]) / std[c]
+              or {"kind": "minmax", "low": lo, "high": hi}
+                                                   per image, over all pixels and channels:
+                                                   x = lo + (hi - lo) * (pixel - min) / (max - min)}
+
+and its `output` how logits become a probability:
+
+    {"activation": "softmax", "polyp_channel": 1}  softmax over the logit channels
+    {"activation": "sigmoid", "polyp_channel": 0}  sigmoid of one logit
+
+Both npseg and the trainer normalise through `affine_coefficients`, so a model
+sees the same numbers in training and in deployment.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+RESIZE_MODES = ("bilinear",)
+COLOR_ORDERS = ("RGB", "BGR")
+ACTIVATIONS = ("softmax", "sigmoid")
+
+
+def affine(scale: float = 1.0 / 255.0, mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0), color_order: str = "RGB") -> dict:
+    return {"color_order": color_order, "resize": "bilinear",
+            "normalize": {"kind": "affine", "scale": scale, "mean": list(mean), "std": list(std)}}
+
+
+def minmax(low: float = 0.0, high: float = 255.0, color_order: str = "RGB") -> dict:
+    return {"color_order": color_order, "resize": "bilinear", "normalize": {"kind": "minmax", "low": low, "high": high}}
+
+
+def _number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and abs(v) < 1e6
+
+
+def preprocessing_problems(pre) -> list[str]:
+    """Why `pre` is not a valid preprocessing record (empty list: it is)."""
+    if not isinstance(pre, dict):
+        return [f"preprocessing must be a JSON object, got {type(pre).__name__}"]
+    problems = []
+    if set(pre) != {"color_order", "resize", "normalize"}:
+        problems.append(f"preprocessing keys are {sorted(pre)}, expected color_order, resize, normalize")
+    if pre.get("color_order") not in COLOR_ORDERS:
+        problems.append(f"color_order {pre.get('color_order')!r} is not one of {list(COLOR_ORDERS)}")
+    if pre.get("resize") not in RESIZE_MODES:
+        problems.append(f"resize {pre.get('resize')!r} is not one of {list(RESIZE_MODES)}")
+    norm = pre.get("normalize")
+    if isinstance(norm, dict) and norm.get("kind") == "affine" and set(norm) == {"kind", "scale", "mean", "std"}:
+        vectors_ok = all(isinstance(norm[k], list) and len(norm[k]) == 3 and all(map(_number, norm[k]))
+                         for k in ("mean", "std"))
+        if not (_number(norm["scale"]) and norm["scale"] > 0 and vectors_ok and min(norm["std"]) > 0):
+            problems.append(f"affine normalize needs a positive scale and 3 means and 3 positive stds, got {norm}")
+    elif isinstance(norm, dict) and norm.get("kind") == "minmax" and set(norm) == {"kind", "low", "high"}:
+        if not (_number(norm["low"]) and _number(norm["high"]) and norm["high"] > norm["low"]):
+            problems.append(f"minmax normalize needs numbers low < high, got {norm}")
+    else:
+        problems.append(f"normalize {norm!r} is neither {{kind: affine, scale, mean, std}} nor {{kind: minmax, low, high}}")
+    return problems
+
+
+def output_problems(out, channels: int) -> list[str]:
+    """Why `out` is not a valid output record for a network with `channels` logits."""
+    if not isinstance(out, dict) or set(out) != {"activation", "polyp_channel"}:
+        return [f"output must be {{activation, polyp_channel}}, got {out!r}"]
+    if out["activation"] == "softmax" and channels == 2 and out["polyp_channel"] in (0, 1):
+        return []
+    if out["activation"] == "sigmoid" and channels == 1 and out["polyp_channel"] == 0:
+        return []
+    return [f"output {out} does not fit {channels} logit channel(s): "
+            "softmax needs 2 channels, sigmoid 1 (polyp_channel 0)"]
+
+
+def affine_coefficients(pre: dict, image_min: float = 0.0, image_max: float = 255.0):
+    """(scale[3], shift[3]) float32 with network input = pixel * scale[c] + shift[c] (pixel in 0..255,
+    planes already in `color_order`); for minmax, the image's min and max pixel are needed."""
+    norm = pre["normalize"]
+    if norm["kind"] == "affine":
+        std = np.asarray(norm["std"], np.float64)
+        scale = norm["scale"] / std
+        shift = -np.asarray(norm["mean"], np.float64) / std
+    else:
+        span = float(image_max) - float(image_min)
+        s = (norm["high"] - norm["low"]) / span if span > 0 else 0.0
+        scale = np.full(3, s)
+        shift = np.full(3, norm["low"] - float(image_min) * s)
+    return scale.astype(np.float32), shift.astype(np.float32)
+
+
+def polyp_probability(logits: np.ndarray, out: dict, dst: np.ndarray | None = None) -> np.ndarray:
+    """[K, h, w] logits -> [h, w] float32 polyp probability, as `out` says."""
+    k = out["polyp_channel"]
+    if out["activation"] == "softmax":  # two channels: p = 1 / (1 + exp(other - polyp))
+        z = np.subtract(logits[1 - k], logits[k], out=dst)
+    else:
+        z = np.negative(logits[k], out=dst)
+    np.exp(z, out=z)
+    z += 1.0
+    return np.reciprocal(z, out=z)
+
+
+def polyp_mask(logits: np.ndarray, out: dict, dst: np.ndarray | None = None) -> np.ndarray:
+    """[K, h, w] logits -> [h, w] bool, p > 0.5 without the exponential."""
+    k = out["polyp_channel"]
+    if out["activation"] == "softmax":
+        return np.greater(logits[k], logits[1 - k], out=dst)
+    return np.greater(logits[k], 0.0, out=dst)
