@@ -19,7 +19,8 @@ from . import reference
 from .config import UltraSegConfig
 from .ops import steps as ops
 from .ops._jit import ACT_GELU, ACT_NONE, ACT_RELU, numba
-from .ops.conv import conv1x1_ref, conv2d_ref, pad_nb
+from .ops.conv import conv2d_ref, pad_nb
+from .ops.conv1x1 import conv1x1_ref
 from .ops.gsa import shuffle_source
 from .ops.resize import resize_bilinear_ac_ref
 

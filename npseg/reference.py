@@ -10,7 +10,8 @@ import numpy as np
 
 from .config import UltraSegConfig
 from .ops.activation import gelu_ref as gelu, relu_ref as relu, sigmoid_ref as sigmoid, softmax_channels_ref
-from .ops.conv import conv1x1_ref, conv2d_ref
+from .ops.conv import conv2d_ref
+from .ops.conv1x1 import conv1x1_ref
 from .ops.norm import group_norm_ref, layer_norm_cf_ref
 from .ops.resize import max_pool2x2_ref, resize_bilinear_ac_ref as resize
 

@@ -18,7 +18,7 @@ torch = pytest.importorskip("torch")
 import npseg  # noqa: E402
 from conftest import random_torch_model, write_weights  # noqa: E402
 from npseg.engine_numba import NumbaEngine  # noqa: E402
-from npseg.ops import conv, heads  # noqa: E402
+from npseg.ops import conv3x3, conv_stride2, heads  # noqa: E402
 
 TOL = 1e-4
 SIZES = st.integers(2, 16).map(lambda k: 16 * k)
@@ -128,9 +128,9 @@ def test_numba_is_the_default_and_its_compiled_kernels_run():
     seg.predict(np.zeros((120, 160, 3), np.uint8))
     plan = seg._engine.plan(*seg.input_size)
     kernels = {step.func for step in plan.steps if step.func is not np.dot}
-    assert {conv.conv3x3_nb, conv.conv3x3_winograd_nb, conv.conv4x4s2_nb, heads.gate_head_nb} <= kernels
+    assert {conv3x3.conv3x3_nb, conv3x3.conv3x3_winograd_nb, conv_stride2.conv4x4s2_nb, heads.gate_head_nb} <= kernels
     for kernel in kernels:  # every other step is a Numba dispatcher that has compiled (or loaded) machine code
-        assert isinstance(kernel, type(conv.conv3x3_nb)) and kernel.signatures, kernel
+        assert isinstance(kernel, type(conv3x3.conv3x3_nb)) and kernel.signatures, kernel
 
 
 @settings(max_examples=10, deadline=None)

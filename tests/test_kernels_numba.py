@@ -17,7 +17,8 @@ from npseg.ops import steps  # noqa: E402
 from npseg.ops._jit import ACT_GELU, ACT_NONE, ACT_RELU  # noqa: E402
 from npseg.ops.activation import (  # noqa: E402
     gelu_nb, gelu_ref, relu_ref, sigmoid_nb, sigmoid_ref)
-from npseg.ops.conv import conv1x1_ref, conv2d_ref  # noqa: E402
+from npseg.ops.conv import conv2d_ref  # noqa: E402
+from npseg.ops.conv1x1 import conv1x1_ref  # noqa: E402
 from npseg.ops.gsa import gsa_norm_ref, shuffle_source  # noqa: E402
 from npseg.ops.heads import agf_fuse_ref, gate_head_ref, merge_ref, ssa_ref  # noqa: E402
 from npseg.ops.image import bgr_to_rgb_planar_nb, bgr_to_rgb_planar_ref  # noqa: E402

@@ -14,7 +14,8 @@ torch = pytest.importorskip("torch")
 F = torch.nn.functional
 
 from npseg.ops.activation import gelu_ref, relu_ref, sigmoid_ref, softmax_channels_ref  # noqa: E402
-from npseg.ops.conv import conv1x1_ref, conv2d_ref  # noqa: E402
+from npseg.ops.conv import conv2d_ref  # noqa: E402
+from npseg.ops.conv1x1 import conv1x1_ref  # noqa: E402
 from npseg.ops.norm import (  # noqa: E402
     batchnorm_scale_shift,
     fold_affine_into_unpadded_conv,

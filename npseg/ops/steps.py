@@ -11,8 +11,10 @@ import numpy as np
 
 from ._jit import ACT_GELU, ACT_NONE, ACT_RELU, ACT_RELU6
 from .activation import add_nb, affine_act_nb
-from .conv import (conv1x1_nb, conv3x3_nb, conv3x3_stats_nb, conv3x3_winograd_nb, conv4x4s2_nb, down2x2_nb,
-                   gn_down_fold_nb, im2col3x3_nb, pad_nb, winograd_weights)
+from .conv import pad_nb
+from .conv1x1 import conv1x1_nb
+from .conv3x3 import conv3x3_nb, conv3x3_winograd_nb, im2col3x3_nb, winograd_weights
+from .conv_stride2 import conv3x3_stats_nb, conv4x4s2_nb, down2x2_nb, gn_down_fold_nb
 from .gsa import gsa_norm_nb
 from .heads import agf_fuse_nb, gate_head_nb, merge_nb, ssa_nb
 from .norm import group_norm_coeffs_nb
