@@ -10,6 +10,14 @@ from __future__ import annotations
 import dataclasses
 import math
 
+import numpy as np
+
+from ..ops.activation import relu6_ref as relu6, relu_ref as relu
+from ..ops.attention import attention_gate_ref, channel_attention_ref, spatial_attention_ref
+from ..ops.conv import conv2d_ref
+from ..ops.inverted_residual import multi_kernel_depthwise_ref
+from ..ops.resize import max_pool2x2_ref as max_pool
+from ..ops.upsample import up2_ref as up2
 from .config import ModelConfig
 
 KERNELS = (1, 3, 5)  # the MKIR's depthwise branches
@@ -107,3 +115,107 @@ def expected_tensors(cfg: UltraLightUNetConfig) -> dict[str, tuple[int, ...]]:
         spec[f"out{i + 1}.weight"] = (k, width, 1, 1)
         spec[f"out{i + 1}.bias"] = (k,)
     return spec
+
+
+# ---- load-time folds -----------------------------------------------------------------------
+
+def _bn_folded(t, conv, bn, bias=None):
+    """(weight, bias) of conv `conv` followed by BatchNorm `bn`, folded exactly."""
+    scale = t[f"{bn}.weight"] / np.sqrt(t[f"{bn}.running_var"] + BN_EPS)
+    b0 = 0.0 if bias is None else t[bias]
+    return t[conv] * scale[:, None, None, None], t[f"{bn}.bias"] + (b0 - t[f"{bn}.running_mean"]) * scale
+
+
+def shuffle_source(e: int, groups: int) -> np.ndarray:
+    """For each input column j of the projection applied to the unshuffled sum, the column of the
+    authors' weight (which reads the shuffled one): shuffled channel k*g + i is channel i*q + k."""
+    q = e // groups
+    j = np.arange(e)
+    return (j % q) * groups + j // q
+
+
+def _fold_mkir(t, p, name, cin, cout):
+    p[f"{name}.pw1.weight"], p[f"{name}.pw1.bias"] = _bn_folded(t, f"{name}.pconv1.0.weight", f"{name}.pconv1.1")
+    for j, k in enumerate(KERNELS):
+        branch = f"{name}.multi_scale_dwconv.dwconvs.{j}"
+        p[f"{name}.dw{k}.weight"], p[f"{name}.dw{k}.bias"] = _bn_folded(t, f"{branch}.0.weight", f"{branch}.1")
+    w2, p[f"{name}.project.bias"] = _bn_folded(t, f"{name}.pconv2.0.weight", f"{name}.pconv2.1")
+    w2 = w2[:, shuffle_source(EXPANSION * cin, shuffle_groups(cin, cout))]
+    # the residual joins the projection: one 1x1 conv over [s; x] (identity: a unit block)
+    residual = t[f"{name}.conv1x1.weight"] if cin != cout else np.eye(cout)[:, :, None, None]
+    p[f"{name}.project.weight"] = np.concatenate([w2, residual], axis=1)
+
+
+def _fold_gate(t, p, name):
+    for branch in ("W_g", "W_x"):
+        p[f"{name}.{branch}.weight"], p[f"{name}.{branch}.bias"] = _bn_folded(
+            t, f"{name}.{branch}.0.weight", f"{name}.{branch}.1", bias=f"{name}.{branch}.0.bias")
+    p[f"{name}.psi.weight"], p[f"{name}.psi.bias"] = _bn_folded(
+        t, f"{name}.psi.0.weight", f"{name}.psi.1", bias=f"{name}.psi.0.bias")
+
+
+def fold(cfg: UltraLightUNetConfig, tensors: dict) -> dict:
+    """Every BN into its conv, each channel shuffle into the projection's column order, the residual
+    into the projection. The deep-supervision heads out1..out3 are dropped (never computed).
+    Computed in float64; returned in the tensors' dtype."""
+    dtype = tensors["out4.weight"].dtype
+    t = {k: np.asarray(v, np.float64) for k, v in tensors.items()}
+    p: dict[str, np.ndarray] = {}
+    for i, (cin, cout) in enumerate(encoder_widths(cfg)):
+        _fold_mkir(t, p, f"encoder{i + 1}.0", cin, cout)
+    for i, (cin, cout) in enumerate(decoder_widths(cfg)):
+        _fold_mkir(t, p, f"decoder{i + 1}.0", cin, cout)
+    for i in range(1, 5):
+        _fold_gate(t, p, f"AG{i}")
+    for name in [f"CA{i}.fc{j}.weight" for i in range(1, 6) for j in (1, 2)] + ["SA.conv.weight", "out4.weight",
+                                                                                 "out4.bias"]:
+        p[name] = t[name]
+    return {k: np.ascontiguousarray(v, dtype=dtype) for k, v in p.items()}
+
+
+# ---- reference forward ---------------------------------------------------------------------
+
+def _conv(p, name, x, padding=0, groups=1):
+    return conv2d_ref(x, p[f"{name}.weight"], p[f"{name}.bias"], padding=padding, groups=groups)
+
+
+def mkir(p, name, x):
+    """Multi-kernel inverted residual block, folded: [in, h, w] -> [out, h, w]."""
+    e = relu6(_conv(p, f"{name}.pw1", x))  # [E, h, w] expand
+    s = multi_kernel_depthwise_ref(e, [p[f"{name}.dw{k}.weight"] for k in KERNELS],
+                                   [p[f"{name}.dw{k}.bias"] for k in KERNELS])  # [E, h, w]
+    return _conv(p, f"{name}.project", np.concatenate([s, x]))  # [out, h, w] (shuffle and residual folded)
+
+
+def decoder_stage(p, i, u):
+    """CA, SA, the decoder MKIR at u's resolution, then up x2 and ReLU: [in, h, w] -> [out, 2h, 2w]."""
+    u = u * channel_attention_ref(u, p[f"CA{i}.fc1.weight"], p[f"CA{i}.fc2.weight"])[:, None, None]  # [in, h, w]
+    u = u * spatial_attention_ref(u, p["SA.conv.weight"])  # [in, h, w]
+    return relu(up2(mkir(p, f"decoder{i}.0", u)))  # [out, 2h, 2w]
+
+
+def gated_skip(p, i, u, skip):
+    """u + skip * GAG_i(u, skip): [C, h, w]."""
+    gate = attention_gate_ref(u, skip, *(p[f"AG{i}.{n}.{f}"] for n in ("W_g", "W_x", "psi") for f in ("weight", "bias")))
+    return u + skip * gate
+
+
+def reference_features(cfg: UltraLightUNetConfig, p: dict, x: np.ndarray) -> dict:
+    """The named features of the forward (the golden files' taps) and the logits."""
+    f = {}
+    f["t1"] = max_pool(mkir(p, "encoder1.0", x))  # [c0, H/2, W/2]
+    f["t2"] = max_pool(mkir(p, "encoder2.0", f["t1"]))  # [c1, H/4, W/4]
+    f["t3"] = max_pool(mkir(p, "encoder3.0", f["t2"]))  # [c2, H/8, W/8]
+    f["t4"] = max_pool(mkir(p, "encoder4.0", f["t3"]))  # [c3, H/16, W/16]
+    f["b"] = max_pool(mkir(p, "encoder5.0", f["t4"]))  # [c4, H/32, W/32]
+    f["d1"] = gated_skip(p, 1, decoder_stage(p, 1, f["b"]), f["t4"])  # [c3, H/16, W/16]
+    f["d2"] = gated_skip(p, 2, decoder_stage(p, 2, f["d1"]), f["t3"])  # [c2, H/8, W/8]
+    f["d3"] = gated_skip(p, 3, decoder_stage(p, 3, f["d2"]), f["t2"])  # [c1, H/4, W/4]
+    f["d4"] = gated_skip(p, 4, decoder_stage(p, 4, f["d3"]), f["t1"])  # [c0, H/2, W/2]
+    f["logits"] = _conv(p, "out4", decoder_stage(p, 5, f["d4"]))  # [K, H, W]
+    return f
+
+
+def reference_forward(cfg: UltraLightUNetConfig, p: dict, x: np.ndarray) -> np.ndarray:
+    """x [3, H, W] ImageNet-normalised RGB (H, W multiples of 32) -> logits [K, H, W]."""
+    return reference_features(cfg, p, x)["logits"]
