@@ -8,53 +8,21 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from . import reference
+from . import engines as _engines_module
+from .engines import check_input_size
 from .frames import check_frame as _check_frame
-from .params import fold_params
+from .ops._jit import numba
+from .ops.image import nearest_source_index, to_planar_nb, to_planar_ref
+from .preprocessing import affine_coefficients, polyp_mask, polyp_probability
 from .weights import Weights, WeightsError
 from .weights import load as load_weights
-
-from .ops._jit import numba
-from .ops.image import INV_255, bgr_to_rgb_planar_nb, nearest_source_index
-
-if numba is None:  # without Numba the kernel would be plain Python: use the NumPy path
-    bgr_to_rgb_planar_nb = None
 
 BUNDLED_DIR = Path(__file__).resolve().parent.parent / "weights"  # source checkout / editable install
 
 
-class NumpyEngine:
-    """The readable reference forward (float64 for a precise ground truth)."""
-
-    name = "numpy"
-
-    def __init__(self, cfg, params):
-        self.cfg = cfg
-        self.params = {k: np.asarray(v, dtype=np.float64) for k, v in params.items()}
-        self._gates = {}
-
-    def forward(self, x: np.ndarray) -> np.ndarray:
-        """x [3,H,W] float32 RGB in [0,1] -> logits [out_ch,H,W] float32."""
-        _, h, w = x.shape
-        if (h, w) not in self._gates:
-            self._gates[(h, w)] = reference.all_gates(self.params, h, w)
-        return reference.forward(self.cfg, self.params, x.astype(np.float64), self._gates[(h, w)]).astype(np.float32)
-
-
-def _engines():
-    engines = {"numpy": NumpyEngine}
-    try:
-        from .engine_numba import NumbaEngine
-    except ImportError:
-        pass
-    else:
-        engines["numba"] = NumbaEngine
-    return engines
-
-
 def default_backend() -> str:
     """The Numba engine when it is importable; else the NumPy reference."""
-    return "numba" if "numba" in _engines() else "numpy"
+    return _engines_module.default_backend()
 
 
 def bundled_names() -> list[str]:
@@ -89,33 +57,36 @@ def resolve_weights(path_or_name: str | os.PathLike) -> Path:
 
 
 class Segmenter:
-    """A loaded UltraSeg model. `predict(frame)` -> HxW uint8 mask (1 = polyp).
+    """A loaded model. `predict(frame)` -> HxW uint8 mask (1 = polyp).
 
-    Frames are HxWx3 uint8 BGR, as OpenCV delivers them. Preprocessing is the
-    training one: cv2.resize (bilinear) to the network input size, BGR->RGB, /255.
-    Frame policy (gray, BGRA, float, sizes): see npseg/frames.py.
+    Frames are HxWx3 uint8 BGR, as OpenCV delivers them. Pre- and post-processing are
+    what the weights file records (npseg.preprocessing): cv2.resize (bilinear) to the
+    network input size, the recorded colour order and normalisation; softmax or sigmoid
+    of the logits. Frame policy (gray, BGRA, float, sizes): see npseg/frames.py.
 
     Thread-safe: engines reuse per-size buffers, so calls from several threads
     run the network one at a time (a lock); results equal serial calls.
     """
 
     def __init__(self, weights: Weights, backend: str | None = None, size: tuple[int, int] | int | None = None):
-        engines = _engines()
+        engines = _engines_module.available()
         backend = backend or default_backend()
         if backend not in engines:
             raise ValueError(f"unknown backend {backend!r}; choose one of {sorted(engines)}")
         self.weights = weights
         self.config = weights.config
+        self.family = weights.family
         self.backend = backend
         h, w = (size, size) if isinstance(size, int) else (size or weights.input_size)
-        if h % 16 or w % 16 or h < 16 or w < 16:
-            raise ValueError(f"input size must be positive multiples of 16, got {h}x{w}")
+        check_input_size(self.family, h, w)
         self.input_size = (int(h), int(w))
-        self._engine = engines[backend](weights.config, fold_params(weights.config, weights.tensors))
+        self._pre, self._out = weights.preprocessing, weights.output
+        self._rgb = self._pre["color_order"] == "RGB"
+        self._minmax = self._pre["normalize"]["kind"] == "minmax"
+        self._scale, self._shift = affine_coefficients(self._pre)
+        self._engine = engines[backend](self.family, self.config, self.family.fold(self.config, weights.tensors))
         # per-frame buffers: predict() allocates only the mask it returns
-        self._run = getattr(self._engine, "run", self._engine.forward)  # run: no copy of the logits
         self._small = np.empty((h, w, 3), np.uint8)
-        self._input = np.empty((3, h, w), np.float32)
         self._small_prob = np.empty((h, w), np.float32)
         self._small_mask = np.empty((h, w), np.bool_)
         self._mask_rows = (None, None, None)  # frame size, row indices, column-resized mask
@@ -129,52 +100,54 @@ class Segmenter:
                 f"weights={self.weights.path!r})")
 
     def preprocess(self, frame: np.ndarray) -> np.ndarray:
-        """BGR uint8 HxWx3 -> [3, h, w] float32 RGB in [0, 1] at the network input size (a new array)."""
+        """BGR uint8 HxWx3 -> [3, h, w] float32 network input at the network input size (a new array)."""
         with self._lock:  # the resize writes the shared self._small
             return self._preprocess_into(frame, np.empty((3, *self.input_size), np.float32))
 
     def _preprocess_into(self, frame: np.ndarray, out: np.ndarray) -> np.ndarray:
         h, w = self.input_size
         small = cv2.resize(frame, (w, h), dst=self._small, interpolation=cv2.INTER_LINEAR)
-        if bgr_to_rgb_planar_nb is None:
-            np.multiply(small[:, :, ::-1].transpose(2, 0, 1), INV_255, out=out)
+        scale, shift = self._scale, self._shift
+        if self._minmax:  # per image: the resized frame's extremes
+            scale, shift = affine_coefficients(self._pre, small.min(), small.max())
+        if numba is None:  # without Numba the kernel would be plain Python
+            out[...] = to_planar_ref(small, self._rgb, scale, shift)
         else:
-            bgr_to_rgb_planar_nb(small, out)
+            to_planar_nb(small, self._rgb, scale, shift, out)
         return out
 
     def _forward_frame(self, frame: np.ndarray) -> np.ndarray:
-        """Logits [out_ch, h, w] of a checked frame; reuses the per-Segmenter buffers: hold self._lock."""
-        return self._run(self._preprocess_into(frame, self._input))
+        """Logits [K, h, w] of a checked frame, in the engine's buffer: hold self._lock."""
+        h, w = self.input_size
+        self._preprocess_into(frame, self._engine.input_buffer(h, w))
+        return self._engine.run_input(h, w)
 
     def logits(self, frame: np.ndarray) -> np.ndarray:
-        """Raw network output [out_ch, h, w] at the network input size."""
+        """Raw network output [K, h, w] at the network input size (a new array)."""
         frame = _check_frame(frame)
         with self._lock:
             return self._engine.forward(self.preprocess(frame))
 
     def predict_proba(self, frame: np.ndarray) -> np.ndarray:
-        """HxW float32 polyp probability (softmax of the two logits), resized to the frame bilinearly."""
+        """HxW float32 polyp probability (the file's output activation), resized to the frame bilinearly."""
         frame = _check_frame(frame)
         with self._lock:
-            lo = self._forward_frame(frame)
-            prob = np.subtract(lo[0], lo[1], out=self._small_prob)
-            np.exp(prob, out=prob)
-            prob += 1.0
-            np.reciprocal(prob, out=prob)
+            prob = polyp_probability(self._forward_frame(frame), self._out, dst=self._small_prob)
             return cv2.resize(prob, (frame.shape[1], frame.shape[0]), interpolation=cv2.INTER_LINEAR)
 
     def predict(self, frame: np.ndarray, threshold: float | None = None) -> np.ndarray:
-        """HxW uint8 mask at the frame's size, 1 = polyp. Default decision: argmax of the
-        logits; with `threshold`, probability > threshold."""
+        """HxW uint8 mask at the frame's size, 1 = polyp. Default decision: polyp probability > 0.5,
+        taken on the logits; with `threshold`, probability > threshold."""
         if threshold is not None and not 0.0 <= threshold <= 1.0:  # also refuses NaN
             raise ValueError(f"threshold must be a probability in [0, 1], got {threshold!r}")
         frame = _check_frame(frame)
         with self._lock:
             lo = self._forward_frame(frame)
             if threshold is None:
-                small = np.greater(lo[1], lo[0], out=self._small_mask)
+                small = polyp_mask(lo, self._out, dst=self._small_mask)
             else:
-                small = (1.0 / (1.0 + np.exp(lo[0] - lo[1])) > threshold)
+                small = np.greater(polyp_probability(lo, self._out, dst=self._small_prob), threshold,
+                                   out=self._small_mask)
             return self._resize_mask(small.view(np.uint8), frame.shape[0], frame.shape[1])
 
     def _resize_mask(self, small: np.ndarray, h: int, w: int) -> np.ndarray:

@@ -5,11 +5,12 @@ of JSON header, then the raw little-endian float32 tensor data. The header's
 `__metadata__` (string -> string) holds:
 
     format            "npseg-weights"
-    format_version    "1"
-    architecture      "ultraseg"
-    config            JSON of UltraSegConfig (name, widths, flags, out_ch)
+    format_version    "2" ("1": UltraSeg files from before preprocessing was data; still read)
+    architecture      a family of npseg.models (e.g. "ultraseg")
+    config            JSON of the family's config dataclass (name, widths, flags, ...)
     input_size        JSON [H, W] the network was trained at
-    preprocessing     JSON {"resize": ..., "color_order": "RGB", "scale": 1/255}
+    preprocessing     JSON record of npseg.preprocessing: colour order, resize, normalisation
+    output            JSON {"activation": "softmax" | "sigmoid", "polyp_channel": k}
     provenance        JSON (datasets, split, commit, date, ...)
     metrics           JSON (measured accuracy, may be {})
     tensors_sha256    SHA-256 over the tensors (sorted by name: name, shape, bytes)
@@ -17,41 +18,39 @@ of JSON header, then the raw little-endian float32 tensor data. The header's
                       `save`, verified when present (files from before it lack it)
 
 Everything is checked at load, and every failure is a WeightsError naming the
-file and the problem: truncation, corrupt header, a .pth checkpoint (never
-unpickled), unknown version/architecture/field, wrong dtype, missing, extra or
-mis-shaped tensors, checksum mismatches, non-finite values.
+file and the problem: not a regular file, truncation, corrupt header, a .pth
+checkpoint (never unpickled), unknown version/architecture/field, absurd sizes,
+wrong dtype, missing, extra or mis-shaped tensors, checksum mismatches,
+non-finite values, negative BatchNorm variances.
 """
 from __future__ import annotations
 
 import hashlib
 import json
 import os
+import stat
 import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from .config import ARCHITECTURE, UltraSegConfig
-from .tensor_spec import expected_tensors
+from . import preprocessing as records
+from .engines import check_input_size
+from .models import FAMILIES, Family
 
 FORMAT = "npseg-weights"
-FORMAT_VERSION = "1"
-DEFAULT_PREPROCESSING = {
-    "resize": "cv2.resize bilinear (INTER_LINEAR) to input_size",
-    "color_order": "RGB",
-    "scale": 1.0 / 255.0,
-    "mean": None,
-    "std": None,
-}
+FORMAT_VERSION = "2"
+_V1_ARCHITECTURE = "ultraseg"  # version 1 files are UltraSeg with the fixed preprocessing below
 _MAX_HEADER_BYTES = 16 * 1024 * 1024
 _MAX_FILE_BYTES = 1 << 30  # the widest variant (4M parameters) is ~20 MB
 _DTYPES = {"F32": np.float32}
-_GROUPNORM_GROUPS = 4  # = npseg.reference.GN_GROUPS (not imported: the trainer's exporter stays light)
-_CLASSES = 2  # predict() takes the softmax / argmax of a background and a polyp logit
-_REQUIRED_FIELDS = ("format", "format_version", "architecture", "config", "input_size", "preprocessing",
-                    "provenance", "metrics", "tensors_sha256")
-_KNOWN_FIELDS = frozenset(_REQUIRED_FIELDS) | {"metadata_sha256"}
+_REQUIRED_FIELDS = {
+    "1": ("format", "format_version", "architecture", "config", "input_size", "preprocessing", "provenance",
+          "metrics", "tensors_sha256"),
+    "2": ("format", "format_version", "architecture", "config", "input_size", "preprocessing", "output",
+          "provenance", "metrics", "tensors_sha256"),
+}
 _PTH_HINT = ("convert it first: `python -m trainer convert-upstream FILE.pth -o FILE.safetensors` "
              "or `python -m trainer export CHECKPOINT -o FILE.safetensors`")
 
@@ -60,15 +59,34 @@ class WeightsError(ValueError):
     """A weights file that cannot be used; the message says what and how to fix it."""
 
 
+def family_of(config) -> Family:
+    """The registered family whose config type `config` is."""
+    for fam in FAMILIES.values():
+        if isinstance(config, fam.config_type):
+            return fam
+    raise WeightsError(f"config {config!r} belongs to no registered model family")
+
+
 @dataclass
 class Weights:
-    config: UltraSegConfig
+    """A model file's content. `preprocessing` and `output` default to the family's records."""
+
+    config: object
     tensors: dict[str, np.ndarray]
     input_size: tuple[int, int] = (256, 256)
-    preprocessing: dict = field(default_factory=lambda: dict(DEFAULT_PREPROCESSING))
+    preprocessing: dict | None = None
+    output: dict | None = None
     provenance: dict = field(default_factory=dict)
     metrics: dict = field(default_factory=dict)
     path: str | None = None
+
+    def __post_init__(self):
+        self.preprocessing = self.preprocessing or dict(self.family.preprocessing)
+        self.output = self.output or dict(self.family.output)
+
+    @property
+    def family(self) -> Family:
+        return family_of(self.config)
 
 
 def tensors_checksum(tensors: dict[str, np.ndarray]) -> str:
@@ -86,9 +104,9 @@ def _metadata_checksum(meta: dict) -> str:
     return hashlib.sha256(json.dumps(fields, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
-def check_tensors(cfg: UltraSegConfig, tensors: dict[str, np.ndarray], source: str) -> None:
+def check_tensors(cfg, tensors: dict[str, np.ndarray], source: str) -> None:
     """Raise WeightsError listing every missing, extra or mis-shaped tensor."""
-    expected = expected_tensors(cfg)
+    expected = family_of(cfg).expected_tensors(cfg)
     problems = []
     for name in sorted(set(expected) - set(tensors)):
         problems.append(f"missing tensor {name!r} (expected shape {expected[name]})")
@@ -106,28 +124,25 @@ def check_tensors(cfg: UltraSegConfig, tensors: dict[str, np.ndarray], source: s
 
 
 def _check_values(tensors: dict[str, np.ndarray], source: str) -> None:
-    """NaN/inf anywhere would make every prediction garbage."""
+    """NaN/inf anywhere, or a negative BatchNorm variance (a NaN square root), would make every
+    prediction garbage."""
     problems = []
     for name in sorted(tensors):
         a = tensors[name]
         bad = a.size - int(np.count_nonzero(np.isfinite(a)))
         if bad:
             problems.append(f"tensor {name!r} holds {bad} non-finite value(s) (NaN/inf)")
+        elif name.endswith("running_var") and (a < 0).any():
+            problems.append(f"tensor {name!r} holds {int((a < 0).sum())} negative variance(s)")
     if problems:
         raise WeightsError(
             f"{source}: unusable tensor values (did training diverge?):\n  " + "\n  ".join(problems)
         )
 
 
-def _check_runnable(cfg: UltraSegConfig, source: str) -> None:
+def _check_runnable(cfg, source: str) -> None:
     """Refuse configs the engines cannot run, before any engine sees them."""
-    problems = []
-    if cfg.out_ch != _CLASSES:
-        problems.append(f"out_ch is {cfg.out_ch}, npseg segments {_CLASSES} classes (background, polyp)")
-    uneven = [c for c in cfg.widths[:4] if c % _GROUPNORM_GROUPS]
-    if uneven:
-        problems.append(f"widths {list(cfg.widths)}: c0..c3 must be multiples of {_GROUPNORM_GROUPS} "
-                        f"(GroupNorm with {_GROUPNORM_GROUPS} groups), not {uneven}")
+    problems = family_of(cfg).runnable_problems(cfg)
     if problems:
         raise WeightsError(f"{source}: config {cfg.name!r} cannot run in npseg: " + "; ".join(problems))
 
@@ -137,16 +152,19 @@ def save(path: str | os.PathLike, weights: Weights) -> None:
     from safetensors.numpy import save_file  # writing only; loading parses the format itself
 
     tensors = {k: np.array(v, dtype=np.float32, order="C") for k, v in weights.tensors.items()}  # keeps 0-d scalars 0-d
-    _check_runnable(weights.config, str(path))
-    check_tensors(weights.config, tensors, str(path))
-    _check_values(tensors, str(path))
+    source = str(path)
+    _check_runnable(weights.config, source)
+    check_tensors(weights.config, tensors, source)
+    _check_values(tensors, source)
+    _check_records(weights.preprocessing, weights.output, weights.config, source)
     meta = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
-        "architecture": ARCHITECTURE,
+        "architecture": weights.family.name,
         "config": json.dumps(weights.config.to_dict()),
         "input_size": json.dumps(list(weights.input_size)),
         "preprocessing": json.dumps(weights.preprocessing),
+        "output": json.dumps(weights.output),
         "provenance": json.dumps(weights.provenance),
         "metrics": json.dumps(weights.metrics),
         "tensors_sha256": tensors_checksum(tensors),
@@ -157,7 +175,11 @@ def save(path: str | os.PathLike, weights: Weights) -> None:
 
 def _read_file(path: str | os.PathLike, source: str) -> bytes:
     try:
-        size = os.stat(path).st_size
+        info = os.stat(path)
+        if not stat.S_ISREG(info.st_mode) and not stat.S_ISDIR(info.st_mode):
+            raise WeightsError(f"{source}: not a regular file (a device, pipe or socket): "
+                               "pass the path of a .safetensors weights file")
+        size = info.st_size
         if size > _MAX_FILE_BYTES:
             raise WeightsError(f"{source}: file is {size} bytes, far larger than any npseg weights file "
                                f"(limit {_MAX_FILE_BYTES}): wrong file?")
@@ -281,21 +303,22 @@ def _check_metadata(header: dict, source: str) -> dict:
             f"{source}: not an npseg weights file (metadata 'format' is {meta.get('format')!r}, expected {FORMAT!r}); "
             "export it with `python -m trainer export`"
         )
-    if meta.get("format_version") != FORMAT_VERSION:
+    version = meta.get("format_version")
+    if version not in _REQUIRED_FIELDS:
         raise WeightsError(
-            f"{source}: unknown format_version {meta.get('format_version')!r}; this npseg reads version "
-            f"{FORMAT_VERSION!r}: upgrade npseg or re-export the file"
+            f"{source}: unknown format_version {version!r}; this npseg reads versions "
+            f"{sorted(_REQUIRED_FIELDS)}: upgrade npseg or re-export the file"
         )
-    if meta.get("architecture") != ARCHITECTURE:
+    if meta.get("architecture") not in FAMILIES or (version == "1" and meta["architecture"] != _V1_ARCHITECTURE):
         raise WeightsError(
-            f"{source}: unknown architecture {meta.get('architecture')!r}; this npseg runs {ARCHITECTURE!r}"
+            f"{source}: unknown architecture {meta.get('architecture')!r}; this npseg runs {sorted(FAMILIES)}"
         )
-    missing = [k for k in _REQUIRED_FIELDS if k not in meta]
+    missing = [k for k in _REQUIRED_FIELDS[version] if k not in meta]
     if missing:
         raise WeightsError(f"{source}: metadata lacks {missing}; re-export the file with `python -m trainer export`")
-    unknown = sorted(set(meta) - _KNOWN_FIELDS)
+    unknown = sorted(set(meta) - set(_REQUIRED_FIELDS[version]) - {"metadata_sha256"})
     if unknown:
-        raise WeightsError(f"{source}: unknown metadata field(s) {unknown} for format_version {FORMAT_VERSION!r}: "
+        raise WeightsError(f"{source}: unknown metadata field(s) {unknown} for format_version {version!r}: "
                            "the file is corrupt or from a newer npseg")
     if "metadata_sha256" in meta and _metadata_checksum(meta) != meta["metadata_sha256"]:
         raise WeightsError(f"{source}: metadata does not match its SHA-256 checksum: "
@@ -303,29 +326,45 @@ def _check_metadata(header: dict, source: str) -> dict:
     return meta
 
 
-def _parse_config(meta: dict, source: str) -> UltraSegConfig:
+def _parse_config(meta: dict, source: str):
+    fam = FAMILIES[meta["architecture"]]
     d = _json_field(meta, "config", source, dict)
     try:
-        config = UltraSegConfig.from_dict(d)
+        config = fam.config_type.from_dict(d)
     except (TypeError, ValueError, KeyError) as e:
         raise WeightsError(f"{source}: metadata 'config' is invalid: {e}") from None
-    # JSON types are not checked by the dataclass; zero or negative sizes would give
-    # empty tensors that pass the shape check and then fail inside the engine
-    is_size = lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 1
-    if not (isinstance(config.name, str) and all(is_size(c) for c in config.widths)
-            and isinstance(config.fusion, bool) and isinstance(config.learned_res_scale, bool)
-            and is_size(config.out_ch) and is_size(config.gsa_grid)):
-        raise WeightsError(f"{source}: metadata 'config' is invalid (a name, positive integer widths, "
-                           f"out_ch and gsa_grid, boolean flags expected): {d}")
     _check_runnable(config, source)
     return config
 
 
 def _parse_input_size(meta: dict, source: str) -> tuple[int, int]:
     size = _json_field(meta, "input_size", source, list)
-    if len(size) != 2 or not all(_is_count(v) and v >= 16 and v % 16 == 0 for v in size):
-        raise WeightsError(f"{source}: metadata 'input_size' is {size}, expected [H, W], positive multiples of 16")
+    try:
+        if len(size) != 2:
+            raise ValueError(f"expected [H, W], got {len(size)} values")
+        check_input_size(FAMILIES[meta["architecture"]], *size)
+    except ValueError as e:
+        raise WeightsError(f"{source}: metadata 'input_size' {str(size)[:80]} is invalid: {e}") from None
     return int(size[0]), int(size[1])
+
+
+def _check_records(pre, out, config, source: str) -> None:
+    problems = records.preprocessing_problems(pre) + records.output_problems(
+        out, family_of(config).out_channels(config))
+    if problems:
+        raise WeightsError(f"{source}: metadata 'preprocessing'/'output' invalid: " + "; ".join(problems))
+
+
+def _parse_records(meta: dict, config, source: str) -> tuple[dict, dict]:
+    """The preprocessing and output records; a version 1 file's are UltraSeg's fixed ones."""
+    if meta["format_version"] == "1":
+        _json_field(meta, "preprocessing", source, dict)  # prose; must still parse
+        fam = FAMILIES[_V1_ARCHITECTURE]
+        return dict(fam.preprocessing), dict(fam.output)
+    pre = _json_field(meta, "preprocessing", source, dict)
+    out = _json_field(meta, "output", source, dict)
+    _check_records(pre, out, config, source)
+    return pre, out
 
 
 def load(path: str | os.PathLike) -> Weights:
@@ -343,11 +382,13 @@ def load(path: str | os.PathLike) -> Weights:
             f"{source}: tensor data does not match its SHA-256 checksum: the file is corrupt or was modified"
         )
     _check_values(tensors, source)
+    pre, out = _parse_records(meta, config, source)
     return Weights(
         config=config,
         tensors=tensors,
         input_size=input_size,
-        preprocessing=_json_field(meta, "preprocessing", source, dict),
+        preprocessing=pre,
+        output=out,
         provenance=_json_field(meta, "provenance", source, dict),
         metrics=_json_field(meta, "metrics", source, dict),
         path=source,

@@ -21,7 +21,7 @@ from npseg.ops.conv import conv2d_ref  # noqa: E402
 from npseg.ops.conv1x1 import conv1x1_ref  # noqa: E402
 from npseg.ops.gsa import gsa_norm_ref, shuffle_source  # noqa: E402
 from npseg.ops.heads import agf_fuse_ref, gate_head_ref, merge_ref, ssa_ref  # noqa: E402
-from npseg.ops.image import bgr_to_rgb_planar_nb, bgr_to_rgb_planar_ref  # noqa: E402
+from npseg.ops.image import to_planar_nb, to_planar_ref  # noqa: E402
 from npseg.ops.norm import group_norm_ref  # noqa: E402
 from npseg.ops.resize import max_pool2x2_ref, resize_bilinear_ac_ref  # noqa: E402
 
@@ -308,12 +308,17 @@ def test_fast_gelu_and_sigmoid_accuracy():
 
 
 @settings(max_examples=10, deadline=None)
-@given(h=st.integers(1, 40), w=st.integers(1, 40), seed=st.integers(0, 2**31))
-def test_bgr_to_rgb_planar_is_exact(h, w, seed):
-    img = np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8)
+@given(h=st.integers(1, 40), w=st.integers(1, 40), seed=st.integers(0, 2**31), rgb=st.booleans(),
+       affine=st.booleans())
+def test_to_planar_matches_reference(h, w, seed, rgb, affine):
+    """Exact for a pure scale (UltraSeg's /255); within a rounding for scale + shift (the kernel may fuse them)."""
+    rng = np.random.default_rng(seed)
+    img = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+    scale = (rng.uniform(0.001, 0.05, 3) if affine else np.full(3, 1 / 255)).astype(F32)
+    shift = (rng.uniform(-3, 3, 3) if affine else np.zeros(3)).astype(F32)
     out = np.zeros((3, h, w), F32)
-    bgr_to_rgb_planar_nb(img, out)
-    np.testing.assert_array_equal(out, bgr_to_rgb_planar_ref(img))
+    to_planar_nb(img, rgb, scale, shift, out)
+    np.testing.assert_allclose(out, to_planar_ref(img, rgb, scale, shift), rtol=0, atol=0 if not affine else 1e-6)
 
 
 @pytest.mark.parametrize("make", [
