@@ -1,0 +1,198 @@
+"""Depthwise-separable convs: a depthwise 3x3 (dilation 1 or 2, zero padding = dilation) + bias,
+and the fused DSConv relu(pointwise(relu(depthwise(x)))) with an optional GELU / residual + GELU
+epilogue (MicroAUNet's DWD blocks). NumPy references, Numba kernels, validated steps.
+
+The kernels run over tiles of rows: each channel's rows (and the dilation's halo) are copied
+into a zero-bordered scratch, so every tap is a compile-time-constant offset and no padded copy
+of the whole map is stored; the depthwise rows of a tile stay in L1 for the pointwise conv.
+Optionally they also sum each output channel (float64 sum and sum of squares) for the
+GroupNorm that follows.
+"""
+from __future__ import annotations
+
+from functools import partial
+
+import numpy as np
+
+from .activation import gelu_ref, relu_ref
+from .conv import conv2d_ref
+
+EPILOGUE_RELU, EPILOGUE_GELU, EPILOGUE_RESIDUAL_GELU = 0, 1, 2
+
+
+def depthwise3x3_ref(x, w, b, dilation=1):
+    """Depthwise 3x3 conv (w [C, 1, 3, 3]), zero padding = dilation, + bias."""
+    return conv2d_ref(x, w, b, padding=dilation, dilation=dilation, groups=x.shape[0])
+
+
+def dsconv_ref(x, w_dw, b_dw, w_pw, b_pw, dilation=1, epilogue=EPILOGUE_RELU, residual=None):
+    """relu(pointwise(relu(depthwise3x3(x)))), then GELU, or GELU(. + residual), as `epilogue` says."""
+    y = relu_ref(depthwise3x3_ref(x, w_dw, b_dw, dilation))
+    y = relu_ref(conv2d_ref(y, w_pw, b_pw))
+    if epilogue == EPILOGUE_GELU:
+        return gelu_ref(y)
+    return gelu_ref(y + residual) if epilogue == EPILOGUE_RESIDUAL_GELU else y
+
+
+# ---- Numba kernels -------------------------------------------------------------------------
+from ._jit import inline, kernel  # noqa: E402
+from .activation import gelu_fast  # noqa: E402
+from .steps import _arrays, _need  # noqa: E402
+
+_NO_FLOOR = np.float32(-3.0e38)  # max(v, _NO_FLOOR) == v: "no ReLU" without a branch in the loop
+
+
+@inline
+def _load_rows(src, c, y0, rows, d, pad_rows):
+    """pad_rows[r, d:d+W] = src[c, y0 - d + r] for r < rows + 2d, zero rows outside the map
+    (the d border columns are zero from the allocation and never written)."""
+    h, width = src.shape[1], src.shape[2]
+    for r in range(rows + 2 * d):
+        y = y0 - d + r
+        line = pad_rows[r, d:d + width]
+        if 0 <= y < h:
+            s = src[c, y]
+            for x in range(width):
+                line[x] = s[x]
+        else:
+            line[:] = 0.0
+
+
+@inline
+def _dw_rows(pad_rows, wk, bias, floor, rows, width, dst, d):
+    """dst[r*W + x] = max(sum of 9 taps + bias, floor); d is a literal at every call site."""
+    w00, w01, w02 = wk[0, 0], wk[0, 1], wk[0, 2]
+    w10, w11, w12 = wk[1, 0], wk[1, 1], wk[1, 2]
+    w20, w21, w22 = wk[2, 0], wk[2, 1], wk[2, 2]
+    for r in range(rows):
+        r0, r1, r2 = pad_rows[r], pad_rows[r + d], pad_rows[r + 2 * d]
+        o = dst[r * width:(r + 1) * width]
+        for x in range(width):
+            v = ((w00 * r0[x] + w01 * r0[x + d] + w02 * r0[x + 2 * d])
+                 + (w10 * r1[x] + w11 * r1[x + d] + w12 * r1[x + 2 * d])
+                 + (w20 * r2[x] + w21 * r2[x + d] + w22 * r2[x + 2 * d]))
+            o[x] = max(v + bias, floor)
+
+
+@inline
+def _dw_channel(src, c, y0, rows, d, w, b, floor, pad_rows, dst):
+    _load_rows(src, c, y0, rows, d, pad_rows)
+    if d == 1:
+        _dw_rows(pad_rows, w[c, 0], b[c], floor, rows, src.shape[2], dst, 1)
+    else:
+        _dw_rows(pad_rows, w[c, 0], b[c], floor, rows, src.shape[2], dst, 2)
+
+
+@inline
+def _add_row_stats(row, stats, c):
+    total, total_sq = 0.0, 0.0
+    for x in range(row.size):
+        v = np.float64(row[x])
+        total += v
+        total_sq += v * v
+    stats[c, 0] += total
+    stats[c, 1] += total_sq
+
+
+@kernel
+def depthwise3x3_nb(src, dilation, w, b, out, stats):
+    """out = depthwise3x3(src) + b (w [C, 1, 3, 3]); with a non-empty stats [C, 2], its float64
+    per-channel sum and sum of squares."""
+    c_n, h, width = src.shape
+    d = dilation
+    tile = max(1, 4096 // width)
+    pad_rows = np.zeros((tile + 2 * d, width + 2 * d), dtype=np.float32)
+    flat = out.reshape(c_n, h * width)
+    if stats.shape[0] > 0:
+        stats[:] = 0.0
+    for y0 in range(0, h, tile):
+        rows = min(tile, h - y0)
+        for c in range(c_n):
+            dst = flat[c, y0 * width:(y0 + rows) * width]
+            _dw_channel(src, c, y0, rows, d, w, b, _NO_FLOOR, pad_rows, dst)
+            if stats.shape[0] > 0:
+                _add_row_stats(dst, stats, c)
+
+
+@kernel
+def dsconv_nb(src, dilation, w_dw, b_dw, w_pw, b_pw, epilogue, residual, out, stats):
+    """out = relu(w_pw @ relu(depthwise3x3(src)) + b_pw), then the epilogue (EPILOGUE_*), four
+    output channels per pass over a tile's depthwise rows; stats as in depthwise3x3_nb."""
+    c_n, h, width = src.shape
+    cout = out.shape[0]
+    d = dilation
+    tile = max(1, min(h, 8192 // (c_n * width)))
+    pad_rows = np.zeros((tile + 2 * d, width + 2 * d), dtype=np.float32)
+    dw = np.empty((c_n, tile * width), dtype=np.float32)
+    acc = np.empty((4, tile * width), dtype=np.float32)
+    flat, res = out.reshape(cout, h * width), residual.reshape(residual.shape[0], -1)
+    if stats.shape[0] > 0:
+        stats[:] = 0.0
+    for y0 in range(0, h, tile):
+        rows = min(tile, h - y0)
+        n = rows * width
+        for c in range(c_n):
+            _dw_channel(src, c, y0, rows, d, w_dw, b_dw, np.float32(0.0), pad_rows, dw[c])
+        for co in range(0, cout, 4):
+            a0, a1, a2, a3 = acc[0], acc[1], acc[2], acc[3]
+            for j in range(4):
+                acc[j, :n] = b_pw[co + j]
+            for c in range(c_n):
+                s = dw[c]
+                p0, p1, p2, p3 = w_pw[co, c], w_pw[co + 1, c], w_pw[co + 2, c], w_pw[co + 3, c]
+                for p in range(n):
+                    v = s[p]
+                    a0[p] += p0 * v
+                    a1[p] += p1 * v
+                    a2[p] += p2 * v
+                    a3[p] += p3 * v
+            for j in range(4):
+                dst, a = flat[co + j, y0 * width:y0 * width + n], acc[j]
+                if epilogue == EPILOGUE_GELU:
+                    for p in range(n):
+                        dst[p] = gelu_fast(max(a[p], np.float32(0.0)))
+                elif epilogue == EPILOGUE_RESIDUAL_GELU:
+                    r = res[co + j, y0 * width:y0 * width + n]
+                    for p in range(n):
+                        dst[p] = gelu_fast(max(a[p], np.float32(0.0)) + r[p])
+                else:
+                    for p in range(n):
+                        dst[p] = max(a[p], np.float32(0.0))
+                if stats.shape[0] > 0:
+                    _add_row_stats(dst, stats, co + j)
+
+
+def _stats_buffer(stats, c):
+    if stats is None:
+        return np.zeros((0, 2), np.float64)
+    _need(stats.dtype == np.float64 and stats.shape == (c, 2) and stats.flags.c_contiguous, "stats must be [C, 2] float64")
+    return stats
+
+
+def depthwise3x3(src, w, b, out, dilation=1, stats=None):
+    """out = depthwise3x3(src) + b; `stats` [C, 2] float64 receives each channel's sum and sum of squares."""
+    _arrays(src, w, b, out)
+    _need(src.ndim == 3 and w.shape == (src.shape[0], 1, 3, 3) and b.shape == (src.shape[0],)
+          and out.shape == src.shape, f"depthwise3x3: x {src.shape}, w {w.shape}, out {out.shape}")
+    _need(dilation in (1, 2), f"depthwise3x3: dilation 1 or 2, got {dilation}")
+    _need(not np.shares_memory(src, out), "depthwise3x3: in place is not supported")
+    return [partial(depthwise3x3_nb, src, int(dilation), w, b, out, _stats_buffer(stats, src.shape[0]))]
+
+
+def dsconv(src, w_dw, b_dw, w_pw, b_pw, out, dilation=1, epilogue=EPILOGUE_RELU, residual=None, stats=None):
+    """The fused DSConv (see dsconv_nb); w_pw [Cout, C, 1, 1] or [Cout, C], Cout a multiple of 4."""
+    _arrays(src, w_dw, b_dw, b_pw, out)
+    c, h, width = src.shape
+    w2 = np.ascontiguousarray(w_pw.reshape(w_pw.shape[0], -1), dtype=np.float32)
+    cout = w2.shape[0]
+    _need(w_dw.shape == (c, 1, 3, 3) and b_dw.shape == (c,) and w2.shape == (cout, c) and b_pw.shape == (cout,)
+          and cout % 4 == 0 and out.shape == (cout, h, width), f"dsconv: x {src.shape}, pw {w_pw.shape}, out {out.shape}")
+    _need(dilation in (1, 2) and epilogue in (EPILOGUE_RELU, EPILOGUE_GELU, EPILOGUE_RESIDUAL_GELU), "dsconv: options")
+    _need(not np.shares_memory(src, out), "dsconv: in place is not supported")
+    if epilogue == EPILOGUE_RESIDUAL_GELU:
+        _arrays(residual)
+        _need(residual.shape == out.shape and not np.shares_memory(residual, out), "dsconv: residual")
+    else:
+        residual = np.zeros((1, 0), np.float32)
+    return [partial(dsconv_nb, src, int(dilation), w_dw, b_dw, w2, b_pw, int(epilogue), residual, out,
+                    _stats_buffer(stats, cout))]

@@ -1,0 +1,182 @@
+"""MicroAUNet's skip bridge (LSCAB): channel gates from the five skips' global averages (a 3-tap
+conv along the concatenated channel vector, one linear layer, sigmoid), a spatial gate per skip
+(channel mean and max, reflect padding 3, 7x7 conv, sigmoid), and the fusion
+t' = t * (1 + alpha * a[c] + beta * s[y, x]). NumPy references, Numba kernels, validated steps.
+
+The engine applies the fusion lazily, where the decoder adds the skip: acc += t' in one pass.
+"""
+from __future__ import annotations
+
+from functools import partial
+
+import numpy as np
+
+from .activation import sigmoid_ref
+from .conv import conv2d_ref
+
+REFLECT = 3  # the spatial gate's 7x7 conv reads a reflect-padded border of 3
+
+
+def channel_conv1d_ref(z, taps):
+    """z'[i] = taps[0] z[i-1] + taps[1] z[i] + taps[2] z[i+1] along a vector, zero ends."""
+    zp = np.concatenate([[0.0], z, [0.0]]).astype(z.dtype)
+    return taps[0] * zp[:-2] + taps[1] * zp[1:-1] + taps[2] * zp[2:]
+
+
+def channel_gates_ref(skips, taps, w, b):
+    """sigmoid(W conv1d(concat of every skip's per-channel mean) + b) -> [S], S = total channels."""
+    z = np.concatenate([t.mean((1, 2)) for t in skips])  # [S]
+    return sigmoid_ref(w @ channel_conv1d_ref(z, taps) + b)
+
+
+def reflect_pad_ref(x, pad):
+    """PyTorch's 'reflect' padding of [C, H, W] (the edge sample is not repeated)."""
+    return np.pad(x, ((0, 0), (pad, pad), (pad, pad)), mode="reflect")
+
+
+def spatial_gate_ref(t, w):
+    """sigmoid(conv7x7(reflect_pad3([mean_c t, max_c t]))) -> [1, h, w]; w [1, 2, 7, 7], no bias."""
+    m = np.stack([t.mean(0), t.max(0)])  # [2, h, w]
+    return sigmoid_ref(conv2d_ref(reflect_pad_ref(m, REFLECT), w, np.zeros(1, t.dtype)))
+
+
+def bridge_ref(t, a, s, alpha, beta):
+    """t * (1 + alpha * a[c] + beta * s[y, x]) for t [C, h, w], a [C], s [1, h, w]."""
+    return t * (1.0 + alpha * a[:, None, None] + beta * s)
+
+
+# ---- Numba kernels -------------------------------------------------------------------------
+from ._jit import kernel  # noqa: E402
+from .activation import sigmoid_fast  # noqa: E402
+from .steps import _arrays, _need  # noqa: E402
+
+
+@kernel
+def channel_gates_nb(sums, counts, taps, w, b, gates):
+    """gates = sigmoid(W conv1d(z) + b), z[i] = sums[i] / counts[i] (float64 sums of each channel)."""
+    n = sums.shape[0]
+    z = np.empty(n + 2)
+    z[0] = 0.0
+    z[n + 1] = 0.0
+    for i in range(n):
+        z[i + 1] = sums[i] / counts[i]
+    zc = np.empty(n)
+    for i in range(n):
+        zc[i] = taps[0] * z[i] + taps[1] * z[i + 1] + taps[2] * z[i + 2]
+    for o in range(n):
+        acc = np.float64(b[o])
+        for i in range(n):
+            acc += w[o, i] * zc[i]
+        gates[o] = sigmoid_fast(np.float32(acc))
+
+
+@kernel
+def _reflect(i, n):
+    """Source index of padded index i - REFLECT (PyTorch reflect, n >= 4)."""
+    j = i - REFLECT
+    if j < 0:
+        return -j
+    if j >= n:
+        return 2 * (n - 1) - j
+    return j
+
+
+@kernel
+def spatial_gate_nb(t, w, gate, sums):
+    """gate[y, x] = sigmoid(7x7 conv of the reflect-padded [mean_c, max_c] maps of t [C, h, w]);
+    on the way, sums[c] = the float64 sum of channel c (the channel gates' global average)."""
+    c_n, h, width = t.shape
+    hp, wp = h + 2 * REFLECT, width + 2 * REFLECT
+    maps = np.empty((2, hp, wp), dtype=np.float32)
+    inv_c = np.float32(1.0 / c_n)
+    sums[:] = 0.0
+    for y in range(h):
+        mean, top = maps[0, y + REFLECT, REFLECT:REFLECT + width], maps[1, y + REFLECT, REFLECT:REFLECT + width]
+        for x in range(width):
+            mean[x] = t[0, y, x]
+            top[x] = t[0, y, x]
+        for c in range(1, c_n):
+            line = t[c, y]
+            for x in range(width):
+                mean[x] += line[x]
+                top[x] = max(top[x], line[x])
+        for c in range(c_n):
+            line = t[c, y]
+            total = 0.0
+            for x in range(width):
+                total += np.float64(line[x])
+            sums[c] += total
+        for x in range(width):
+            mean[x] *= inv_c
+    for k in range(2):  # the border: columns of the interior rows, then whole rows
+        for y in range(REFLECT, REFLECT + h):
+            for x in range(REFLECT):
+                maps[k, y, x] = maps[k, y, REFLECT + _reflect(x, width)]
+                maps[k, y, wp - 1 - x] = maps[k, y, REFLECT + _reflect(wp - 1 - x, width)]
+        for y in range(REFLECT):
+            maps[k, y] = maps[k, REFLECT + _reflect(y, h)]
+            maps[k, hp - 1 - y] = maps[k, REFLECT + _reflect(hp - 1 - y, h)]
+    acc = np.empty(width, dtype=np.float32)
+    for y in range(h):
+        acc[:] = 0.0
+        for k in range(2):
+            for u in range(7):
+                line = maps[k, y + u]
+                for v in range(7):
+                    wv = w[0, k, u, v]
+                    for x in range(width):
+                        acc[x] += wv * line[x + v]
+        for x in range(width):
+            gate[y, x] = sigmoid_fast(acc[x])
+
+
+@kernel
+def bridge_add_nb(acc, t, a, s, alpha, beta, stats):
+    """acc += t * (1 + alpha * a[c] + beta * s[y, x]); with a non-empty stats [C, 2], the float64
+    per-channel sum and sum of squares of the result (for the GroupNorm of the next block)."""
+    c_n, h, width = t.shape
+    for c in range(c_n):
+        base = np.float32(1.0) + alpha * a[c]
+        total, total_sq = 0.0, 0.0
+        for y in range(h):
+            dst, line, plane = acc[c, y], t[c, y], s[y]
+            for x in range(width):
+                dst[x] += line[x] * (base + beta * plane[x])
+            if stats.shape[0] > 0:
+                for x in range(width):
+                    v = np.float64(dst[x])
+                    total += v
+                    total_sq += v * v
+        if stats.shape[0] > 0:
+            stats[c, 0] = total
+            stats[c, 1] = total_sq
+
+
+def channel_gates(sums, counts, taps, w, b, gates):
+    """gates [S] from float64 per-channel sums [S] over counts[S] positions (see channel_gates_nb)."""
+    _arrays(taps, w, b, gates)
+    n = gates.shape[0]
+    _need(sums.dtype == counts.dtype == np.float64 and sums.shape == counts.shape == (n,)
+          and taps.shape == (3,) and w.shape == (n, n) and b.shape == (n,), "channel_gates: shapes")
+    return [partial(channel_gates_nb, sums, counts, taps, w, b, gates)]
+
+
+def spatial_gate(t, w, gate, sums):
+    """gate [h, w] of t [C, h, w], and sums [C] (float64, may be a slice of a longer vector)."""
+    _arrays(t, w, gate)
+    _need(t.ndim == 3 and w.shape == (1, 2, 7, 7) and gate.shape == t.shape[1:], "spatial_gate: shapes")
+    _need(sums.dtype == np.float64 and sums.shape == (t.shape[0],) and sums.flags.writeable, "spatial_gate: sums")
+    _need(min(t.shape[1:]) > REFLECT, f"spatial_gate: reflect padding {REFLECT} needs maps over {REFLECT}, got {t.shape}")
+    return [partial(spatial_gate_nb, t, w, gate, sums)]
+
+
+def bridge_add(acc, t, a, s, alpha, beta, stats=None):
+    """In place acc += t * (1 + alpha * a[c] + beta * s); optional stats [C, 2] float64 of the result."""
+    _arrays(acc, t, a, s)
+    _need(acc.shape == t.shape and t.ndim == 3 and a.shape == (t.shape[0],) and s.shape == t.shape[1:],
+          "bridge_add: shapes")
+    _need(not np.shares_memory(acc, t), "bridge_add: operands overlap")
+    if stats is None:
+        stats = np.zeros((0, 2), np.float64)
+    _need(stats.dtype == np.float64 and stats.shape in ((0, 2), (t.shape[0], 2)), "bridge_add: stats")
+    return [partial(bridge_add_nb, acc, t, a, s, np.float32(alpha), np.float32(beta), stats)]
