@@ -7,17 +7,22 @@ Exit codes (stable, for scripts):
        a write that failed mid-run)
   2    usage or bad input: bad arguments, a missing or unreadable input,
        unknown or invalid weights, an output path that cannot be written
-  130  interrupted (Ctrl-C); `npseg video` instead stops cleanly and exits 0
+  130  interrupted (Ctrl-C or SIGTERM); `npseg video` instead stops cleanly, keeps the
+       frames written so far and exits 0
 
-Errors are one line on stderr ("npseg: error: ..."), never a traceback.
+Errors are one line on stderr ("npseg: error: ..."), never a traceback. Outputs are
+written whole or not at all (a temporary file renamed into place), and never over an
+input file.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
+import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -25,6 +30,8 @@ import cv2
 import numpy as np
 
 from . import __version__, video
+from .engines import MAX_INPUT_SIDE
+from .files import opencv_path, write_bytes
 from .overlay import draw_overlay
 from .segmenter import bundled_names, default_backend, load, resolve_weights
 from .weights import WeightsError
@@ -92,8 +99,9 @@ def _size(text: str) -> tuple[int, int]:
         parts = []
     if len(parts) == 1:
         parts *= 2
-    if len(parts) != 2 or min(parts) < 16 or parts[0] % 16 or parts[1] % 16:
-        raise argparse.ArgumentTypeError(f"{text!r}: give N or HxW, multiples of 16 (e.g. 256 or 320x256)")
+    if len(parts) != 2 or not all(16 <= p <= MAX_INPUT_SIDE and p % 16 == 0 for p in parts):
+        raise argparse.ArgumentTypeError(f"{text[:24]!r}: give N or HxW, multiples of 16 from 16 to {MAX_INPUT_SIDE} "
+                                         "(e.g. 256 or 320x256)")
     return parts[0], parts[1]
 
 
@@ -155,6 +163,8 @@ def _load_model(args):
         raise CliError(f"{args.weights}: cannot read weights file ({e.strerror or e})") from None
     except ValueError as e:  # unknown backend, input size the model cannot take
         raise CliError(str(e)) from None
+    except MemoryError:
+        raise CliError(f"{args.weights}: not enough memory to build the model at this input size") from None
 
 
 def _describe(model) -> str:
@@ -176,20 +186,16 @@ def _writable_dir(path: Path) -> Path:
 
 def collect_images(paths: list[str], out: Path) -> list[tuple[Path, Path]]:
     """(image file, output name without suffix) for every input: files as given,
-    folders searched recursively for image files (sorted, so runs are repeatable),
-    leaving out the output folder should it lie inside an input folder."""
-    out = out.resolve()
+    folders searched recursively for image files (sorted, so runs are repeatable)."""
+    written = [(out / "masks").resolve(), (out / "overlays").resolve()]
     found = []
     for text in paths:
         path = Path(text)
         if path.is_dir():
-            files = sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_EXTS and p.is_file()
-                           and not p.name.startswith(".") and out not in p.resolve().parents)
-            if not files:
-                raise CliError(f"{text}: no image files ({', '.join(sorted(IMAGE_EXTS))}) in this folder")
-            found += [(p, p.relative_to(path).with_suffix("")) for p in files]
+            found += _images_in(path, written)
         elif path.is_file():
-            if not cv2.haveImageReader(str(path)):
+            name = opencv_path(path)  # a name OpenCV cannot take is checked when decoded
+            if name is not None and not cv2.haveImageReader(name):
                 raise CliError(f"{text}: not an image file OpenCV can read")
             found.append((path, Path(path.stem)))
         else:
@@ -203,6 +209,42 @@ def collect_images(paths: list[str], out: Path) -> list[tuple[Path, Path]]:
     return found
 
 
+def _images_in(folder: Path, written: list[Path]) -> list[tuple[Path, Path]]:
+    """The image files below `folder`, leaving out the output folders (`written`) where
+    they lie inside it: an earlier run's results are not inputs."""
+    root = folder.resolve()
+    inside = [d for d in written if root in d.parents]
+
+    def is_output(p: Path) -> bool:
+        where = p.parent.resolve()
+        return any(where == d or d in where.parents for d in inside)
+
+    files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_EXTS and p.is_file()
+                   and not p.name.startswith(".") and not is_output(p))
+    if not files:
+        raise CliError(f"{folder}: no image files ({', '.join(sorted(IMAGE_EXTS))}) in this folder")
+    return [(p, p.relative_to(folder).with_suffix("")) for p in files]
+
+
+def _refuse_overwriting_inputs(images: list[tuple[Path, Path]], mask_dir: Path, overlay_dir: Path) -> None:
+    """An output that already exists as one of the input files (by identity: links and
+    case-insensitive file systems included) would destroy it."""
+    def identity(path: Path) -> tuple[int, int] | None:
+        try:
+            s = path.stat()
+        except OSError:  # not there (yet): nothing to overwrite
+            return None
+        return s.st_dev, s.st_ino
+
+    inputs = {identity(image): image for image, _ in images}
+    inputs.pop(None, None)
+    for _, name in images:
+        for target in (mask_dir / f"{name}.png", overlay_dir / f"{name}.jpg"):
+            if identity(target) in inputs:
+                raise CliError(f"{target}: this output would overwrite the input image "
+                               f"{inputs[identity(target)]}; choose another --out")
+
+
 def _read_image(path: Path) -> np.ndarray | None:
     """BGR uint8, or None when the file cannot be read or decoded."""
     try:
@@ -214,17 +256,23 @@ def _read_image(path: Path) -> np.ndarray | None:
 
 
 def _write_image(path: Path, image: np.ndarray, params=()) -> None:
+    """Encoded here and written by Python (cv2.imwrite cannot take every file name and
+    reports no write error); a failed write leaves no partial file."""
+    ok, encoded = cv2.imencode(path.suffix, image, list(params))
+    if not ok:
+        raise CliError(f"{path}: could not encode the image", RUNTIME_FAILURE)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
+        write_bytes(path, encoded)
     except OSError as e:
-        raise CliError(f"{path.parent}: cannot create output folder ({e.strerror or e})", RUNTIME_FAILURE) from None
-    if not cv2.imwrite(str(path), image, list(params)):
-        raise CliError(f"{path}: could not write (disk full or permissions?)", RUNTIME_FAILURE)
+        raise CliError(f"{path}: could not write ({e.strerror or e})", RUNTIME_FAILURE) from None
 
 
 def cmd_segment(args) -> int:
     out = Path(args.out)
-    images = collect_images(args.paths, out)[: args.limit]
+    found = collect_images(args.paths, out)
+    _refuse_overwriting_inputs(found, out / "masks", out / "overlays")
+    images = found[: args.limit]
     model = _load_model(args)  # before creating any folder: a failed start leaves nothing behind
     mask_dir, overlay_dir = _writable_dir(out / "masks"), _writable_dir(out / "overlays")
     t0 = time.perf_counter()
@@ -272,8 +320,11 @@ def cmd_segment(args) -> int:
 # ---------------------------------------------------------------- video
 
 def cmd_video(args) -> int:
-    if not args.input.isdigit() and Path(args.output).resolve() == Path(args.input).resolve():
-        raise CliError(f"{args.output}: the output would overwrite the input")
+    try:  # everything that can be checked before the model loads
+        video.check_input(args.input)
+        video.check_output(args.output, args.input)
+    except video.VideoError as e:
+        raise CliError(str(e)) from None
     model = _load_model(args)
     progress = Progress("video", None)
 
@@ -284,6 +335,8 @@ def cmd_video(args) -> int:
     try:
         result = video.run(model, args.input, args.output, smooth=args.smooth, threshold=args.threshold,
                            display=args.display, max_frames=args.max_frames, on_frame=on_frame)
+    except video.VideoWriteError as e:
+        raise CliError(str(e), RUNTIME_FAILURE) from None
     except video.VideoError as e:
         raise CliError(str(e)) from None
     finally:
@@ -488,6 +541,18 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt  # SIGTERM stops a run as Ctrl-C does: outputs finished or removed
+
+
+def _escape_unprintable() -> None:
+    """File names that are not valid UTF-8, and lone surrogates in a weights file's
+    metadata, print as backslash escapes instead of failing the run."""
+    for stream in (sys.stdout, sys.stderr):
+        if hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="backslashreplace")
+
+
 def main(argv: list[str] | None = None) -> int:
     # Our one-line errors say what went wrong; OpenCV's and FFmpeg's own log lines ("can't
     # open camera by index", "moov atom not found") would only add noise. To see them again:
@@ -501,6 +566,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help(sys.stderr)
         return BAD_INPUT
+    _escape_unprintable()
+    on_main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _interrupt) if on_main_thread else None
     try:
         return args.run(args)
     except CliError as e:
@@ -512,6 +580,12 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:  # e.g. `npseg info | head`: the reader left, nothing to report
         sys.stderr.close()
         return OK
+    except MemoryError:
+        print("npseg: error: out of memory", file=sys.stderr)
+        return RUNTIME_FAILURE
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

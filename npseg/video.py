@@ -16,6 +16,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from .files import opencv_path, replacing
 from .overlay import draw_label, draw_overlay
 from .segmenter import Segmenter
 
@@ -27,6 +28,10 @@ DEFAULT_FPS = 30.0
 
 class VideoError(Exception):
     """An input that cannot be opened or an output that cannot be written."""
+
+
+class VideoWriteError(VideoError):
+    """The run started but its output could not be written completely (a full disk)."""
 
 
 class MaskStream:
@@ -54,11 +59,39 @@ class MaskStream:
         return (prob > (0.5 if self.threshold is None else self.threshold)).astype(np.uint8)
 
 
+def check_input(source: str) -> None:
+    """Refuse, before anything is written, an input that cannot be opened: a missing file,
+    or a name OpenCV cannot take."""
+    if source.isdigit():
+        return
+    if not Path(source).is_file():
+        raise VideoError(f"{source}: no such video file (give a file or a camera index such as 0)")
+    if opencv_path(source) is None:
+        raise VideoError(f"{source}: OpenCV cannot open a file whose name is not valid UTF-8; rename it")
+
+
+def check_output(output: str, source: str) -> None:
+    """Refuse, before anything is written, an output that cannot be written or would
+    replace the input."""
+    path = Path(output)
+    ext = path.suffix.lower()
+    if ext not in CODECS:
+        raise VideoError(f"{output}: unsupported output extension {ext or '(none)'!r}; use one of {sorted(CODECS)}")
+    if not path.parent.is_dir():
+        raise VideoError(f"{output}: cannot write, folder {str(path.parent)!r} does not exist")
+    if path.is_dir():
+        raise VideoError(f"{output}: is a folder; give the video file to write")
+    if opencv_path(path.parent) is None:
+        raise VideoError(f"{output}: OpenCV cannot write into a folder whose name is not valid UTF-8")
+    if not source.isdigit() and (path.resolve() == Path(source).resolve()
+                                 or path.exists() and path.samefile(source)):
+        raise VideoError(f"{output}: the output would overwrite the input")
+
+
 def open_input(source: str) -> tuple[cv2.VideoCapture, bool]:
     """A video file, or a camera given by its index ("0"). Returns (capture, is_camera)."""
+    check_input(source)
     is_camera = source.isdigit()
-    if not is_camera and not Path(source).is_file():
-        raise VideoError(f"{source}: no such video file (give a file or a camera index such as 0)")
     cap = cv2.VideoCapture(int(source) if is_camera else source)
     if not cap.isOpened():
         raise VideoError(f"{source}: cannot open {'camera' if is_camera else 'as a video'}")
@@ -71,10 +104,6 @@ class VideoOutput:
 
     def __init__(self, path: str, fps: float, width: int, height: int):
         ext = Path(path).suffix.lower()
-        if ext not in CODECS:
-            raise VideoError(f"{path}: unsupported output extension {ext or '(none)'!r}; use one of {sorted(CODECS)}")
-        if not Path(path).parent.is_dir():
-            raise VideoError(f"{path}: cannot write, folder {str(Path(path).parent)!r} does not exist")
         fourcc = cv2.VideoWriter_fourcc(*CODECS[ext])
         self.packets = False
         if CODECS[ext] == "MJPG" and hasattr(cv2, "VIDEOWRITER_PROP_RAW_VIDEO"):
@@ -124,61 +153,94 @@ def run(model: Segmenter, source: str, output: str, smooth: float = 0.0, thresho
         display: bool = False, max_frames: int | None = None, on_frame=None) -> VideoResult:
     """Segment `source` into the overlay video `output`; `on_frame(done, total, fps)` reports progress.
 
-    Stops at the end of the input, after `max_frames`, on Ctrl-C, or on q/Esc in the window;
-    the output is always closed properly."""
+    Stops at the end of the input, after `max_frames`, on Ctrl-C (or SIGTERM, which the
+    command line turns into the same interrupt), or on q/Esc in the window. The video is
+    written beside `output` and renamed onto it only once complete and verified: a run
+    that fails leaves an existing `output` as it was."""
+    check_output(output, source)
     cap, is_camera = open_input(source)
-    writer, window = None, False
+    window = False
     try:
         ok, frame = cap.read()
         if not ok:
             raise VideoError(f"{source}: no frame could be read")
-        fps_in = cap.get(cv2.CAP_PROP_FPS)
-        fps_in = fps_in if 1.0 <= fps_in <= 240.0 else DEFAULT_FPS
-        total = None if is_camera else int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) or None
-        if max_frames is not None:
-            total = min(total or max_frames, max_frames)
-        height, width = frame.shape[:2]
-        writer = VideoOutput(output, fps_in, width, height)
-        if display:
-            _open_window()
-            window = True
-        masks = MaskStream(model, smooth, threshold)
         try:
             model.logits(frame)  # warm-up (JIT, buffers) outside the timed loop; checks the frame size
         except ValueError as e:
             raise VideoError(f"{source}: {e}") from None
-        frames, seg_cpu = 0, 0.0
-        recent = deque(maxlen=31)  # start times of the last 31 frames: the FPS readout over 30 intervals
-        start, start_cpu = time.perf_counter(), time.process_time()
+        if display:
+            _open_window()
+            window = True
         try:
-            while ok:
-                t0, c0 = time.perf_counter(), time.process_time()
-                mask = masks.next(frame)
-                seg_cpu += time.process_time() - c0
-                draw_overlay(frame, mask, in_place=True)
-                recent.append(t0)
-                fps_now = (len(recent) - 1) / (recent[-1] - recent[0]) if len(recent) > 1 else 0.0
-                draw_label(frame, f"{fps_now:5.1f} FPS")
-                writer.write(frame)
-                frames += 1
-                if on_frame:
-                    on_frame(frames, total, fps_now)
-                if window:
-                    cv2.imshow("npseg", frame)
-                    if cv2.waitKey(1) & 0xFF in (ord("q"), 27):
-                        break
-                if max_frames is not None and frames >= max_frames:
-                    break
-                ok, frame = cap.read()
-        except KeyboardInterrupt:
-            pass  # stopping a camera with Ctrl-C is normal: finish the file and report
-        return VideoResult(frames, time.perf_counter() - start, time.process_time() - start_cpu, seg_cpu)
+            with replacing(output) as temp:
+                return _write_video(cap, frame, str(temp), output, MaskStream(model, smooth, threshold),
+                                    window, _frame_total(cap, is_camera, max_frames), max_frames, on_frame)
+        except OSError as e:  # the folder takes no new file, or the finished file cannot be renamed
+            raise VideoError(f"{output}: cannot write there ({e.strerror or e})") from None
     finally:
         cap.release()
-        if writer is not None:
-            writer.release()
         if window:
             cv2.destroyAllWindows()
+
+
+def _frame_total(cap, is_camera: bool, max_frames: int | None) -> int | None:
+    """How many frames the run will segment, when known (for the progress line)."""
+    total = None if is_camera else int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) or None
+    return total if max_frames is None else min(total or max_frames, max_frames)
+
+
+def _write_video(cap, frame, temp: str, output: str, masks: MaskStream, window: bool,
+                 total: int | None, max_frames: int | None, on_frame) -> VideoResult:
+    """Segment the frames from `frame` on into the video file `temp`, closed and verified."""
+    fps_in = cap.get(cv2.CAP_PROP_FPS)
+    fps_in = fps_in if 1.0 <= fps_in <= 240.0 else DEFAULT_FPS
+    writer = VideoOutput(temp, fps_in, frame.shape[1], frame.shape[0])
+    frames, seg_cpu, ok = 0, 0.0, True
+    recent = deque(maxlen=31)  # start times of the last 31 frames: the FPS readout over 30 intervals
+    start, start_cpu = time.perf_counter(), time.process_time()
+    try:
+        while ok:
+            t0, c0 = time.perf_counter(), time.process_time()
+            mask = masks.next(frame)
+            seg_cpu += time.process_time() - c0
+            draw_overlay(frame, mask, in_place=True)
+            recent.append(t0)
+            fps_now = (len(recent) - 1) / (recent[-1] - recent[0]) if len(recent) > 1 else 0.0
+            draw_label(frame, f"{fps_now:5.1f} FPS")
+            writer.write(frame)
+            frames += 1
+            if on_frame:
+                on_frame(frames, total, fps_now)
+            if window:
+                cv2.imshow("npseg", frame)
+                if cv2.waitKey(1) & 0xFF in (ord("q"), 27):
+                    break
+            if max_frames is not None and frames >= max_frames:
+                break
+            ok, frame = cap.read()
+    except KeyboardInterrupt:
+        if not frames:
+            raise  # nothing to keep: the run was interrupted, the output stays as it was
+        # stopping a camera with Ctrl-C is normal: finish the file and report
+    finally:
+        writer.release()
+    result = VideoResult(frames, time.perf_counter() - start, time.process_time() - start_cpu, seg_cpu)
+    _verify(temp, output, frames)
+    return result
+
+
+def _verify(path: str, output: str, frames: int) -> None:
+    """OpenCV's writer reports no I/O error: a full disk leaves a truncated file behind a
+    successful run. A complete file opens, holds every frame and decodes its last one."""
+    cap = cv2.VideoCapture(path)
+    try:
+        found = int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) if cap.isOpened() else 0
+        last_ok = found == frames and cap.set(cv2.CAP_PROP_POS_FRAMES, frames - 1) and cap.grab()
+    finally:
+        cap.release()
+    if not last_ok:
+        raise VideoWriteError(f"{output}: could not be written completely ({found} of {frames} frame(s) "
+                              "readable; disk full?); the partial file was removed")
 
 
 def _open_window() -> None:
