@@ -12,12 +12,17 @@ import math
 
 import numpy as np
 
+from .. import preprocessing
 from ..ops.activation import relu6_ref as relu6, relu_ref as relu
-from ..ops.attention import attention_gate_ref, channel_attention_ref, spatial_attention_ref
+from ..ops.attention import (attention_gate_add, attention_gate_ref, channel_attention, channel_attention_ref,
+                             spatial_attention_ref, spatial_gate)
 from ..ops.conv import conv2d_ref
-from ..ops.inverted_residual import multi_kernel_depthwise_ref
+from ..ops.inverted_residual import multi_kernel_depthwise, multi_kernel_depthwise_ref, pointwise
 from ..ops.resize import max_pool2x2_ref as max_pool
-from ..ops.upsample import up2_ref as up2
+from ..ops.steps import max_pool2x2
+from ..ops.upsample import up2_bias_relu, up2_ref as up2, up2_relu_head
+from ..plan import Plan
+from . import Family
 from .config import ModelConfig
 
 KERNELS = (1, 3, 5)  # the MKIR's depthwise branches
@@ -219,3 +224,80 @@ def reference_features(cfg: UltraLightUNetConfig, p: dict, x: np.ndarray) -> dic
 def reference_forward(cfg: UltraLightUNetConfig, p: dict, x: np.ndarray) -> np.ndarray:
     """x [3, H, W] ImageNet-normalised RGB (H, W multiples of 32) -> logits [K, H, W]."""
     return reference_features(cfg, p, x)["logits"]
+
+
+# ---- fast plan -----------------------------------------------------------------------------
+
+def _mkir_steps(plan, p, name, cat, out):
+    """One MKIR whose input already sits in cat[E:]: expand (1x1), multi-kernel depthwise into
+    cat[:E], then the projection and residual as one 1x1 over cat into `out`, without its bias
+    (the step that reads `out` adds it)."""
+    e, h, w = p[f"{name}.pw1.weight"].shape[0], cat.shape[1], cat.shape[2]
+    expanded = plan.buffer(e, h, w)
+    plan.add(pointwise(cat[e:], p[f"{name}.pw1.weight"], expanded))
+    plan.add(multi_kernel_depthwise(expanded, p[f"{name}.pw1.bias"], [p[f"{name}.dw{k}.weight"] for k in KERNELS],
+                                    [p[f"{name}.dw{k}.bias"] for k in KERNELS], cat[:e]))
+    plan.add(pointwise(cat, p[f"{name}.project.weight"], out))
+
+
+def _encoder_steps(plan, cfg, p, h, w):
+    """The five encoder blocks; returns the pooled outputs t1..t4, b. Each block's pooled output
+    is written straight into the next block's input slot (cat[E:])."""
+    widths = encoder_widths(cfg)
+    cats = [plan.buffer((EXPANSION + 1) * cin, h >> i, w >> i) for i, (cin, _) in enumerate(widths)]
+    plan.input = cats[0][EXPANSION * 3:]  # the engine writes the frame straight into the first input slot
+    pooled = []
+    for i, (cin, cout) in enumerate(widths):
+        name = f"encoder{i + 1}.0"
+        y = plan.buffer(cout, h >> i, w >> i)
+        _mkir_steps(plan, p, name, cats[i], y)
+        t = cats[i + 1][EXPANSION * cout:] if i < 4 else plan.buffer(cout, h >> 5, w >> 5)
+        plan.add(max_pool2x2(y, np.ones(cout, np.float32), p[f"{name}.project.bias"], t))  # max, then bias
+        pooled.append(t)
+    return pooled
+
+
+def build_plan(cfg: UltraLightUNetConfig, params: dict, h: int, w: int) -> Plan:
+    """The float32 plan for an h x w input (multiples of 32)."""
+    p = {k: np.ascontiguousarray(v, np.float32) for k, v in params.items()}
+    plan = Plan(h, w)
+    *skips, u = _encoder_steps(plan, cfg, p, h, w)
+    for i, (cin, cout) in enumerate(decoder_widths(cfg)):
+        name, (hi, wi) = f"decoder{i + 1}.0", u.shape[1:]
+        gate, cat, y = np.zeros(cin, np.float32), plan.buffer((EXPANSION + 1) * cin, hi, wi), plan.buffer(cout, hi, wi)
+        plan.add(channel_attention(u, p[f"CA{i + 1}.fc1.weight"], p[f"CA{i + 1}.fc2.weight"], gate))
+        plan.add(spatial_gate(u, gate, p["SA.conv.weight"], cat[EXPANSION * cin:]))  # both gates into the input slot
+        _mkir_steps(plan, p, name, cat, y)
+        if i == 4:  # the last upsampling, its ReLU and the output head in one pass
+            plan.output = plan.buffer(cfg.num_classes, h, w)
+            plan.add(up2_relu_head(y, p[f"{name}.project.bias"], p["out4.weight"], p["out4.bias"], plan.output))
+            break
+        u = plan.buffer(cout, 2 * hi, 2 * wi)
+        plan.add(up2_bias_relu(y, p[f"{name}.project.bias"], u))
+        g = f"AG{i + 1}"
+        plan.add(attention_gate_add(u, skips[3 - i], *(p[f"{g}.{n}.{f}"] for n in ("W_g", "W_x", "psi")
+                                                        for f in ("weight", "bias"))))
+    return plan
+
+
+def runnable_problems(cfg: UltraLightUNetConfig) -> list[str]:
+    if cfg.num_classes != 1:
+        return [f"npseg runs one sigmoid polyp logit; this model has {cfg.num_classes} classes"]
+    return []
+
+
+FAMILY = Family(
+    name="ultralightunet",
+    config_type=UltraLightUNetConfig,
+    variants=VARIANTS,
+    expected_tensors=expected_tensors,
+    fold=fold,
+    reference_forward=reference_forward,
+    build_plan=build_plan,
+    input_multiple=32,
+    min_input=32,
+    preprocessing=preprocessing.affine(scale=1.0 / 255.0, mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225)),
+    output={"activation": "sigmoid", "polyp_channel": 0},
+    out_channels=lambda cfg: cfg.num_classes,
+    runnable_problems=runnable_problems,
+)

@@ -24,3 +24,90 @@ def up2_ref(x):
     ry = half_pixel_doubling_matrix(x.shape[1]).astype(x.dtype)
     rx = half_pixel_doubling_matrix(x.shape[2]).astype(x.dtype)
     return ry @ x @ rx.T
+
+
+# ---- Numba kernels -------------------------------------------------------------------------
+from functools import partial  # noqa: E402
+
+from ._jit import inline, kernel  # noqa: E402
+from .steps import _arrays, _need  # noqa: E402
+
+_f = np.float32
+Q1, Q3 = _f(0.25), _f(0.75)
+
+
+@inline
+def _up2_row(line, bias, row):
+    """row [2w] = the horizontal 2x upsampling of line [w] + bias (the weights sum to 1, so the
+    bias commutes with the interpolation)."""
+    n = line.size
+    last = n - 1
+    row[0] = line[0] + bias
+    row[2 * last + 1] = line[last] + bias
+    if n == 1:
+        return
+    row[1] = Q3 * line[0] + Q1 * line[1] + bias
+    row[2 * last] = Q3 * line[last] + Q1 * line[last - 1] + bias
+    for m in range(1, last):
+        row[2 * m] = Q3 * line[m] + Q1 * line[m - 1] + bias
+        row[2 * m + 1] = Q3 * line[m] + Q1 * line[m + 1] + bias
+
+
+@kernel
+def up2_bias_relu_nb(src, bias, rows, out):
+    """out[c] = relu(up2(src[c]) + bias[c]): src [C, h, w], out [C, 2h, 2w], rows [h, 2w] scratch."""
+    c_n, h, width = src.shape
+    for c in range(c_n):
+        for y in range(h):
+            _up2_row(src[c, y], bias[c], rows[y])
+        for y in range(h):
+            r, r_up, r_down = rows[y], rows[max(y - 1, 0)], rows[min(y + 1, h - 1)]
+            o0, o1 = out[c, 2 * y], out[c, 2 * y + 1]
+            for x in range(2 * width):
+                o0[x] = max(Q3 * r[x] + Q1 * r_up[x], _f(0.0))
+                o1[x] = max(Q3 * r[x] + Q1 * r_down[x], _f(0.0))
+
+
+@kernel
+def up2_relu_head_nb(src, bias, w, b, ring, out):
+    """out[k] = b[k] + sum_c w[k, c] relu(up2(src[c]) + bias[c]): the last decoder's upsampling,
+    ReLU and the 1x1 output head in one pass, without storing the upsampled map.
+    ring [C, 3, 2w]: each channel's horizontally upsampled rows y - 1, y, y + 1."""
+    c_n, h, width = src.shape
+    k_n = out.shape[0]
+    for c in range(c_n):
+        for y in range(min(2, h)):
+            _up2_row(src[c, y], bias[c], ring[c, y])
+    for y in range(h):
+        for k in range(k_n):
+            out[k, 2 * y, :] = b[k]
+            out[k, 2 * y + 1, :] = b[k]
+        for c in range(c_n):
+            r, r_up, r_down = ring[c, y % 3], ring[c, max(y - 1, 0) % 3], ring[c, min(y + 1, h - 1) % 3]
+            for k in range(k_n):
+                wk, o0, o1 = w[k, c], out[k, 2 * y], out[k, 2 * y + 1]
+                for x in range(2 * width):
+                    o0[x] += wk * max(Q3 * r[x] + Q1 * r_up[x], _f(0.0))
+                    o1[x] += wk * max(Q3 * r[x] + Q1 * r_down[x], _f(0.0))
+        if y + 2 < h:  # row y - 1's slot is free now
+            for c in range(c_n):
+                _up2_row(src[c, y + 2], bias[c], ring[c, (y + 2) % 3])
+
+
+def up2_bias_relu(src, bias, out):
+    """out = relu(up2(src) + bias): [C, h, w] -> [C, 2h, 2w]."""
+    _arrays(src, bias, out)
+    c, h, width = src.shape
+    _need(src.ndim == 3 and out.shape == (c, 2 * h, 2 * width) and bias.shape == (c,),
+          f"up2_bias_relu: {src.shape} -> {out.shape}, bias {bias.shape}")
+    return [partial(up2_bias_relu_nb, src, bias, np.zeros((h, 2 * width), _f), out)]
+
+
+def up2_relu_head(src, bias, w, b, out):
+    """out = w @ relu(up2(src) + bias) + b: [C, h, w] -> [K, 2h, 2w]; w [K, C(, 1, 1)], b [K]."""
+    _arrays(src, bias, b, out)
+    c, h, width = src.shape
+    w2 = np.ascontiguousarray(w.reshape(w.shape[0], -1), dtype=_f)
+    _need(src.ndim == 3 and bias.shape == (c,) and w2.shape == (out.shape[0], c) and b.shape == (out.shape[0],)
+          and out.shape[1:] == (2 * h, 2 * width), f"up2_relu_head: {src.shape} -> {out.shape}, weight {w.shape}")
+    return [partial(up2_relu_head_nb, src, bias, w2, b, np.zeros((c, 3, 2 * width), _f), out)]
