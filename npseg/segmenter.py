@@ -42,17 +42,23 @@ def _bundled_dir() -> Path:
 
 
 def resolve_weights(path_or_name: str | os.PathLike) -> Path:
-    """A file path as given, or a bundled model name such as 'ultraseg-130k'."""
+    """A bundled model name such as 'ultraseg-130k', or a file path. A string is a path
+    only when it looks like one: it has a folder separator or a suffix, or is written
+    'file:PATH'; a file or folder in the current directory never shadows a bundled name."""
+    if not isinstance(path_or_name, str):  # a Path object is a path
+        return Path(path_or_name)
+    if path_or_name.startswith("file:"):
+        return Path(path_or_name[len("file:"):])
     p = Path(path_or_name)
-    if p.suffix or p.exists() or os.sep in str(path_or_name):
+    if p.suffix or any(sep and sep in path_or_name for sep in (os.sep, os.altsep)):
         return p
     candidate = _bundled_dir() / f"{path_or_name}.safetensors"
     if candidate.exists():
         return candidate
-    names = bundled_names()
+    here = f" (for the file here, write ./{path_or_name} or file:{path_or_name})" if p.exists() else ""
     raise WeightsError(
-        f"unknown weights name {str(path_or_name)!r}: bundled models are {names or 'none'}; "
-        "or pass the path of a .safetensors file"
+        f"unknown weights name {path_or_name!r}: bundled models are {bundled_names() or 'none'}; "
+        f"or pass the path of a .safetensors file{here}"
     )
 
 
