@@ -14,6 +14,8 @@ import torch.nn.functional as F
 from npseg.models.ultralightunet import (BN_EPS, EXPANSION, KERNELS, UltraLightUNetConfig, ca_hidden,
                                          decoder_widths, encoder_widths, shuffle_groups)
 
+from . import GoldenCase, TorchFamily
+
 
 def _conv_bn(cin, cout, k, groups=1, bias=False, *act):
     conv = nn.Conv2d(cin, cout, k, padding=k // 2, groups=groups, bias=bias)
@@ -155,9 +157,22 @@ def structure_loss(logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return (bce + iou).mean()
 
 
-def loss(outputs, mask: torch.Tensor) -> torch.Tensor:
+def ultralightunet_loss(outputs, batch: dict):
     """The family loss: structure loss on the logits plus, in training, on each deep-supervision
-    output (equal weights)."""
-    if isinstance(outputs, torch.Tensor):
-        return structure_loss(outputs, mask)
-    return sum(structure_loss(o, mask) for o in outputs)
+    output (equal weights, as in the authors' PraNet-lineage trainers). Returns (total, parts)."""
+    mask = batch["mask"]
+    outputs = (outputs,) if isinstance(outputs, torch.Tensor) else tuple(outputs)
+    parts = {"main": structure_loss(outputs[0], mask)}
+    parts.update({f"aux{i + 1}": structure_loss(o, mask) for i, o in enumerate(outputs[1:])})
+    return sum(parts.values()), {k: float(v.detach()) for k, v in parts.items()}
+
+
+FAMILY = TorchFamily(
+    name="ultralightunet",
+    build=build,
+    loss=ultralightunet_loss,
+    golden=tuple(GoldenCase(variant=f"ultralightunet-{v}", weights=f"ultralightunet/ultralightunet_{v}.safetensors",
+                            npz=f"ultralightunet/golden_ultralightunet_{v}.npz",
+                            pairs=(("input", "output"), ("input_rect", "output_rect")), tolerance=1e-4)
+                 for v in "tsb"),
+)
