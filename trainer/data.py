@@ -19,6 +19,8 @@ import cv2
 import numpy as np
 import torch
 
+from . import augment as A
+
 IMAGE_EXTS = (".jpg", ".jpeg", ".png")
 SIZE = 256
 TEST_FRACTION = 0.2
@@ -73,9 +75,18 @@ def _bad(message: str, skip_bad: bool) -> None:
     warnings.warn("skipping " + message, stacklevel=3)
 
 
+def _decode(path: Path, flags: int) -> np.ndarray | None:
+    """cv2.imdecode of the file's bytes: unlike cv2.imread, any file name the system allows
+    (bytes that are not UTF-8 included) opens."""
+    try:
+        return cv2.imdecode(np.fromfile(path, dtype=np.uint8), flags)
+    except (OSError, cv2.error):
+        return None
+
+
 def read_image(path: Path) -> np.ndarray:
     """HxWx3 uint8 BGR; DataError when the file does not decode."""
-    img = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    img = _decode(path, cv2.IMREAD_COLOR)
     if img is None or img.size == 0:
         raise DataError(f"{path}: cannot decode the image (corrupt or not an image); replace or remove it")
     return img
@@ -83,7 +94,7 @@ def read_image(path: Path) -> np.ndarray:
 
 def read_mask(path: Path) -> np.ndarray:
     """HxW uint8 {0,1}: grey level >= 128, whatever the channel count."""
-    m = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    m = _decode(path, cv2.IMREAD_UNCHANGED)
     if m is None or m.size == 0:
         raise DataError(f"{path}: cannot decode the mask (corrupt or not an image); replace or remove it")
     if m.dtype != np.uint8:  # 16-bit masks: scale to 8 bits
@@ -140,16 +151,90 @@ def resize_sample(img_bgr: np.ndarray, mask01: np.ndarray, size=SIZE) -> tuple[n
 
 # ---------------------------------------------------------------- splits
 
+SEQUENCES_FILE = "sequences.txt"  # a video dataset's sequences: "first-last" stems (inclusive ids), one a line
+SPLIT_RULE = (f"per dataset, seeded: random {1 - TEST_FRACTION:.0%}/{TEST_FRACTION:.0%} train/test, validation = "
+              f"{VAL_FRACTION:.0%} of train (early stopping only), near-duplicate frames on one side; a video dataset "
+              f"({SEQUENCES_FILE}) by whole sequences, about 70/10/20 of its frames")
+MIN_IMAGES = 3  # a split needs one image each for train, validation and test
+SEQUENCE_FRACTIONS = {"test": 0.2, "val": 0.1}  # of the frames; the rest trains
+# Near-duplicate frames (mean absolute difference of 32x32 grey thumbnails under 1.5 grey levels,
+# measured on every pair of each dataset): a split keeps each group on one side.
+NEAR_DUPLICATES = {
+    "kvasir-seg": (("cju30bmab08bi0835mvlr6e0r", "cju77k828z46w0871r0avuoo9"),
+                   ("cju76lsehyia10987u54vn8rb", "cju772304yw5t0818vbw8kkjf"),
+                   ("cju886ryxnsl50801r93jai7q", "cju8amfdtqi4x09871tygrgqe")),
+    "polypgen": (("11_endocv2021_positive_948", "11_endocv2021_positive_968", "11_endocv2021_positive_976"),
+                 ("232OLCV1_100H0002", "232OLCV1_100S0001"), ("430OLCV1_100H0002", "430OLCV1_100S0001"),
+                 ("510OLCV1_100H0010", "510OLCV1_100S0009"), ("EndoCV2021_001028", "EndoCV2021_001031"),
+                 ("EndoCV2021_001029", "EndoCV2021_001030"), ("EndoCV2021_001138", "EndoCV2021_001139"),
+                 ("EndoCV2021_C5_50000140", "EndoCV2021_C5_50000141"),
+                 ("EndoCV2021_C5_50000284", "EndoCV2021_C5_50000285")),
+}
+
+
 def make_split(stems: list[str], seed: int, test_fraction: float = TEST_FRACTION,
-               val_fraction: float = VAL_FRACTION) -> dict[str, list[str]]:
-    """Seeded random 80/20 train/test, then validation carved out of train. Sorted lists of stems."""
+               val_fraction: float = VAL_FRACTION, together=()) -> dict[str, list[str]]:
+    """Seeded random 80/20 train/test, then validation carved out of train (at least one image each).
+    Each group of stems in `together` (near-duplicates) goes where its first member in the seeded
+    order went. Sorted lists of stems."""
     stems = sorted(stems)
     order = np.random.default_rng(seed).permutation(len(stems))
-    n_test = int(round(test_fraction * len(stems)))
-    test = [stems[i] for i in order[:n_test]]
-    rest = [stems[i] for i in order[n_test:]]
-    n_val = int(round(val_fraction * len(rest)))
-    return {"train": sorted(rest[n_val:]), "val": sorted(rest[:n_val]), "test": sorted(test)}
+    n_test = max(1, int(round(test_fraction * len(stems))))
+    rest = order[n_test:]
+    n_val = max(1, int(round(val_fraction * len(rest))))
+    part_of = {stems[i]: "test" for i in order[:n_test]}
+    part_of |= {stems[i]: "val" for i in rest[:n_val]} | {stems[i]: "train" for i in rest[n_val:]}
+    rank = {stems[i]: r for r, i in enumerate(order)}
+    for group in together:
+        present = [s for s in group if s in part_of]
+        for s in present:
+            part_of[s] = part_of[min(present, key=rank.__getitem__)]
+    return {k: sorted(s for s in stems if part_of[s] == k) for k in ("train", "val", "test")}
+
+
+def read_sequences(path) -> list[list[str]]:
+    """The stems of each sequence of a SEQUENCES_FILE ("first-last", inclusive integer ids)."""
+    sequences = []
+    for n, line in enumerate(Path(path).read_text().splitlines(), 1):
+        first, sep, last = line.strip().partition("-")
+        if not (sep and first.isdigit() and last.isdigit() and int(first) <= int(last)):
+            raise DataError(f"{path}:{n}: {line!r} is not a sequence 'first-last' of integer frame ids")
+        sequences.append([str(i) for i in range(int(first), int(last) + 1)])
+    return sequences
+
+
+def make_sequence_split(stems: list[str], sequences: list[list[str]], seed: int) -> dict[str, list[str]]:
+    """Whole sequences to each part (no sequence on both sides): in a seeded order, a sequence goes to
+    test, else validation, when it brings that part's frame count nearer its SEQUENCE_FRACTIONS share,
+    else to train (each part gets one first). A stem in no sequence counts as a sequence of its own."""
+    known = set(stems)
+    groups = [[s for s in seq if s in known] for seq in sequences]
+    listed = {s for g in groups for s in g}
+    groups = [g for g in groups if g] + [[s] for s in sorted(known - listed)]
+    if len(groups) < MIN_IMAGES:
+        raise DataError(f"{len(groups)} sequences: a split by sequence needs at least {MIN_IMAGES} "
+                        "(one each for train, validation and test)")
+    target = {k: f * len(stems) for k, f in SEQUENCE_FRACTIONS.items()}
+    parts = {"train": [], "val": [], "test": []}
+    for i in np.random.default_rng(seed).permutation(len(groups)):
+        g = groups[i]
+        # an empty part first; then a part that g brings nearer its target (c + n/2 < t)
+        part = next((k for k in ("test", "val", "train") if not parts[k]), None) or next(
+            (k for k in ("test", "val") if len(parts[k]) + len(g) / 2 < target[k]), "train")
+        parts[part] += g
+    return {k: sorted(v) for k, v in parts.items()}
+
+
+def new_split(root, stems: list[str], seed: int) -> dict[str, list[str]]:
+    """A dataset's split from `seed`: by sequence when its folder has a SEQUENCES_FILE, else
+    make_split with its NEAR_DUPLICATES kept together. DataError below MIN_IMAGES images."""
+    if len(stems) < MIN_IMAGES:
+        raise DataError(f"{root}: {len(stems)} image/mask pair(s); a split needs at least {MIN_IMAGES} "
+                        "(one each for train, validation and test)")
+    sequences = Path(root) / SEQUENCES_FILE
+    if sequences.exists():
+        return make_sequence_split(stems, read_sequences(sequences), seed)
+    return make_split(stems, seed, together=NEAR_DUPLICATES.get(dataset_name(root), ()))
 
 
 def split_hash(split: dict[str, list[str]]) -> str:
@@ -192,7 +277,7 @@ def load_or_make_split(root, seed: int, split_file: Path | None = None, skip_bad
             warnings.warn(f"{root}: the recorded split (--init or --splits-from) for {dataset_name(root)!r} does "
                           f"not list exactly this folder's images, so a new split (seed {seed}) is made; images "
                           "the starting model was tested on may now be in this run's train part", stacklevel=2)
-        split = make_split(stems, seed)
+        split = new_split(root, stems, seed)
     if limit:
         split = {k: v[:max(1, limit if k == "train" else limit // 4)] for k, v in split.items()}
     if split_file is not None:
@@ -312,7 +397,7 @@ def _cache_key(root: Path, stems: list[str], pairs: dict[str, Pair], size) -> st
     for s in stems:
         for p in (pairs[s].image, pairs[s].mask):
             st = p.stat()
-            h.update(f"|{p.name}:{st.st_size}:{st.st_mtime_ns}".encode())
+            h.update(b"|" + os.fsencode(p.name) + f":{st.st_size}:{st.st_mtime_ns}".encode())
     return h.hexdigest()[:16]
 
 
@@ -358,14 +443,26 @@ def _load_cache(d: Path):
 
 # ---------------------------------------------------------------- torch dataset
 
-# name -> what it does (recorded in the weights' provenance)
+# name -> what it does (recorded in the weights' provenance); trainer.augment's specs
+# ("flips-rotations", "domain-shift", "domain-shift:-jpeg", ...) are accepted too
 AUGMENTATIONS = {"recipe": "hflip + rotation +-10 deg",
-                 "strong": "hflip + vflip + rotation +-10 deg + zoom 0.8-1.25 + brightness/contrast/saturation x0.8-1.2"}
+                 "strong": "hflip + vflip + rotation +-10 deg + zoom 0.8-1.25 + brightness/contrast/saturation x0.8-1.2",
+                 **{name: f"{name}: {A.describe(name)}" for name in A.PRESETS}}
+
+
+def describe_augmentation(name: str) -> str:
+    """What an augmentation name or trainer.augment spec does, for the provenance."""
+    check_augmentation(name)
+    return AUGMENTATIONS.get(name) or f"{name}: {A.describe(name)}"
 
 
 def check_augmentation(name: str) -> None:
-    if name not in AUGMENTATIONS:
-        raise ValueError(f"augmentation {name!r}: choose one of {list(AUGMENTATIONS)}")
+    if name in ("recipe", "strong"):
+        return
+    try:
+        A.parse(name)
+    except A.AugmentError as e:
+        raise ValueError(f"{e}; or one of {list(AUGMENTATIONS)}") from None
 
 
 def augment(img: np.ndarray, mask: np.ndarray, bound: np.ndarray, rng: np.random.Generator,
@@ -374,7 +471,8 @@ def augment(img: np.ndarray, mask: np.ndarray, bound: np.ndarray, rng: np.random
     reflected border, masks nearest with zero border. "strong" adds, for multi-centre data whose
     colour and scale vary by centre: vertical flip (p 0.5), zoom in [0.8, 1.25] in the same warp,
     and brightness, contrast and saturation each scaled in [0.8, 1.2]."""
-    check_augmentation(mode)
+    if mode not in ("recipe", "strong"):
+        raise ValueError(f"augment: mode {mode!r} is 'recipe' or 'strong' (trainer.augment applies the others)")
     strong = mode == "strong"
     if rng.random() < 0.5:
         img, mask, bound = img[:, ::-1], mask[:, ::-1], bound[:, ::-1]
@@ -454,24 +552,37 @@ def _pasteable(mask: np.ndarray) -> bool:
     return float(m.mean()) >= 0.005 and not (m[0].any() or m[-1].any() or m[:, 0].any() or m[:, -1].any())
 
 
+def _no_targets(mask01: np.ndarray) -> dict:
+    return {}
+
+
 class PolypDataset(torch.utils.data.Dataset):
-    """Cached samples of one or more datasets. Items: image [3,H,W] float32 RGB in [0,1],
-    mask [1,H,W] and boundary [1,H,W] float32 {0,1}. With `seed`, augmentation is a
-    deterministic function of (seed, epoch, index), whatever the worker or process;
-    `augmentation` names the recipe (see `augment`). With `repeat_small=(area, times)`, a sample
-    whose polyp covers under `area` of the image (polyp-free ones included) appears `times` times
-    per epoch, each copy augmented differently. With `paste_small` p (and `seed`), a sample gets,
-    with probability p, a small copy of another sample's polyp pasted in (`paste_small_polyp`)."""
+    """Cached samples of one or more datasets. Items: {"image": [3,H,W] float32 RGB pixels in 0..255
+    (the training loop normalises them as the model family's npseg preprocessing record says),
+    "mask": [1,H,W] float32 {0,1}, and each of `targets(mask)` (the family's extra targets, made from
+    the augmented mask) as [1,H,W] float32}.
+    With `seed`, augmentation is a deterministic function of (seed, epoch, index), whatever the
+    worker or process; `augmentation` names it ("recipe", "strong" or a trainer.augment spec).
+    With `repeat_small=(area, times)`, a sample whose polyp covers under `area` of the image
+    (polyp-free ones included) appears `times` times per epoch, each copy augmented differently.
+    With `paste_small` p (and `seed`), a sample gets, with probability p, a small copy of another
+    sample's polyp pasted in (`paste_small_polyp`). With `balanced`, each epoch draws as many samples
+    from every dataset as the largest has, the smaller ones repeated (each pass in a new seeded order),
+    so that no dataset dominates."""
 
     def __init__(self, parts: list[tuple], seed: int | None = None, augmentation: str = "recipe",
-                 repeat_small: tuple[float, int] | None = None, paste_small: float = 0.0):
+                 repeat_small: tuple[float, int] | None = None, paste_small: float = 0.0, balanced: bool = False,
+                 targets=_no_targets):
         check_augmentation(augmentation)
         self.parts = parts  # (stems, images, masks, boundaries) per dataset
-        self.index = [(p, i) for p, part in enumerate(parts) for i in range(len(part[0]))]
+        self.per_part = [[(p, i) for i in range(len(part[0]))] for p, part in enumerate(parts)]
         if repeat_small is not None:
             area, times = repeat_small
-            small = [(p, i) for p, i in self.index if float(np.mean(parts[p][2][i])) < area]
-            self.index += small * (int(times) - 1)
+            self.per_part = [ix + [(p, i) for p, i in ix if float(np.mean(parts[p][2][i])) < area] * (int(times) - 1)
+                             for ix in self.per_part]
+        self.index = [k for ix in self.per_part for k in ix]
+        self.balanced = balanced
+        self.draws = max(map(len, self.per_part), default=0)  # per dataset and epoch when balanced
         # paste sources per dataset: polyps large enough to shrink (>= 0.5 % of the image) and clear of
         # the image border (a polyp cut by the frame would be pasted with a straight edge)
         self.paste_small = paste_small
@@ -479,24 +590,42 @@ class PolypDataset(torch.utils.data.Dataset):
                               for part in parts] if paste_small > 0 else []
         self.seed = seed
         self.augmentation = augmentation
+        self.parts_on = None if augmentation in ("recipe", "strong") else A.parse(augmentation)
+        self.targets = targets
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
     def __len__(self):
-        return len(self.index)
+        return self.draws * len(self.per_part) if self.balanced else len(self.index)
+
+    def _sample(self, k: int) -> tuple[int, int]:
+        """(dataset, sample) of item k this epoch."""
+        if not self.balanced:
+            return self.index[k]
+        part, draw = divmod(k, self.draws)
+        ix = self.per_part[part]
+        passes, at = divmod(draw, len(ix))
+        order = np.random.default_rng((self.seed or 0, self.epoch, part, passes)).permutation(len(ix))
+        return ix[order[at]]
 
     def __getitem__(self, k):
-        p, i = self.index[k]
-        _, images, masks, bounds = self.parts[p]
-        img, mask, bound = images[i], masks[i], bounds[i]
+        p, i = self._sample(k)
+        _, images, masks, _ = self.parts[p]
+        img, mask = images[i], masks[i]
         if self.seed is not None:
             rng = np.random.default_rng((self.seed, self.epoch, k))
             if self.paste_small > 0 and self.paste_sources[p] and rng.random() < self.paste_small:
                 j = self.paste_sources[p][int(rng.integers(len(self.paste_sources[p])))]
-                img, mask, bound = paste_small_polyp(img, mask, images[j], masks[j], rng) or (img, mask, bound)
-            img, mask, bound = augment(img, mask, bound, rng, self.augmentation)
-        x = torch.from_numpy(np.ascontiguousarray(img).transpose(2, 0, 1).astype(np.float32) * np.float32(1.0 / 255.0))  # as npseg
-        return (x, torch.from_numpy(np.array(mask, dtype=np.float32)[None]),
-                torch.from_numpy(np.array(bound, dtype=np.float32)[None]))
+                img, mask = (paste_small_polyp(img, mask, images[j], masks[j], rng) or (img, mask))[:2]
+            if self.parts_on is None:
+                img, mask, _ = augment(img, mask, mask, rng, self.augmentation)
+            else:
+                img, mask = A.augment(img, mask, rng, self.parts_on)
+        mask = np.array(mask, dtype=np.uint8)
+        item = {"image": torch.from_numpy(np.ascontiguousarray(img).transpose(2, 0, 1).astype(np.float32)),
+                "mask": torch.from_numpy(mask.astype(np.float32)[None])}
+        for name, target in self.targets(mask).items():
+            item[name] = torch.from_numpy(np.asarray(target, dtype=np.float32)[None])
+        return item
