@@ -236,7 +236,8 @@ class _Builder:
 
 
 def build_plan(cfg: MicroAUNetConfig, p: dict, h: int, w: int) -> Plan:
-    """The Numba plan for an h x w input (multiples of 32, at least 128)."""
+    """The Numba plan for an h x w input (multiples of 32, at least 128). `plan.taps` maps the
+    TAPS the plan stores to their buffers (valid after run())."""
     plan = Plan(h, w)
     b = _Builder(cfg, p, plan)
     total = sum(cfg.widths[:5])
@@ -264,11 +265,13 @@ def build_plan(cfg: MicroAUNetConfig, p: dict, h: int, w: int) -> Plan:
     plan.add(ops_sb.channel_gates(sums, counts, p["lscab.catt.get_all_att.weight"].reshape(3),
                                   p["lscab.catt.shared_fc.weight"], p["lscab.catt.shared_fc.bias"], gates))
     gate_k = np.split(gates, np.cumsum(cfg.widths[:4]))
+    taps = {f"t{k}": t for k, t in enumerate(skips, 1)} | {"catt": gates}
 
     for k in range(1, 6):
         skip = skips[5 - k]
         x_stats = b.stats(np.zeros((skip.shape[0], 1)))
         dec = b.dwd(f"decoder{k}.1", b.ldga(f"decoder{k}.0", y, y_stats), x_stats)  # [c_{5-k}, H/2^(6-k)] or H/32
+        taps[f"dec{k}"] = dec
         c = dec.shape[0]
         scale, shift = b.gn_affine(x_stats, dec.shape[1] * dec.shape[2], b.ones[c], b.zeros[c],
                                    p[f"dbn{k}.weight"], p[f"dbn{k}.bias"])
@@ -280,10 +283,11 @@ def build_plan(cfg: MicroAUNetConfig, p: dict, h: int, w: int) -> Plan:
             plan.add(ops.resize_bilinear(dec, scale, shift, y, ACT_GELU))
         y_stats = b.stats(y) if k < 5 else None
         plan.add(ops_sb.bridge_add(y, skip, gate_k[5 - k], spatial[5 - k], p["lscab.alpha"], p["lscab.beta"], y_stats))
-    half = plan.buffer(1, *y.shape[1:])
+    half = taps["final"] = plan.buffer(1, *y.shape[1:])
     plan.add(ops.conv1x1(y, p["final.weight"], p["final.bias"], half))
     plan.output = plan.buffer(1, h, w)
     plan.add(ops.resize_bilinear(half, b.ones[1], b.zeros[1], plan.output))
+    plan.taps = {k: v for k, v in taps.items() if k != "dec1"}
     return plan
 
 
