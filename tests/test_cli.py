@@ -1,11 +1,18 @@
 """The `npseg` command: outputs on real frames and videos, and one-line errors with exit codes."""
 from __future__ import annotations
 
+import hashlib
 import io
+import json
+import os
 import re
+import shlex
 import shutil
+import signal
+import struct
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import cv2
@@ -271,3 +278,293 @@ def test_console_entry_point_runs_without_traceback(tmp_path):
                              timeout=120)
         assert bad.returncode == 2 and "Traceback" not in bad.stderr
         assert bad.stderr.count("\n") == 1 and bad.stderr.startswith("npseg: error: "), bad.stderr
+
+
+# ---- robustness: the real command in a subprocess; nothing of the user's lost, never a crash ----
+
+QUICK = ("--backend", "numpy", "--size", "32")  # the reference at a tiny input: no compilation, fast
+
+
+def npseg_cli(*argv, cwd: Path, timeout: float = 120) -> subprocess.CompletedProcess:
+    """`python -m npseg ARGV` as a user runs it; arguments may be bytes (names that are not UTF-8)."""
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    return subprocess.run([sys.executable, "-m", "npseg", *argv], cwd=cwd, capture_output=True, timeout=timeout,
+                          env=env)
+
+
+def assert_clean(result: subprocess.CompletedProcess, code: int, fragment: str = "") -> str:
+    """Exit status `code`, no traceback; a failure ends with a one-line error or warning holding `fragment`."""
+    err = result.stderr.decode("utf-8", "replace")
+    assert result.returncode == code, err
+    assert "Traceback" not in err and "Segmentation fault" not in err
+    if code:
+        last = err.strip().splitlines()[-1]
+        assert re.match(r"npseg( \w+)?: (error|warning): ", last), err  # "npseg segment: error:" from argparse
+        assert fragment in last, err
+    return err
+
+
+def png(seed: int = 0, size=(40, 48)) -> bytes:
+    frame = np.random.default_rng(seed).integers(0, 256, (*size, 3), dtype=np.uint8)
+    return cv2.imencode(".png", frame)[1].tobytes()
+
+
+def digests(folder: Path) -> dict[bytes, str]:
+    """SHA-256 of every file below `folder`, by its name as bytes."""
+    root = os.fsencode(folder)
+    return {os.path.relpath(os.path.join(d, f), root): hashlib.sha256(open(os.path.join(d, f), "rb").read()).hexdigest()
+            for d, _, files in os.walk(root) for f in files}
+
+
+def synthetic_video(path: Path, frames: int, size=(128, 160)) -> Path:
+    rng = np.random.default_rng(0)
+    base = cv2.GaussianBlur(rng.integers(0, 256, (*size, 3), dtype=np.uint8), (0, 0), 3)
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 25, (size[1], size[0]))
+    for i in range(frames):
+        writer.write(np.roll(base, 3 * i, axis=1))
+    writer.release()
+    return path
+
+
+def test_names_that_are_not_utf8_are_segmented(tmp_path):
+    """OpenCV crashed (a segmentation fault) on such names: they are decoded and written by Python."""
+    folder = tmp_path / os.fsdecode(b"in\xfe")
+    folder.mkdir()
+    (folder / os.fsdecode(b"frame\xff.png")).write_bytes(png())
+    (folder / os.fsdecode(b"broken\xff.jpg")).write_bytes(b"\xff\xd8 not a jpeg")
+    before = digests(tmp_path)
+    out = os.fsdecode(b"out\xfd")
+    err = assert_clean(npseg_cli("segment", os.fsencode(folder), "--out", out, *QUICK, cwd=tmp_path), 1)
+    assert err.count("\n") == 1 and "broken\\udcff.jpg" in err and "skipped" in err  # named, escaped
+    mask = cv2.imdecode(np.fromfile(tmp_path / out / "masks" / os.fsdecode(b"frame\xff.png"), np.uint8),
+                        cv2.IMREAD_UNCHANGED)
+    assert mask.shape == (40, 48)
+    single = npseg_cli("segment", os.fsencode(folder / os.fsdecode(b"frame\xff.png")), "--out", "single", *QUICK, cwd=tmp_path)
+    assert_clean(single, 0)
+    assert {k: v for k, v in digests(tmp_path).items() if k in before} == before
+
+
+def test_video_input_not_utf8_is_refused_by_name_and_output_name_is_written(tmp_path):
+    clip = synthetic_video(tmp_path / "clip.avi", 3)
+    odd = tmp_path / os.fsdecode(b"clip\xff.avi")
+    clip.rename(odd)
+    assert_clean(npseg_cli("video", os.fsencode(odd), "-o", "o.avi", *QUICK, cwd=tmp_path), 2,
+                 "clip\\udcff.avi: OpenCV cannot open a file whose name is not valid UTF-8")
+    odd.rename(clip)
+    assert_clean(npseg_cli("video", "clip.avi", "-o", os.fsdecode(b"o\xff.avi"), *QUICK, cwd=tmp_path), 0)
+    assert len(read_video_bytes_name(tmp_path / os.fsdecode(b"o\xff.avi"))) == 3
+
+
+def read_video_bytes_name(path: Path) -> list[np.ndarray]:
+    """read_video for any name: through a symlink OpenCV can open."""
+    link = path.parent / "readable.avi"
+    link.symlink_to(path.name)
+    try:
+        return read_video(link)
+    finally:
+        link.unlink()
+
+
+def test_video_failing_to_start_leaves_an_existing_output_as_it_was(tmp_path):
+    (tmp_path / "garbage.mp4").write_bytes(b"not a video")
+    tiny = tmp_path / "tiny.avi"
+    writer = cv2.VideoWriter(str(tiny), cv2.VideoWriter_fourcc(*"MJPG"), 25, (8, 8))
+    writer.write(np.zeros((8, 8, 3), np.uint8))
+    writer.release()
+    (tmp_path / "keep.avi").write_bytes(b"the user's earlier video")
+    cases = {"garbage.mp4": "cannot open as a video", "missing.mp4": "no such video file",
+             "tiny.avi": "frame is too small"}  # the last fails after the input opened
+    for source, fragment in cases.items():
+        assert_clean(npseg_cli("video", source, "-o", "keep.avi", *QUICK, cwd=tmp_path), 2, fragment)
+        assert (tmp_path / "keep.avi").read_bytes() == b"the user's earlier video"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["garbage.mp4", "keep.avi", "tiny.avi"]  # no leftovers
+
+
+def test_segment_never_writes_over_an_input(tmp_path):
+    (tmp_path / "res" / "masks").mkdir(parents=True)
+    (tmp_path / "res" / "masks" / "a.png").write_bytes(png())
+    before = digests(tmp_path)
+    for argv in (["res/masks/a.png", "--out", "res"], ["res/masks", "--out", "res"]):
+        assert_clean(npseg_cli("segment", *argv, *QUICK, cwd=tmp_path), 2, "would overwrite the input image")
+        assert digests(tmp_path) == before
+
+
+def test_segment_out_dot_skips_only_its_own_output_folders(tmp_path):
+    (tmp_path / "frames").mkdir()
+    (tmp_path / "frames" / "a.png").write_bytes(png())
+    for _ in range(2):  # the second run reads frames/ again, not the first run's masks/ and overlays/
+        out = assert_clean(npseg_cli("segment", "frames", "--out", ".", *QUICK, cwd=tmp_path), 0)
+    assert (tmp_path / "masks" / "a.png").is_file() and (tmp_path / "overlays" / "a.jpg").is_file()
+    result = npseg_cli("segment", ".", "--out", ".", *QUICK, cwd=tmp_path)
+    assert_clean(result, 0) is not None and b"segmented 1 image(s)" in result.stdout
+
+
+def _can_mount_tmpfs() -> bool:
+    probe = subprocess.run(["unshare", "-rm", "sh", "-c", "mount -t tmpfs -o size=64k tmpfs /mnt"],
+                           capture_output=True) if shutil.which("unshare") else None
+    return probe is not None and probe.returncode == 0
+
+
+@pytest.mark.skipif(not _can_mount_tmpfs(), reason="needs unshare and a private tmpfs mount to fill a disk")
+@pytest.mark.parametrize("command", ["segment", "video"])
+def test_full_disk_is_a_failed_write_and_leaves_no_partial_file(tmp_path, command):
+    """A real full disk: a 160 KiB tmpfs mounted in a private mount namespace."""
+    if command == "segment":
+        (tmp_path / "in").mkdir()
+        for i in range(8):
+            (tmp_path / "in" / f"f{i}.png").write_bytes(png(i, (200, 300)))  # overlays of ~55 KB each
+        run = "segment in --out full/o"
+    else:
+        synthetic_video(tmp_path / "clip.avi", 60, (256, 320))
+        run = "video clip.avi -o full/o.avi"
+    (tmp_path / "full").mkdir()
+    script = (f"mount -t tmpfs -o size=160k tmpfs full && {shlex.quote(sys.executable)} -m npseg {run} "
+              f"{' '.join(QUICK)}; code=$?; cp -a full kept; exit $code")  # keep what it left for the checks
+    result = subprocess.run(["unshare", "-rm", "sh", "-c", script], cwd=tmp_path, capture_output=True, timeout=180,
+                            env=dict(os.environ, PYTHONPATH=str(REPO)))
+    err = assert_clean(result, 1, "No space left on device" if command == "segment" else "disk full?")
+    left = sorted(p for p in (tmp_path / "kept").rglob("*") if p.is_file())
+    assert not any(".part" in p.name for p in left) and not (tmp_path / "kept" / "o.avi").exists(), left
+    named = re.search(r"full/(\S+): could not", err)
+    assert named and not (tmp_path / "kept" / named.group(1)).exists(), err  # the failed file is named, not left
+    for p in left:  # what was written is whole
+        assert cv2.imdecode(np.fromfile(p, np.uint8), cv2.IMREAD_UNCHANGED) is not None, p
+
+
+def test_a_failed_image_write_is_exit_1_naming_the_file(tmp_path, capsys, monkeypatch):
+    """The same check without a full disk: the write itself fails (in process)."""
+    import errno
+
+    from npseg import cli
+
+    def disk_full(path, data):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(cli, "write_bytes", disk_full)
+    (tmp_path / "a.png").write_bytes(png())
+    assert main(["segment", str(tmp_path / "a.png"), "--out", str(tmp_path / "out"), *QUICK]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("npseg: error: ") and "a.png: could not write (No space left on device)" in err
+
+
+def test_sigterm_during_video_finishes_the_file(tmp_path):
+    synthetic_video(tmp_path / "long.avi", 3000)
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    proc = subprocess.Popen([sys.executable, "-m", "npseg", "video", "long.avi", "-o", "o.avi", *QUICK],
+                            cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    deadline = time.monotonic() + 60
+    while not any(".part" in p.name for p in tmp_path.iterdir()) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    time.sleep(0.5)  # a few frames in
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0 and b"Traceback" not in err, err
+    written = int(re.search(rb"wrote (\d+) frame", out).group(1))
+    assert 0 < written < 3000 and len(read_video(tmp_path / "o.avi")) == written
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["long.avi", "o.avi"]
+
+
+def _forged_weights(path: Path, edit_header=None, edit_meta=None, edit_tensors=None) -> Path:
+    """The bundled default with its header, metadata or tensors changed and both checksums recomputed
+    (as a buggy or malicious writer would), so the check under test is the one that must refuse it."""
+    from safetensors.numpy import save
+
+    from npseg.weights import load as load_weights, tensors_checksum
+
+    base = load_weights(npseg.segmenter.resolve_weights("ultraseg-130k"))
+    raw = (REPO / "weights" / "ultraseg-130k.safetensors").read_bytes()
+    (n,) = struct.unpack("<Q", raw[:8])
+    meta = json.loads(raw[8:8 + n])["__metadata__"]
+    tensors = dict(base.tensors)
+    (edit_tensors or (lambda t: None))(tensors)
+    meta["tensors_sha256"] = tensors_checksum(tensors)
+    (edit_meta or (lambda m: None))(meta)
+    fields = {k: v for k, v in meta.items() if k != "metadata_sha256"}  # the documented canonical JSON
+    meta["metadata_sha256"] = hashlib.sha256(json.dumps(fields, sort_keys=True, separators=(",", ":"))
+                                             .encode()).hexdigest()
+    raw = save(tensors, metadata=meta)
+    if edit_header:
+        (n,) = struct.unpack("<Q", raw[:8])
+        header = json.loads(raw[8:8 + n])
+        edit_header(header)
+        text = json.dumps(header).encode()
+        raw = struct.pack("<Q", len(text)) + text + raw[8 + n:]
+    path.write_bytes(raw)
+    return path
+
+
+def _set_config(meta, **changes):
+    meta["config"] = json.dumps(dict(json.loads(meta["config"]), **changes))
+
+
+def _negative_variance(tensors):
+    tensors["Down2.bn.running_var"] = tensors["Down2.bn.running_var"].copy()
+    tensors["Down2.bn.running_var"][0] = -1.0
+
+
+BAD_WEIGHTS = {  # case -> (forging edits, fragment of the one-line error: the tensor or field named)
+    "negative BatchNorm variance": (dict(edit_tensors=_negative_variance),
+                                    "'Down2.bn.running_var' holds 1 negative variance"),
+    "huge tensor shape in the header": (
+        dict(edit_header=lambda h: h["final.0.bias"].update(shape=[10**30])), "tensor 'final.0.bias' of shape"),
+    "huge data offset in the header": (
+        dict(edit_header=lambda h: h["final.0.bias"].update(data_offsets=[0, 10**30])), "tensor 'final.0.bias'"),
+    "huge width in the config": (dict(edit_meta=lambda m: _set_config(m, widths=[8, 16, 10**30, 64, 96])),
+                                 "'config' is invalid: field 'widths'"),
+    "huge input_size in the metadata": (dict(edit_meta=lambda m: m.update(input_size="[1000000, 1000000]")),
+                                        "'input_size' [1000000, 1000000] is invalid"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_WEIGHTS))
+def test_weights_with_bad_numbers_are_one_line_errors(tmp_path, case):
+    edits, fragment = BAD_WEIGHTS[case]
+    bad = _forged_weights(tmp_path / "bad.safetensors", **edits)
+    with pytest.raises(npseg.WeightsError, match=re.escape(fragment)):
+        npseg.load(bad, backend="numpy")
+    (tmp_path / "x.png").write_bytes(png())
+    result = npseg_cli("segment", "x.png", "--weights", "bad.safetensors", "--backend", "numpy", cwd=tmp_path)
+    assert_clean(result, 2, fragment)
+    assert not (tmp_path / "npseg-out").exists()
+
+
+def test_absurd_size_option_is_a_usage_error(tmp_path):
+    for size in ("100000", "1" + "0" * 30):
+        assert_clean(npseg_cli("segment", "x.png", "--size", size, cwd=tmp_path), 2, "--size")
+
+
+@pytest.mark.parametrize("kind", ["symlink to /dev/zero", "named pipe", "sparse file of 2 GiB"])
+def test_weights_path_that_is_no_model_file_is_refused_at_once(tmp_path, kind):
+    path = tmp_path / "w.safetensors"
+    if kind == "named pipe":
+        os.mkfifo(path)
+    elif kind == "symlink to /dev/zero":
+        path.symlink_to("/dev/zero")
+    else:
+        with open(path, "wb") as f:
+            f.truncate(2 << 30)
+    start = time.monotonic()
+    assert_clean(npseg_cli("info", "w.safetensors", cwd=tmp_path, timeout=60), 2, "w.safetensors")
+    assert time.monotonic() - start < 30
+
+
+def test_info_prints_invalid_unicode_in_provenance_escaped(tmp_path):
+    def lone_surrogate(meta):
+        meta["provenance"] = json.dumps({"source": "scanner \ud800 export"})  # JSON "\ud800": valid JSON text
+
+    _forged_weights(tmp_path / "w.safetensors", edit_meta=lone_surrogate)
+    result = npseg_cli("info", "w.safetensors", cwd=tmp_path)
+    assert_clean(result, 0)
+    assert b"source: scanner \\ud800 export" in result.stdout
+    as_json = npseg_cli("info", "w.safetensors", "--json", cwd=tmp_path)
+    assert_clean(as_json, 0)
+    assert json.loads(as_json.stdout)["provenance"]["source"] == "scanner \ud800 export"
+
+
+def test_a_folder_named_like_a_bundled_model_does_not_shadow_it(tmp_path):
+    (tmp_path / "ultraseg-130k").mkdir()
+    result = npseg_cli("info", "ultraseg-130k", cwd=tmp_path)
+    assert_clean(result, 0)
+    assert b"weights" in result.stdout.splitlines()[0]  # the bundled file, from the package's weights folder
+    assert_clean(npseg_cli("info", "./ultraseg-130k", cwd=tmp_path), 2, "is a directory")
+    assert_clean(npseg_cli("info", "file:ultraseg-130k", cwd=tmp_path), 2, "is a directory")
