@@ -29,10 +29,11 @@ def upstream_dir() -> Path:
 @pytest.fixture(scope="session")
 def upstream_weights(upstream_dir, tmp_path_factory) -> Path:
     """The published 130K checkpoint converted to an npseg weights file."""
-    from trainer.upstream import convert_upstream
+    from trainer.export import convert_upstream
+    from trainer.models import torch_family
 
     return convert_upstream(upstream_dir / "best-ultraseg-130K.pth",
-                            tmp_path_factory.mktemp("upstream") / "upstream-130k.safetensors")
+                            tmp_path_factory.mktemp("upstream") / "upstream-130k.safetensors", torch_family("ultraseg"))
 
 
 def random_torch_model(variant: str, seed: int):
@@ -41,10 +42,12 @@ def random_torch_model(variant: str, seed: int):
     share_space tensors perturbed away from their neutral initial values."""
     import torch
 
-    from trainer.model import build
+    from npseg.models import variant as find_variant
+    from trainer.models import torch_family
 
     torch.manual_seed(seed)
-    model = build(variant)
+    family, cfg = find_variant(variant)
+    model = torch_family(family.name).build(cfg)
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, tensor in model.state_dict().items():

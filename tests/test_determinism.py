@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 
 import npseg
-from npseg.segmenter import _engines
+from npseg.engines import available
 
-HAS_NUMBA = "numba" in _engines()
+HAS_NUMBA = "numba" in available()
 needs_numba = pytest.mark.skipif(not HAS_NUMBA, reason="the Numba backend is not importable (numba missing)")
 BACKENDS = ["numpy"] + (["numba"] if HAS_NUMBA else [])
 # float32 Numba vs float64 NumPy: measured max |dp| ~1e-5 on Kvasir frames

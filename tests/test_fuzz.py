@@ -24,12 +24,12 @@ from hypothesis.extra import numpy as hnp
 
 import npseg
 from npseg import WeightsError
-from npseg.segmenter import BUNDLED_DIR, _engines
-from npseg.config import UltraSegConfig
-from npseg.tensor_spec import expected_tensors
+from npseg.engines import available
+from npseg.models.ultraseg import UltraSegConfig, expected_tensors
+from npseg.segmenter import BUNDLED_DIR
 from npseg.weights import Weights, load, save
 
-BACKENDS = sorted(_engines())
+BACKENDS = sorted(available())
 FUZZ = settings(deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 SCALE = float(os.environ.get("NPSEG_FUZZ_SCALE", "1"))  # e.g. 20 for a long campaign outside CI
 

@@ -8,21 +8,21 @@ import numpy as np
 import pytest
 
 from npseg import WeightsError
-from npseg.config import ultraseg_108k, ultraseg_130k
-from npseg.tensor_spec import expected_tensors
+from npseg.models.ultraseg import VARIANTS, expected_tensors
 from npseg.weights import Weights, load, save
 
 
 def random_weights(cfg, seed=0):
     rng = np.random.default_rng(seed)
-    return Weights(config=cfg, tensors={k: rng.standard_normal(s).astype(np.float32)
-                                        for k, s in expected_tensors(cfg).items()},
+    tensors = {k: rng.standard_normal(s).astype(np.float32) for k, s in expected_tensors(cfg).items()}
+    tensors.update({k: np.abs(v) for k, v in tensors.items() if k.endswith("running_var")})
+    return Weights(config=cfg, tensors=tensors,
                    provenance={"dataset": "none"}, metrics={"dice": 0.5})
 
 
-@pytest.mark.parametrize("factory", [ultraseg_108k, ultraseg_130k])
-def test_round_trip(tmp_path, factory):
-    w = random_weights(factory())
+@pytest.mark.parametrize("variant", ["ultraseg-108k", "ultraseg-130k"])
+def test_round_trip(tmp_path, variant):
+    w = random_weights(VARIANTS[variant])
     save(tmp_path / "w.safetensors", w)
     back = load(tmp_path / "w.safetensors")
     assert back.config == w.config and back.metrics == w.metrics and back.provenance == w.provenance
@@ -33,8 +33,8 @@ def test_round_trip(tmp_path, factory):
 
 def test_parameter_counts_match_the_spec():
     count = lambda cfg: sum(int(np.prod(s)) for k, s in expected_tensors(cfg).items() if "running_" not in k)
-    assert count(ultraseg_108k()) == 126_030
-    assert count(ultraseg_130k()) == 147_683
+    assert count(VARIANTS["ultraseg-108k"]) == 126_030
+    assert count(VARIANTS["ultraseg-130k"]) == 147_683
 
 
 def _rewrite_metadata(path, **changes):
@@ -49,7 +49,7 @@ def _rewrite_metadata(path, **changes):
 def test_missing_tensor_is_named(tmp_path):
     from safetensors.numpy import save_file
 
-    w = random_weights(ultraseg_130k())
+    w = random_weights(VARIANTS["ultraseg-130k"])
     save(tmp_path / "ok.safetensors", w)
     full = load(tmp_path / "ok.safetensors")
     tensors = dict(full.tensors)
@@ -62,14 +62,14 @@ def test_missing_tensor_is_named(tmp_path):
 
 
 def test_wrong_shape_is_named(tmp_path):
-    w = random_weights(ultraseg_130k())
+    w = random_weights(VARIANTS["ultraseg-130k"])
     w.tensors["final.0.weight"] = np.zeros((3, 8, 1, 1), np.float32)
     with pytest.raises(WeightsError, match=r"'final.0.weight' has shape \(3, 8, 1, 1\), expected \(2, 8, 1, 1\)"):
         save(tmp_path / "w.safetensors", w)
 
 
 def test_unknown_format_version_is_refused(tmp_path):
-    save(tmp_path / "w.safetensors", random_weights(ultraseg_108k()))
+    save(tmp_path / "w.safetensors", random_weights(VARIANTS["ultraseg-108k"]))
     _rewrite_metadata(tmp_path / "w.safetensors", format_version="99")
     with pytest.raises(WeightsError, match="unknown format_version '99'"):
         load(tmp_path / "w.safetensors")
