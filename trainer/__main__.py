@@ -1,195 +1,139 @@
-"""python -m trainer train|eval|export|pack — see `python -m trainer SUBCOMMAND --help`.
+"""python -m trainer train|eval|export|pack|convert-upstream: see `python -m trainer SUBCOMMAND --help`.
 
-Subcommands are registered in SUBCOMMANDS: (add_arguments, run) pairs; adding
-one is a function pair and a line there.
+Subcommands are registered in SUBCOMMANDS: (help, add_arguments, run) triples; adding
+one is a function pair and a line there. Usage errors print one line and exit with 2.
 """
 from __future__ import annotations
 
 import argparse
 import sys
-
-from .upstream import add_convert_arguments, run_convert
+from pathlib import Path
 
 EXAMPLES = """examples:
-  # the shipped mixed model (Kvasir-SEG + PolypGen train splits merged), one CPU thread
-  python -m trainer train --variant ultraseg-130k --data ../shared/data/kvasir-seg ../shared/data/polypgen \\
-      --run-dir runs/mix-130k --epochs 100 --max-minutes 600
+  # reproduce a shipped weights file from its recipe (every hyper-parameter is in the file)
+  python -m trainer train --recipe recipes/ultraseg-130k.toml --out runs/mix-130k
+  # the same with one key changed (any recipe key has a flag; the run records the result)
+  python -m trainer train --recipe recipes/ultraseg-130k.toml --out runs/mix-130k-lr --lr 1e-4
   # continue a killed run (loses at most the epoch in progress)
-  python -m trainer train --run-dir runs/mix-130k --resume
+  python -m trainer train --out runs/mix-130k --resume
   # 2 processes with DistributedDataParallel (gloo on CPU, nccl with --device cuda)
-  torchrun --nproc_per_node 2 -m trainer train --data ../shared/data/kvasir-seg --run-dir runs/ddp
+  torchrun --nproc_per_node 2 -m trainer train --recipe recipes/ultraseg-130k.toml --out runs/ddp
   # test-split Dice/IoU/HD95 through npseg, torch as a cross-check
   python -m trainer eval weights/ultraseg-130k.safetensors --data ../shared/data/kvasir-seg ../shared/data/polypgen
   # a compact copy of the train and validation frames (no test frames), to train on a GPU machine
   python -m trainer pack --data ../shared/data/polypgen --size 320 --init ultraseg-130k -o packed
-  python -m trainer train --data packed/polypgen --size 320 --device cuda --workers 8 --run-dir runs/gpu
+  python -m trainer train --recipe recipes/ultraseg-130k-polypgen.toml --data packed/polypgen --device cuda \\
+      --workers 8 --out runs/gpu
   # export the best checkpoint, evaluated on the test splits, to an npseg weights file
   python -m trainer export runs/mix-130k/best.pt -o weights/ultraseg-130k.safetensors --evaluate
 """
 
 
-def add_train_arguments(p: argparse.ArgumentParser) -> None:
-    from .data import AUGMENTATIONS
-    from .train import TrainOptions
-
-    d = TrainOptions()
-    p.add_argument("--variant", default=d.variant, help=f"model variant (default {d.variant})")
-    p.add_argument("--data", nargs="+", default=[], metavar="FOLDER",
-                   help="dataset folder(s) with images/ and masks/; several = mixed training")
-    p.add_argument("--run-dir", default=None, help="output folder (default runs/<variant>)")
-    p.add_argument("--epochs", type=int, default=None,
-                   help=f"epochs; the cosine schedule spans them (default {d.epochs}; with --resume: "
-                        "the run's own count unless given)")
-    p.add_argument("--batch-size", type=int, default=d.batch_size, help="per process (default 4)")
-    p.add_argument("--lr", type=float, default=d.lr, help="Adam learning rate (default 3e-4)")
-    p.add_argument("--patience", type=int, default=None,
-                   help=f"early stopping: epochs without validation-Dice gain (default {d.patience}; with --resume: "
-                        "the run's own unless given)")
-    p.add_argument("--seed", type=int, default=d.seed,
-                   help="split (unless --init records one for the dataset), init, shuffling and augmentation seed")
-    p.add_argument("--max-minutes", type=float, default=None,
-                   help="training time budget: no epoch starts that the last epoch's duration says would cross it")
-    p.add_argument("--device", default=d.device, help="cpu or cuda[:i]")
-    p.add_argument("--threads", type=int, default=d.threads, help="torch CPU threads per process (default 1)")
-    p.add_argument("--workers", type=int, default=d.workers, help="data loader worker processes (default 0)")
-    p.add_argument("--cache-dir", default=d.cache_dir, help="cache of resized samples (default cache/)")
-    p.add_argument("--limit", type=int, default=None, help="first N train stems per dataset: smoke runs only")
-    p.add_argument("--skip-bad", action="store_true",
-                   help="skip corrupt images, missing masks and size mismatches with a warning instead of stopping")
-    p.add_argument("--init", default=None, metavar="WEIGHTS",
-                   help="start from an npseg weights file or bundled model name (fine-tuning) instead of a random "
-                        "init; a dataset it was trained on keeps the split it records (its test images stay out); a 108K "
-                        "file may start a 130K run (AGF and SSA start as a pass-through)")
-    p.add_argument("--augment", default=d.augmentation, choices=list(AUGMENTATIONS),
-                   help="recipe: the paper's hflip + rotation (default); strong: also vflip, zoom and colour jitter")
-    p.add_argument("--size", type=_input_size, default=d.size, metavar="SIDE|HxW",
-                   help=f"network input size, multiples of 16: a square side (default {d.size}, the paper's) or "
-                        "HxW, e.g. 288x448 for wide video frames; the weights file records it and npseg predicts at it")
-    p.add_argument("--empty-dice-area", type=_image_fraction, default=None, metavar="FRACTION",
-                   help="soft-Dice smooth term on polyp-free samples as a fraction of the image (e.g. 0.01), "
-                        "so that a false mark on a clean frame keeps a gradient; default: the recipe's 1 pixel")
-    p.add_argument("--train-grown-only", action="store_true",
-                   help="with --variant ultraseg-130k and a 108K --init: train only what growing added (AGF, SSA, "
-                        "EDB residual scales); the 108K's tensors and BatchNorm statistics stay as loaded")
-    p.add_argument("--select-on", default=None, metavar="DATASET",
-                   help="a mixed run selects its best checkpoint (and stops early) on this dataset's validation "
-                        "Dice alone, e.g. polypgen; default: the mean over the run's datasets")
-    p.add_argument("--splits-from", nargs="+", default=[], metavar="FILE",
-                   help="reuse recorded splits: split files (runs/<run>/splits/<dataset>.json) or weights files / "
-                        "bundled names whose provenance records them; needed when --init descends from a file "
-                        "trained on a dataset that --init itself records no split for")
-    p.add_argument("--repeat-small", nargs=2, default=None, metavar=("AREA", "TIMES"),
-                   help="train samples whose polyp covers under AREA of the image (polyp-free ones included) "
-                        "appear TIMES times per epoch, e.g. 0.01 3; default: each once")
-    p.add_argument("--paste-small", type=_probability, default=0.0, metavar="P",
-                   help="copy-paste for small polyps: with probability P a train sample gets another sample's "
-                        "polyp, shrunk to 0.1-1%% of the image, blended in on the mucosa (e.g. 0.5); default 0")
-    p.add_argument("--freeze-bn", action="store_true",
-                   help="with --init: BatchNorm layers normalise with the running statistics they were loaded "
-                        "with and keep them (their scale and shift still train), instead of the noisy statistics "
-                        "of batches of 4")
-    p.add_argument("--lovasz", type=_non_negative, default=0.0, metavar="WEIGHT",
-                   help="add WEIGHT x the Lovász hinge (a per-image surrogate of 1 - IoU) to the main output's "
-                        "loss, e.g. 1; default 0, the recipe's CE + 2 Dice")
-    p.add_argument("--ema", type=_decay, default=None, metavar="DECAY",
-                   help="validate, select and export an exponential moving average of the weights and BatchNorm "
-                        "statistics, updated after every step with this decay (e.g. 0.999); default: the weights "
-                        "as trained")
-    p.add_argument("--sam", type=_non_negative, default=0.0, metavar="RHO",
-                   help="sharpness-aware steps: take each step's gradient at the weights moved by RHO along the "
-                        "normalised gradient (about twice the time per step), e.g. 0.05; default 0, plain steps")
-    p.add_argument("--resume", action="store_true", help="continue RUN_DIR/last.pt with its saved options")
+class UsageError(ValueError):
+    """A command line that cannot run; printed as one line, exit code 2."""
 
 
-def _checked_float(text: str, ok, what: str) -> float:
-    """A number for which ok(number) holds; otherwise an argparse error naming `what` it must be."""
+def _input_size(text: str) -> int | tuple[int, int]:
+    """N or HxW (multiples of 16, as the recipe checks them); a square is kept as its side."""
+    from .recipe import RecipeError, recipe_from_dict
+
     try:
-        value = float(text)
-        if ok(value):
-            return value
-    except ValueError:
-        pass
-    raise argparse.ArgumentTypeError(f"{text!r} is not {what}")
-
-
-def _image_fraction(text: str) -> float:
-    return _checked_float(text, lambda v: 0 < v <= 1, "a fraction of the image in (0, 1], e.g. 0.01")
-
-
-def _probability(text: str) -> float:
-    return _checked_float(text, lambda v: 0 <= v <= 1, "a probability in [0, 1], e.g. 0.5")
-
-
-def _decay(text: str) -> float:
-    return _checked_float(text, lambda v: 0 <= v < 1, "a decay in [0, 1), e.g. 0.999")
-
-
-def _non_negative(text: str) -> float:
-    return _checked_float(text, lambda v: 0 <= v < float("inf"), "a non-negative weight, e.g. 1")
+        sides = [int(p) for p in text.lower().split("x")]
+        size = sides[0] if len(sides) == 1 or sides[0] == sides[1] else tuple(sides)
+        return recipe_from_dict({"size": size}).size
+    except (ValueError, IndexError, RecipeError):
+        raise argparse.ArgumentTypeError(f"{text!r}: give N or HxW, multiples of 16 (e.g. 320 or 288x448)") from None
 
 
 def _jpeg_quality(text: str) -> int:
-    value = _checked_float(text, lambda v: v == int(v) and 50 <= v <= 100, "a whole JPEG quality in 50-100, e.g. 95")
-    return int(value)
+    if text.isdigit() and 50 <= int(text) <= 100:
+        return int(text)
+    raise argparse.ArgumentTypeError(f"{text!r} is not a whole JPEG quality in 50-100, e.g. 95")
 
 
-def _input_size(text: str) -> int | list[int]:
-    """npseg's own --size parser (N or HxW, multiples of 16); a square size is kept as its side, as
-    runs before HxW recorded it."""
-    from npseg.cli import _size
+# recipe key -> (flag, argparse keywords); each flag overrides that one key of the recipe
+_RECIPE_FLAGS = {
+    "model": ("--model", {"help": "model variant, e.g. ultraseg-130k (npseg.models)"}),
+    "data": ("--data", {"nargs": "+", "metavar": "FOLDER",
+                        "help": "dataset folder(s) with images/ and masks/; several = mixed training"}),
+    "size": ("--size", {"type": _input_size, "metavar": "SIDE|HxW",
+                        "help": "network input size, multiples of 16: a square side or HxW, e.g. 288x448"}),
+    "epochs": ("--epochs", {"type": int, "help": "epochs; the cosine schedule spans them"}),
+    "batch_size": ("--batch-size", {"type": int, "help": "per process"}),
+    "lr": ("--lr", {"type": float, "help": "Adam learning rate"}),
+    "patience": ("--patience", {"type": int, "help": "early stopping: epochs without validation-Dice gain"}),
+    "seed": ("--seed", {"type": int, "help": "split (unless recorded), init, shuffling and augmentation seed"}),
+    "max_minutes": ("--max-minutes", {"type": float, "help": "time budget: no epoch starts that the last "
+                                                             "epoch's duration says would cross it"}),
+    "init": ("--init", {"metavar": "WEIGHTS", "help": "start from an npseg weights file or bundled name; a "
+                                                      "dataset it records a split for keeps that split"}),
+    "splits_from": ("--splits-from", {"nargs": "+", "metavar": "FILE",
+                                      "help": "reuse recorded splits: split files or weights files"}),
+    "augmentation": ("--augment", {"help": "recipe: the paper's hflip + rotation; strong: also vflip, zoom "
+                                           "and colour jitter"}),
+    "paste_small": ("--paste-small", {"type": float, "metavar": "P", "help": "probability of pasting a shrunk "
+                                                                            "polyp into a train sample"}),
+    "balanced": ("--balanced", {"type": int, "metavar": "N", "help": "each epoch draws N samples from every "
+                                                                     "dataset (the smaller repeated); 0: each once"}),
+    "select_on": ("--select-on", {"metavar": "DATASET", "help": "select the best checkpoint (and stop early) "
+                                                                 "on this dataset's validation Dice alone"}),
+    "teacher": ("--teacher", {"metavar": "WEIGHTS", "help": "a weights file whose logits the family's loss "
+                                                            "receives (distillation)"}),
+}
 
-    height, width = _size(text)
-    return height if height == width else [height, width]
+
+def add_train_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--recipe", default=None, metavar="TOML",
+                   help="the run's hyper-parameters (recipes/<name>.toml); a flag below overrides that one key; "
+                        "without a recipe the defaults of trainer.recipe.Recipe apply")
+    keys = p.add_argument_group("recipe keys (each overrides the recipe's value)")
+    for key, (flag, kwargs) in _RECIPE_FLAGS.items():
+        keys.add_argument(flag, dest=key, default=None, **kwargs)
+    p.add_argument("--out", default=None, metavar="DIR", help="run folder (default runs/<recipe name or model>)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue DIR/last.pt with its own recipe (only --epochs, --patience and --max-minutes "
+                        "may change)")
+    p.add_argument("--overwrite", action="store_true", help="start again in a folder that holds a run")
+    p.add_argument("--device", default="cpu", help="cpu or cuda[:i]")
+    p.add_argument("--threads", type=int, default=1, help="torch CPU threads per process (default 1)")
+    p.add_argument("--workers", type=int, default=0, help="data loader worker processes (default 0)")
+    p.add_argument("--cache-dir", default="cache", help="cache of resized samples (default cache/)")
+    p.add_argument("--limit", type=int, default=None, help="first N train stems per dataset: smoke runs only")
+    p.add_argument("--skip-bad", action="store_true",
+                   help="skip corrupt images, missing masks and size mismatches with a warning instead of stopping")
 
 
-def _repeat_small(pair: list[str] | None) -> list | None:
-    if pair is None:
-        return None
-    area, times = pair
-    try:
-        if int(times) >= 2:
-            return [_image_fraction(area), int(times)]
-    except (ValueError, argparse.ArgumentTypeError):
-        pass
-    raise ValueError(f"--repeat-small {area} {times}: give an image fraction in (0, 1] and a whole number of "
-                     "times >= 2, e.g. --repeat-small 0.01 3")
+def _train_options(args):
+    """(TrainOptions, the recipe keys given as flags) from the command line."""
+    from .recipe import Recipe, TrainOptions, read_recipe, recipe_from_dict
+
+    given = {key: getattr(args, key) for key in _RECIPE_FLAGS if getattr(args, key) is not None}
+    recipe = recipe_from_dict(given, read_recipe(args.recipe) if args.recipe else Recipe())
+    name = Path(args.recipe).stem if args.recipe else None
+    opts = TrainOptions(recipe=recipe, recipe_name=name, out=args.out or f"runs/{name or recipe.model}",
+                        device=args.device, threads=args.threads, workers=args.workers, cache_dir=args.cache_dir,
+                        skip_bad=args.skip_bad, limit=args.limit)
+    return opts, tuple(given)
 
 
 def run_train(args) -> int:
-    from .data import DataError
-    from .train import TrainOptions, train
+    from .train import train
 
-    try:
-        repeat_small = _repeat_small(args.repeat_small)
-    except ValueError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-
-    opts = TrainOptions(variant=args.variant, data=args.data, run_dir=args.run_dir or f"runs/{args.variant}",
-                        epochs=args.epochs or TrainOptions.epochs, batch_size=args.batch_size, lr=args.lr,
-                        patience=TrainOptions.patience if args.patience is None else args.patience,
-                        seed=args.seed, max_minutes=args.max_minutes, device=args.device, threads=args.threads,
-                        cache_dir=args.cache_dir, skip_bad=args.skip_bad, limit=args.limit, workers=args.workers,
-                        init=args.init, augmentation=args.augment, size=args.size,
-                        empty_dice_area=args.empty_dice_area, train_grown_only=args.train_grown_only,
-                        select_on=args.select_on, splits_from=args.splits_from, repeat_small=repeat_small,
-                        paste_small=args.paste_small, freeze_bn=args.freeze_bn, lovasz=args.lovasz,
-                        ema=args.ema, sam=args.sam)
-    try:
-        given = tuple(k for k in ("epochs", "patience") if getattr(args, k) is not None)
-        train(opts, resume=args.resume, resume_overrides=given)
-    except DataError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    opts, given = _train_options(args)
+    train(opts, resume=args.resume, resume_overrides=given, overwrite=args.overwrite)
     return 0
 
 
 def add_eval_arguments(p: argparse.ArgumentParser) -> None:
+    from .evaluate import PARTS
+
     p.add_argument("weights", help="npseg weights file (.safetensors) or bundled model name")
     p.add_argument("--data", nargs="+", required=True, metavar="FOLDER", help="dataset folder(s) to evaluate on")
     p.add_argument("--splits", nargs="*", default=None, metavar="JSON",
                    help="split files (runs/<run>/splits/<dataset>.json); default: the splits in the weights' provenance")
-    p.add_argument("--part", default="test", choices=["test", "val", "train"], help="split part (default test)")
+    p.add_argument("--part", default="test", choices=list(PARTS),
+                   help="split part (default test); all: every frame of each folder (leave-one-dataset-out); "
+                        "pranet-test: CVC-ClinicDB's PraNet test frames")
     p.add_argument("--backend", default=None, help="npseg backend (default: the fastest available)")
     p.add_argument("--no-torch", action="store_true", help="skip the torch cross-check")
     p.add_argument("--limit", type=int, default=None, help="first N images per dataset (quick checks)")
@@ -247,13 +191,18 @@ def add_export_arguments(p: argparse.ArgumentParser) -> None:
                    help="free text kept in the file's provenance (e.g. where and on what copy of the data it trained)")
 
 
+def _refuse_same_path(source, output) -> None:
+    if Path(output).resolve() == Path(source).resolve():
+        raise UsageError(f"{output}: the output would overwrite its own input; write to another file")
+
+
 def run_export(args) -> int:
     import json
-    from pathlib import Path
 
+    from .checkpoint import checkpoint_export_parts
     from .export import export_weights
-    from .train import checkpoint_export_parts
 
+    _refuse_same_path(args.checkpoint, args.output)
     metrics = json.loads(Path(args.metrics).read_text()) if args.metrics else None
     # read once: the metrics belong to these tensors
     model, provenance, input_size = checkpoint_export_parts(args.checkpoint)
@@ -298,16 +247,18 @@ def add_pack_arguments(p: argparse.ArgumentParser) -> None:
 
 def run_pack(args) -> int:
     from .data import DataError, check_size, pack_info, size_text, write_pack
-    from .train import TrainOptions, resolve_splits
+    from .recipe import Recipe, TrainOptions
+    from .splits import resolve_splits
 
-    opts = TrainOptions(data=args.data, seed=args.seed, init=args.init, splits_from=args.splits_from,
-                        skip_bad=args.skip_bad, size=args.size)
+    recipe = Recipe(data=tuple(args.data), seed=args.seed, init=args.init, splits_from=tuple(args.splits_from),
+                    size=args.size)
+    opts = TrainOptions(recipe=recipe, skip_bad=args.skip_bad)
     try:
-        check_size(opts.size)
-        splits = resolve_splits(opts, [None] * len(opts.data))
+        check_size(recipe.size)
+        splits = resolve_splits(opts, [None] * len(recipe.data))
         total = 0
-        for root, split in zip(opts.data, splits.values()):
-            dest, size = write_pack(root, split, args.output, opts.size, args.quality, args.skip_bad)
+        for root, split in zip(recipe.data, splits.values()):
+            dest, size = write_pack(root, split, args.output, recipe.size, args.quality, args.skip_bad)
             total += size
             split = pack_info(dest)["split"]  # what was written: --skip-bad may have left frames out
             print(f"{dest}: {len(split['train'])} train + {len(split['val'])} validation frames, "
@@ -316,23 +267,66 @@ def run_pack(args) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(f"packed {total / 2**20:.1f} MiB; train on the copies with --data {args.output}/<dataset> --size "
-          f"{size_text(opts.size)}, and evaluate the result on the original folders")
+          f"{size_text(recipe.size)}, and evaluate the result on the original folders")
+    return 0
+
+
+def add_convert_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("pth", help="the published checkpoint, e.g. ../shared/upstream/best-ultraseg-130K.pth")
+    p.add_argument("-o", "--output", required=True, help="the npseg weights file to write (.safetensors)")
+    p.add_argument("--family", default=None,
+                   help="the model family whose authors published it (default: the one family that imports one)")
+
+
+def run_convert(args) -> int:
+    import pickle
+
+    from .export import convert_upstream
+    from .models import TORCH_FAMILIES
+
+    importers = sorted(name for name, fam in TORCH_FAMILIES.items() if fam.import_upstream is not None)
+    family = args.family or (importers[0] if len(importers) == 1 else None)
+    if family not in importers:
+        raise UsageError(f"--family {args.family}: choose one of {importers}, the families that import a checkpoint")
+    if not Path(args.pth).is_file():
+        raise UsageError(f"{args.pth}: no such checkpoint file")
+    _refuse_same_path(args.pth, args.output)
+    try:
+        out = convert_upstream(args.pth, args.output, TORCH_FAMILIES[family])
+    except pickle.UnpicklingError:
+        print(f"error: {args.pth}: not a plain PyTorch state_dict (it must load with torch.load(weights_only=True))",
+              file=sys.stderr)
+        return 1
+    except (RuntimeError, ValueError, OSError) as e:  # foreign state_dict, or unwritable output
+        print(f"error: {args.pth}: cannot convert: {str(e).splitlines()[0]}", file=sys.stderr)
+        return 1
+    print(f"wrote {out}")
     return 0
 
 
 SUBCOMMANDS = {
-    "train": ("train a model (see examples below)", add_train_arguments, run_train),
+    "train": ("train a model from a recipe (see examples below)", add_train_arguments, run_train),
     "eval": ("test-split Dice/IoU/HD95 through npseg, torch cross-check", add_eval_arguments, run_eval),
     "export": ("write a checkpoint as an npseg weights file", add_export_arguments, run_export),
     "pack": ("write a compact copy of the train and validation frames, resized, to train elsewhere (e.g. on a "
              "rented GPU)", add_pack_arguments, run_pack),
-    "convert-upstream": ("convert the authors' published .pth to an npseg weights file",
+    "convert-upstream": ("convert the authors' published checkpoint to an npseg weights file",
                          add_convert_arguments, run_convert),
 }
 
 
+def _usage_errors() -> tuple[type, ...]:
+    """Errors that a command line causes and its user can fix: one line, exit code 2."""
+    from .checkpoint import CheckpointError
+    from .data import DataError
+    from .recipe import RecipeError
+    from .train import RunExistsError
+
+    return UsageError, CheckpointError, DataError, RecipeError, RunExistsError, FileNotFoundError
+
+
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m trainer", description="Train, evaluate and export UltraSeg.",
+    parser = argparse.ArgumentParser(prog="python -m trainer", description="Train, evaluate and export npseg models.",
                                      epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
     for name, (help_text, add_arguments, run) in SUBCOMMANDS.items():
@@ -341,7 +335,11 @@ def main(argv=None) -> int:
         add_arguments(p)
         p.set_defaults(run=run)
     args = parser.parse_args(argv)
-    return args.run(args)
+    try:
+        return args.run(args)
+    except _usage_errors() as e:
+        print(f"error: {(str(e) or repr(e)).splitlines()[0]}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -10,8 +10,6 @@ import torch
 
 from npseg import weights as weights_file
 
-from .model import UltraSeg
-
 
 def git_commit() -> str:
     try:
@@ -22,7 +20,7 @@ def git_commit() -> str:
         return "unknown"
 
 
-def model_tensors(model: UltraSeg) -> dict:
+def model_tensors(model) -> dict:
     """The model's state as float32 NumPy arrays, without BN's step counters."""
     return {
         k: v.detach().cpu().float().numpy()
@@ -31,7 +29,7 @@ def model_tensors(model: UltraSeg) -> dict:
     }
 
 
-def export_weights(model: UltraSeg, path, *, provenance: dict, metrics: dict | None = None,
+def export_weights(model, path, *, provenance: dict, metrics: dict | None = None,
                    input_size=(256, 256)) -> Path:
     """Write `model` to `path` as an npseg weights file; returns the path."""
     provenance = {"commit": git_commit(), "exported": datetime.datetime.now(datetime.timezone.utc).isoformat(
@@ -44,7 +42,7 @@ def export_weights(model: UltraSeg, path, *, provenance: dict, metrics: dict | N
     return path
 
 
-def export_onnx(model: UltraSeg, path, input_size=(256, 256)) -> Path:
+def export_onnx(model, path, input_size=(256, 256)) -> Path:
     """Write `model` (eval mode, main output only) as ONNX for ONNX Runtime: input "x" [1, 3, H, W],
     output "logits" [1, 2, H, W]."""
     path = Path(path)
@@ -57,3 +55,13 @@ def export_onnx(model: UltraSeg, path, input_size=(256, 256)) -> Path:
         torch.onnx.export(model.eval(), (x,), str(path), input_names=["x"], output_names=["logits"],
                           opset_version=17, dynamo=False)
     return path
+
+
+def convert_upstream(pth, out, family) -> Path:
+    """Write the authors' published checkpoint, imported by `family` (a TorchFamily), as a weights file."""
+    model = family.import_upstream(pth)
+    return export_weights(model, out, provenance={
+        "source": f"the {family.name} authors' published checkpoint {Path(pth).name}",
+        "file": Path(pth).name,
+        "training_data": "not stated by the authors; use as an architecture reference, not an accuracy benchmark",
+    })

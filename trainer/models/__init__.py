@@ -78,3 +78,68 @@ def torch_family(name: str) -> TorchFamily:
     if name not in TORCH_FAMILIES:
         raise KeyError(f"the trainer has no model family {name!r}; it knows {sorted(TORCH_FAMILIES)}")
     return TORCH_FAMILIES[name]
+
+
+# ---------------------------------------------------------------- weights files <-> torch modules
+
+def _torch_family_of(cfg) -> TorchFamily:
+    from npseg.weights import family_of
+
+    return torch_family(family_of(cfg).name)
+
+
+def load_tensors(model, tensors: dict) -> None:
+    """Load a weights file's tensors into `model`, all of them and nothing else (BatchNorm's step
+    counters are not exported); ValueError names what does not fit."""
+    import torch
+
+    state = {k: torch.from_numpy(np.array(v)) for k, v in tensors.items()}
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    missing = [k for k in missing if not k.endswith("num_batches_tracked")]
+    if missing or unexpected:
+        raise ValueError(f"tensors do not fit the {model.cfg.name} module: missing {missing}, "
+                         f"unexpected {unexpected}")
+
+
+def torch_model_from_weights(path_or_name):
+    """The torch module (eval mode) holding an npseg weights file's tensors, and the file's record."""
+    from npseg import weights as weights_file
+    from npseg.segmenter import resolve_weights
+
+    w = weights_file.load(resolve_weights(path_or_name))
+    model = _torch_family_of(w.config).build(w.config)
+    try:
+        load_tensors(model, w.tensors)
+    except ValueError as e:
+        raise ValueError(f"{path_or_name}: {e}") from None
+    return model.eval(), w
+
+
+def init_from_weights(model, path_or_name: str) -> dict:
+    """Start `model` from an npseg weights file: the same config, or one the family can grow from
+    (TorchFamily.grow); returns what provenance records of the start."""
+    from npseg import weights as weights_file
+    from npseg.segmenter import resolve_weights
+
+    path = resolve_weights(path_or_name)
+    w = weights_file.load(path)
+    grow = _torch_family_of(model.cfg).grow
+    info = {"file": path.name, "tensors_sha256": weights_file.tensors_checksum(w.tensors),
+            "datasets": sorted(w.provenance.get("datasets", {})), "epochs_run": w.provenance.get("epochs_run"),
+            "init": w.provenance.get("init")}
+    if w.config == model.cfg:
+        try:
+            load_tensors(model, w.tensors)
+        except ValueError as e:
+            raise ValueError(f"--init {path}: {e}") from None
+        return info
+    try:
+        if grow is None:
+            raise ValueError("its family grows no model from another")
+        import torch
+
+        info["grown_from"] = grow(model, w.config, {k: torch.from_numpy(np.array(v)) for k, v in w.tensors.items()})
+    except ValueError as e:
+        raise ValueError(f"--init {path}: its model is {w.config.name}, not the {model.cfg.name} being trained "
+                         f"({e}); pass --model {w.config.name} or other weights") from None
+    return info

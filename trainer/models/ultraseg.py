@@ -15,7 +15,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from npseg.config import UltraSegConfig, ultraseg_130k
+from npseg.models.ultraseg import VARIANTS, UltraSegConfig
 
 from . import GoldenCase, TorchFamily
 
@@ -303,7 +303,7 @@ def ultraseg_loss(outputs, batch: dict) -> tuple[torch.Tensor, dict[str, float]]
 def import_upstream(pth) -> UltraSeg:
     """The 130K holding the authors' published checkpoint (a plain state_dict; names already match ours)."""
     state = torch.load(str(pth), map_location="cpu", weights_only=True)
-    model = UltraSeg(ultraseg_130k())
+    model = UltraSeg(VARIANTS["ultraseg-130k"])
     model.load_state_dict(state, strict=True)
     return model.eval()
 
