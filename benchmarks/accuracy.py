@@ -43,11 +43,11 @@ def _runtimes(weights_path: Path, input_size: tuple[int, int], tmp: Path) -> dic
     import onnxruntime as ort
     import torch
 
-    from trainer.evaluate import torch_model_from_weights
+    from trainer.models import torch_model_from_weights
     from trainer.export import export_onnx
 
     torch.set_num_threads(1)
-    model = torch_model_from_weights(weights_path)
+    model = torch_model_from_weights(weights_path)[0]
     opts = ort.SessionOptions()  # default graph optimisations, as a user would run it
     opts.intra_op_num_threads = opts.inter_op_num_threads = 1
     onnx_path = export_onnx(model, tmp / (weights_path.stem + ".onnx"), input_size)

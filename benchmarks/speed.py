@@ -63,9 +63,9 @@ def _engine_forward(engine, weights_path, onnx_path, size):
 
         torch.set_num_threads(1)
         torch.set_num_interop_threads(1)
-        from trainer.evaluate import torch_model_from_weights
+        from trainer.models import torch_model_from_weights
 
-        model, xt = torch_model_from_weights(weights_path), torch.from_numpy(x)[None]
+        model, xt = torch_model_from_weights(weights_path)[0], torch.from_numpy(x)[None]
 
         def run():
             with torch.inference_mode():
@@ -170,14 +170,14 @@ def _prepare_weights(tmp: Path) -> dict:
     """The bundled weights of each variant, its own input size, and ONNX exports (from the torch
     model built on the same tensors) at SIZE and at that size."""
     from npseg.weights import load as load_weights
-    from trainer.evaluate import torch_model_from_weights
+    from trainer.models import torch_model_from_weights
     from trainer.export import export_onnx
 
     out = {}
     for variant in VARIANTS:
         path = REPO / "weights" / f"{variant}.safetensors"
         own = load_weights(path).input_size[0]  # square: the trainer's --size
-        model = torch_model_from_weights(path)
+        model = torch_model_from_weights(path)[0]
         onnx = {size: str(export_onnx(model, tmp / f"{variant}-{size}.onnx", (size, size))) for size in {SIZE, own}}
         out[variant] = {"weights": str(path), "own_size": own, "onnx": onnx}
     return out

@@ -19,9 +19,9 @@ def golden(upstream_dir):
 
 @pytest.fixture(scope="module")
 def upstream_model(upstream_dir):
-    from trainer.upstream import load_upstream
+    from trainer.models import torch_family
 
-    return load_upstream(upstream_dir / "best-ultraseg-130K.pth")
+    return torch_family("ultraseg").import_upstream(upstream_dir / "best-ultraseg-130K.pth")
 
 
 @pytest.fixture
