@@ -566,12 +566,13 @@ class PolypDataset(torch.utils.data.Dataset):
     With `repeat_small=(area, times)`, a sample whose polyp covers under `area` of the image
     (polyp-free ones included) appears `times` times per epoch, each copy augmented differently.
     With `paste_small` p (and `seed`), a sample gets, with probability p, a small copy of another
-    sample's polyp pasted in (`paste_small_polyp`). With `balanced`, each epoch draws as many samples
-    from every dataset as the largest has, the smaller ones repeated (each pass in a new seeded order),
+    sample's polyp pasted in (`paste_small_polyp`). With `balanced` N, each epoch draws N samples
+    from every dataset, a smaller one repeated (each pass over it in a new seeded order), a larger one
+    a seeded subset,
     so that no dataset dominates."""
 
     def __init__(self, parts: list[tuple], seed: int | None = None, augmentation: str = "recipe",
-                 repeat_small: tuple[float, int] | None = None, paste_small: float = 0.0, balanced: bool = False,
+                 repeat_small: tuple[float, int] | None = None, paste_small: float = 0.0, balanced: int = 0,
                  targets=_no_targets):
         check_augmentation(augmentation)
         self.parts = parts  # (stems, images, masks, boundaries) per dataset
@@ -581,8 +582,7 @@ class PolypDataset(torch.utils.data.Dataset):
             self.per_part = [ix + [(p, i) for p, i in ix if float(np.mean(parts[p][2][i])) < area] * (int(times) - 1)
                              for ix in self.per_part]
         self.index = [k for ix in self.per_part for k in ix]
-        self.balanced = balanced
-        self.draws = max(map(len, self.per_part), default=0)  # per dataset and epoch when balanced
+        self.balanced = balanced  # samples per dataset and epoch; 0: each sample once
         # paste sources per dataset: polyps large enough to shrink (>= 0.5 % of the image) and clear of
         # the image border (a polyp cut by the frame would be pasted with a straight edge)
         self.paste_small = paste_small
@@ -598,13 +598,13 @@ class PolypDataset(torch.utils.data.Dataset):
         self.epoch = epoch
 
     def __len__(self):
-        return self.draws * len(self.per_part) if self.balanced else len(self.index)
+        return self.balanced * len(self.per_part) if self.balanced else len(self.index)
 
     def _sample(self, k: int) -> tuple[int, int]:
         """(dataset, sample) of item k this epoch."""
         if not self.balanced:
             return self.index[k]
-        part, draw = divmod(k, self.draws)
+        part, draw = divmod(k, self.balanced)
         ix = self.per_part[part]
         passes, at = divmod(draw, len(ix))
         order = np.random.default_rng((self.seed or 0, self.epoch, part, passes)).permutation(len(ix))
