@@ -464,7 +464,7 @@ def test_sigterm_during_video_finishes_the_file(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["long.avi", "o.avi"]
 
 
-def _forged_weights(path: Path, edit_header=None, edit_meta=None, edit_tensors=None) -> Path:
+def forged_weights(path: Path, edit_header=None, edit_meta=None, edit_tensors=None) -> Path:
     """The bundled default with its header, metadata or tensors changed and both checksums recomputed
     (as a buggy or malicious writer would), so the check under test is the one that must refuse it."""
     from safetensors.numpy import save
@@ -519,7 +519,7 @@ BAD_WEIGHTS = {  # case -> (forging edits, fragment of the one-line error: the t
 @pytest.mark.parametrize("case", list(BAD_WEIGHTS))
 def test_weights_with_bad_numbers_are_one_line_errors(tmp_path, case):
     edits, fragment = BAD_WEIGHTS[case]
-    bad = _forged_weights(tmp_path / "bad.safetensors", **edits)
+    bad = forged_weights(tmp_path / "bad.safetensors", **edits)
     with pytest.raises(npseg.WeightsError, match=re.escape(fragment)):
         npseg.load(bad, backend="numpy")
     (tmp_path / "x.png").write_bytes(png())
@@ -552,7 +552,7 @@ def test_info_prints_invalid_unicode_in_provenance_escaped(tmp_path):
     def lone_surrogate(meta):
         meta["provenance"] = json.dumps({"source": "scanner \ud800 export"})  # JSON "\ud800": valid JSON text
 
-    _forged_weights(tmp_path / "w.safetensors", edit_meta=lone_surrogate)
+    forged_weights(tmp_path / "w.safetensors", edit_meta=lone_surrogate)
     result = npseg_cli("info", "w.safetensors", cwd=tmp_path)
     assert_clean(result, 0)
     assert b"source: scanner \\ud800 export" in result.stdout
