@@ -10,7 +10,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from npseg.ops import steps
-from npseg.ops._jit import ACT_NONE, ACT_RELU
 from npseg.ops.activation import relu_ref
 from npseg.ops.channel_gate import GATE_SIGMOID, channel_gate_ref
 from npseg.ops.conv import conv2d_ref
@@ -45,7 +44,7 @@ def test_blend_is_one_5x5_depthwise_conv():
     np.testing.assert_allclose(one_conv, akf_blend_ref(x, kl, kd, wg, bg), atol=1e-12)
 
 
-def _run_akf(rng, c, c1, c2, h, w, pad, act2):
+def _run_akf(rng, c, c1, c2, h, w, pad, relu2):
     x = (rng.normal(size=(c, h, w)) + 0.5).astype(np.float32)
     kl, kd, wg, bg = _weights(rng, c)
     w1, b1 = (rng.normal(size=(c1, c)) / np.sqrt(c)).astype(np.float32), rng.normal(size=c1).astype(np.float32)
@@ -56,8 +55,8 @@ def _run_akf(rng, c, c1, c2, h, w, pad, act2):
     if c2:
         w2, b2 = (rng.normal(size=(c2, c1)) / np.sqrt(c1)).astype(np.float32), rng.normal(size=c2).astype(np.float32)
         y = w2.astype(np.float64) @ y + b2[:, None]
-        y = relu_ref(y) if act2 == ACT_RELU else y
-        extra = {"w2": w2, "b2": b2, "act2": act2}
+        y = relu_ref(y) if relu2 else y
+        extra = {"w2": w2, "b2": b2, "relu2": relu2}
     out = np.zeros((c2 or c1, h, w), np.float32)
     for step in steps.pad(x, pad, padded) + akf(padded, pad, h, w, kl, kd, wg, bg, w1, b1, out, **extra):
         step()
@@ -66,16 +65,16 @@ def _run_akf(rng, c, c1, c2, h, w, pad, act2):
 
 @SETTINGS
 @given(c=st.integers(1, 36), c1=st.integers(1, 36), c2=st.sampled_from([0, 1, 5, 15, 60]), h=st.integers(1, 40),
-       w=st.integers(1, 40), pad=st.integers(PAD, PAD + 1), act2=st.sampled_from([ACT_NONE, ACT_RELU]),
+       w=st.integers(1, 40), pad=st.integers(PAD, PAD + 1), relu2=st.booleans(),
        seed=st.integers(0, 99))
-def test_akf_kernel(c, c1, c2, h, w, pad, act2, seed):
-    out, expected = _run_akf(np.random.default_rng(seed), c, c1, c2, h, w, pad, act2)
+def test_akf_kernel(c, c1, c2, h, w, pad, relu2, seed):
+    out, expected = _run_akf(np.random.default_rng(seed), c, c1, c2, h, w, pad, relu2)
     np.testing.assert_allclose(out, expected, atol=1e-5 * max(1.0, np.abs(expected).max()))
 
 
 def test_akf_at_a_full_resolution_width():
     """Several row tiles of a 256-wide map with AULUNet's odd first width (5 channels)."""
-    out, expected = _run_akf(np.random.default_rng(2), 5, 5, 0, 37, 256, PAD, ACT_NONE)
+    out, expected = _run_akf(np.random.default_rng(2), 5, 5, 0, 37, 256, PAD, False)
     np.testing.assert_allclose(out, expected, atol=1e-5 * max(1.0, np.abs(expected).max()))
 
 

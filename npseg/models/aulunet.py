@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..ops import steps as ops
-from ..ops._jit import ACT_NONE, ACT_RELU
+from ..ops._jit import ACT_RELU
 from ..ops.activation import relu_ref as relu
 from ..ops.channel_gate import residual_gate, residual_gate_ref
 from ..ops.conv import conv2d_ref
@@ -158,11 +158,11 @@ def _weight(p, name):
     return np.ascontiguousarray(p[name], np.float32)
 
 
-def _akf_step(p, name, src, pad, out, then=None, act=ACT_NONE):
+def _akf_step(p, name, src, pad, out, then=None, relu=False):
     """The AKF of `src` (a flat bordered buffer), optionally fused with the pointwise conv `then`."""
     _, h, w = out.shape
     extra = {} if then is None else {"w2": _weight(p, f"{then}.weight"), "b2": _weight(p, f"{then}.bias"),
-                                     "act2": act}
+                                     "relu2": relu}
     return akf(src, pad, h, w, p[f"{name}.dw_local.weight"], p[f"{name}.dw_dilated.weight"],
                p[f"{name}.gate_conv.weight"], p[f"{name}.gate_conv.bias"],
                _weight(p, f"{name}.fuse_conv.conv.weight"), _weight(p, f"{name}.fuse_conv.conv.bias"), out, **extra)
@@ -185,7 +185,7 @@ def build_plan(cfg: AULUNetConfig, p: dict, h: int, w: int) -> Plan:
     for k in range(1, STAGES):
         pooled = np.zeros((c[k - 1], padded_size(*sizes[k], AKF_PAD)), F32)
         plan.add(avg_pool2x2(enc[k - 1], pooled, AKF_PAD))
-        plan.add(_akf_step(p, f"enc{k}_akfb", pooled, AKF_PAD, enc[k], then=f"enc{k}_proj.conv", act=ACT_RELU))
+        plan.add(_akf_step(p, f"enc{k}_akfb", pooled, AKF_PAD, enc[k], then=f"enc{k}_proj.conv", relu=True))
     plan.add(residual_gate(enc[5], p["bottleneck_rgfb.conv.weight"]))
     projected = plan.buffer(c[4], *sizes[5])
     plan.add(ops.conv1x1(enc[5], _weight(p, "up4.proj.conv.weight"), _weight(p, "up4.proj.conv.bias"), projected))

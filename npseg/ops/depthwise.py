@@ -39,14 +39,14 @@ def akf_blend_ref(x, k_local, k_dilated, w_gate, b_gate):
 
 
 # ---- Numba kernels -------------------------------------------------------------------------
-from ._jit import ACT_RELU, inline, kernel  # noqa: E402
-from .activation import activate  # noqa: E402
+from ._jit import inline, kernel  # noqa: E402
 from .channel_gate import channel_gate_nb  # noqa: E402
 from .pool import padded_size  # noqa: E402
-from .steps import _act, _arrays, _need  # noqa: E402
+from .steps import _arrays, _need  # noqa: E402
 
 PAD = 2  # the dilation-2 branch's zero border: the input buffer's border must be at least this
-TILE_FLOATS = 6144  # scratch of one row tile (all channels): stays in a 32 KiB L1
+TILE_FLOATS = 6144  # scratch of one row tile (all channels) in a 32 KiB L1 ...
+MIN_TILE = 512  # ... unless that leaves under this many positions per pass (wide, small maps): L2 then
 
 
 @kernel
@@ -82,62 +82,73 @@ def _blend_taps(dst, plane, s, wp, k, n):
 
 
 @inline
-def _pointwise_tile(src, w, b, act, dst, n):
-    """dst[o, :n] = act(b[o] + sum_c w[o, c] * src[c, :n])."""
+def _weighted_sum(acc, src, base, w, o, n):
+    """acc[:n] += sum_c w[o, c] * src[c, base:base + n], four input channels per pass over acc."""
+    c_n = w.shape[1]
+    c = 0
+    while c + 4 <= c_n:
+        w0, w1, w2, w3 = w[o, c], w[o, c + 1], w[o, c + 2], w[o, c + 3]
+        s0, s1 = src[c, base:base + n], src[c + 1, base:base + n]
+        s2, s3 = src[c + 2, base:base + n], src[c + 3, base:base + n]
+        for p in range(n):
+            acc[p] += (w0 * s0[p] + w1 * s1[p]) + (w2 * s2[p] + w3 * s3[p])
+        c += 4
+    while c < c_n:
+        w0, s0 = w[o, c], src[c, base:base + n]
+        for p in range(n):
+            acc[p] += w0 * s0[p]
+        c += 1
+
+
+@inline
+def _pointwise(src, base, w, b, relu, dst, dst_base, n):
+    """dst[o, dst_base:+n] = (relu)(b[o] + sum_c w[o, c] * src[c, base:base + n]) for every output o."""
     for o in range(w.shape[0]):
-        d = dst[o]
+        d = dst[o, dst_base:dst_base + n]
         bias = b[o]
         for p in range(n):
             d[p] = bias
-        for c in range(w.shape[1]):
-            wv, s = w[o, c], src[c]
+        _weighted_sum(d, src, base, w, o, n)
+        if relu:
             for p in range(n):
-                d[p] += wv * s[p]
-        if act != 0:
-            for p in range(n):
-                d[p] = activate(d[p], act)
+                d[p] = max(d[p], np.float32(0.0))
 
 
 @kernel
-def akf_conv_nb(padded, pad, k5, w1, b1, w2, b2, act2, out):
-    """out = act2(w2 @ relu(w1 @ DW5(x) + b1) + b2) (without w2, an empty [0, 0] array: out =
+def akf_conv_nb(padded, pad, k5, w1, b1, w2, b2, relu2, out):
+    """out = (relu)(w2 @ relu(w1 @ DW5(x) + b1) + b2) (without w2, an empty [0, 0] array: out =
     relu(w1 @ DW5(x) + b1)), x in a flat buffer with border `pad` >= 2, out [C_out, H, W]."""
     c_n = padded.shape[0]
     c_out, h, width = out.shape
     c1 = w1.shape[0]
     wp = width + 2 * pad
-    tile = max(1, min(h, TILE_FLOATS // (wp * (c_n + c1))))
+    tile = max(1, min(h, max(TILE_FLOATS // (wp * (c_n + c1 + c_out)), MIN_TILE // wp)))
     blend = np.empty((c_n, tile * wp), dtype=np.float32)
     fused = np.empty((c1, tile * wp), dtype=np.float32)
+    last = np.empty((c_out, tile * wp), dtype=np.float32)
+    two = w2.shape[0] > 0
     for y0 in range(0, h, tile):
         rows = min(tile, h - y0)
         n = rows * wp
         s = (y0 + pad - PAD) * wp + pad - PAD  # tap (0, 0) of output (y0, 0)
         for c in range(c_n):
             _blend_taps(blend[c], padded[c], s, wp, k5[c], n)
-        last = blend
-        if w2.shape[0] > 0:
-            _pointwise_tile(blend, w1, b1, ACT_RELU, fused, n)
-            last = fused
-        wl, bl, act = (w2, b2, act2) if w2.shape[0] > 0 else (w1, b1, ACT_RELU)
-        for r in range(rows):
-            for o in range(c_out):
-                d = out[o, y0 + r]
+        if two:
+            _pointwise(blend, 0, w1, b1, True, fused, 0, n)
+            _pointwise(fused, 0, w2, b2, relu2, last, 0, n)
+        else:
+            _pointwise(blend, 0, w1, b1, True, last, 0, n)
+        for o in range(c_out):  # drop the border columns
+            for r in range(rows):
+                src, dst = last[o, r * wp:r * wp + width], out[o, y0 + r]
                 for x in range(width):
-                    d[x] = bl[o]
-                for c in range(wl.shape[1]):
-                    wv, src = wl[o, c], last[c, r * wp:r * wp + width]
-                    for x in range(width):
-                        d[x] += wv * src[x]
-                if act != 0:
-                    for x in range(width):
-                        d[x] = activate(d[x], act)
+                    dst[x] = src[x]
 
 
-def akf(padded, pad, h, width, k_local, k_dilated, w_gate, b_gate, w1, b1, out, w2=None, b2=None, act2=0):
+def akf(padded, pad, h, width, k_local, k_dilated, w_gate, b_gate, w1, b1, out, w2=None, b2=None, relu2=False):
     """AKF on x (the h x width interior of `padded`, border `pad` >= 2): the per-frame gate and
-    blended kernel, then out = relu(w1 @ f + b1), or act2(w2 @ that + b2) with w2 (fused, e.g.
-    the point conv that follows). Pointwise weights [Co, Ci] or [Co, Ci, 1, 1]."""
+    blended kernel, then out = relu(w1 @ f + b1), or w2 @ that + b2 (ReLU'd with relu2) with w2
+    (fused: the point conv that follows). Pointwise weights [Co, Ci] or [Co, Ci, 1, 1]."""
     _arrays(padded, out)
     c = padded.shape[0]
     _need(isinstance(pad, int) and pad >= PAD and padded.shape == (c, padded_size(h, width, pad)),
@@ -157,7 +168,7 @@ def akf(padded, pad, h, width, k_local, k_dilated, w_gate, b_gate, w1, b1, out, 
     kl, kd = (np.ascontiguousarray(k.reshape(c, 3, 3), np.float64) for k in (k_local, k_dilated))
     k5 = np.zeros((c, 5, 5), np.float32)
     return [partial(akf_kernel_nb, padded, int(pad), int(h), int(width), wg, bg, kl, kd, np.zeros(c), np.zeros(c), k5),
-            partial(akf_conv_nb, padded, int(pad), k5, w1m, b1v, w2m, b2v, _act(act2), out)]
+            partial(akf_conv_nb, padded, int(pad), k5, w1m, b1v, w2m, b2v, bool(relu2), out)]
 
 
 def _matrix(w, rows, cols, dtype=np.float64):
