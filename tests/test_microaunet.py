@@ -180,3 +180,42 @@ def test_every_plan_step_is_a_numba_kernel_or_a_gemm():
 def _random_params():
     tensors = {k: v.numpy() for k, v in random_model(5).state_dict().items() if not k.endswith("num_batches_tracked")}
     return fold(CFG, tensors)
+
+
+def test_plain_loss_is_the_authors_bce_plus_dice():
+    torch.manual_seed(0)
+    logits, mask = torch.randn(2, 1, 16, 16) * 3, (torch.rand(2, 1, 16, 16) > 0.6).float()
+    p = torch.sigmoid(logits)
+    authors = torch.nn.BCELoss()(p, mask) + (1 - (2 * (p * mask).flatten(1).sum(1) + 1)
+                                             / (p.flatten(1).sum(1) + mask.flatten(1).sum(1) + 1)).mean()
+    assert torch.allclose(microaunet.plain_loss(logits, mask), authors, atol=1e-5)
+
+
+def test_distillation_stages():
+    """Stage 1 vanishes where the student equals the teacher; stage 2 prefers embeddings that
+    separate the classes; every stage has gradients; stage 1 refuses a teacher without skips."""
+    torch.manual_seed(0)
+    logits, mask = torch.randn(2, 1, 32, 32), torch.zeros(2, 1, 32, 32)
+    mask[:, :, 8:20, 8:20] = 1
+    skips = [torch.randn(2, c, 32 >> k, 32 >> k) for k, c in enumerate((8, 16, 24, 32, 48), 1)]
+    parts = microaunet.imitation_loss(skips, skips, logits, logits, 0.5)
+    assert float(parts["mimic"]) == 0 and abs(float(parts["kl"])) < 1e-6
+    separated = torch.cat([mask, 1 - mask], 1).repeat(1, 4, 1, 1)[:, :, ::2, ::2] + 0.01 * torch.randn(2, 8, 16, 16)
+    mixed = torch.randn(2, 8, 16, 16)
+    assert microaunet.preference_loss(separated, mask) < microaunet.preference_loss(mixed, mask)
+    model = microaunet.build(CFG).train()
+    x = torch.rand(2, 3, 128, 128) * 255
+    mask = torch.zeros(2, 1, 128, 128)
+    mask[:, :, 30:90, 40:80] = 1
+    teacher = malunet.build(CFG).eval()
+    with torch.no_grad():
+        teacher_out = teacher.features(x)
+    for stage in (0, 1, 2):
+        model.zero_grad()
+        batch = {"options": microaunet.MicroAUNetOptions(stage=stage), "mask": mask, "teacher": teacher_out}
+        loss, logged = microaunet.microaunet_loss(model(x), batch)
+        loss.backward()
+        assert torch.isfinite(loss) and model.encoder1.depthwise.weight.grad.abs().sum() > 0, (stage, logged)
+    with pytest.raises(ValueError, match="skips"):
+        microaunet.microaunet_loss(model(x), {"options": microaunet.MicroAUNetOptions(stage=1), "mask": mask,
+                                              "teacher": teacher_out[0]})

@@ -12,12 +12,15 @@ describe it (not as their training script runs it: see the spec).
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from npseg.models.microaunet import BN_EPS, GN_EPS, GN_GROUPS, MicroAUNetConfig
+
+from . import GoldenCase, TorchFamily
 
 
 def _gn(c: int) -> nn.GroupNorm:
@@ -178,8 +181,112 @@ class MicroAUNet(nn.Module):
         return unet_features(self, self.lscab, x)
 
     def forward(self, x):
-        return self.features(x)[0]
+        """Eval: logits [N, 1, H, W]. Training: features(x), what the distillation loss takes."""
+        return self.features(x) if self.training else self.features(x)[0]
 
 
 def build(cfg: MicroAUNetConfig) -> MicroAUNet:
     return MicroAUNet(cfg)
+
+
+# ---- losses ------------------------------------------------------------------------------------
+def soft_dice_loss(prob: torch.Tensor, target: torch.Tensor, smooth: float = 1.0) -> torch.Tensor:
+    """1 - (2 sum(p y) + 1) / (sum p + sum y + 1) per sample, averaged over the batch (the authors')."""
+    p, t = prob.flatten(1), target.flatten(1)
+    return (1 - (2 * (p * t).sum(1) + smooth) / (p.sum(1) + t.sum(1) + smooth)).mean()
+
+
+def plain_loss(logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """The authors' task loss: BCE + soft Dice of the sigmoid, weights 1 and 1 (BCE on the logits:
+    the same value as their BCE on probabilities, without its clamping)."""
+    return F.binary_cross_entropy_with_logits(logits, mask) + soft_dice_loss(torch.sigmoid(logits), mask)
+
+
+def imitation_loss(student_skips, teacher_skips, student_logits, teacher_logits, omega: float) -> dict:
+    """Stage 1 ("imitation"), as the authors' README describes it: (1 - omega) * L_mimic + omega * L_KL.
+    L_mimic = sum over the five encoder skips of the mean squared difference to the teacher's (same
+    shapes here; a student map of another size is resized bilinearly); L_KL = KL(teacher || student)
+    of the per-pixel class distributions, i.e. [1 - p, p] for a one-logit sigmoid output (the
+    authors' softmax over one channel is identically 0)."""
+    mimic = sum(F.mse_loss(s if s.shape == t.shape else F.interpolate(s, size=t.shape[2:], mode="bilinear"), t)
+                for s, t in zip(student_skips, teacher_skips, strict=True))
+    log_ps, log_qs = F.logsigmoid(student_logits), F.logsigmoid(-student_logits)
+    log_pt, log_qt = F.logsigmoid(teacher_logits), F.logsigmoid(-teacher_logits)
+    kl = (log_pt.exp() * (log_pt - log_ps) + log_qt.exp() * (log_qt - log_qs)).mean()
+    return {"mimic": (1 - omega) * mimic, "kl": omega * kl}
+
+
+def preference_loss(embedding, mask, teacher_logits=None, temperature: float = 0.1, positives: int = 256,
+                    negatives: int = 512, confident=(0.8, 0.3)) -> torch.Tensor:
+    """Stage 2 ("preference"): a supervised InfoNCE over pixels, per sample: each foreground pixel's
+    L2-normalised embedding (the last decoder map, upsampled) is pulled towards the other foreground
+    pixels and pushed from the background ones, at the temperature. Pixels are drawn at random (up
+    to `positives` / `negatives`); with the teacher's logits, only those it is confident about
+    (p >= confident[0] in the foreground, p <= confident[1] in the background) are drawn."""
+    emb = F.normalize(F.interpolate(embedding, size=mask.shape[2:], mode="bilinear", align_corners=True), dim=1)
+    fg, bg = mask[:, 0] > 0.5, mask[:, 0] <= 0.5
+    if teacher_logits is not None:
+        p_t = torch.sigmoid(teacher_logits[:, 0])
+        fg, bg = fg & (p_t >= confident[0]), bg & (p_t <= confident[1])
+    losses = []
+    for e, f, b in zip(emb.flatten(2).transpose(1, 2), fg.flatten(1), bg.flatten(1)):
+        pos, neg = torch.nonzero(f)[:, 0], torch.nonzero(b)[:, 0]
+        if len(pos) < 2 or len(neg) < 1:
+            continue
+        pos = pos[torch.randperm(len(pos), device=pos.device)[:positives]]
+        neg = neg[torch.randperm(len(neg), device=neg.device)[:negatives]]
+        anchors = e[pos]  # [P, C]
+        sim = anchors @ torch.cat([anchors, e[neg]]).T / temperature  # [P, P + N]
+        is_self = torch.eye(len(pos), len(pos) + len(neg), dtype=torch.bool, device=sim.device)
+        log_prob = sim.masked_fill(is_self, float("-inf")).log_softmax(1)  # over every other pixel
+        pulled = log_prob[:, :len(pos)].masked_fill(is_self[:, :len(pos)], 0.0).sum(1) / (len(pos) - 1)
+        losses.append(-pulled.mean())
+    return torch.stack(losses).mean() if losses else embedding.sum() * 0.0
+
+
+@dataclass(frozen=True)
+class MicroAUNetOptions:
+    """The recipe's [options]: distillation stage 0 (none: the plain loss), 1 (imitation: the plain
+    loss + feature and prediction imitation of the teacher) or 2 (preference: the plain loss +
+    the pixel contrast, on the pixels the teacher is confident about); the stages' weights."""
+
+    stage: int = 0
+    omega: float = 0.5  # stage 1: weight of the KL term, 1 - omega of the feature term
+    contrast: float = 1.0  # stage 2: weight of the contrast term
+    temperature: float = 0.1  # stage 2
+
+    def __post_init__(self):
+        if self.stage not in (0, 1, 2) or not 0 <= self.omega <= 1 or self.temperature <= 0 or self.contrast < 0:
+            raise ValueError(f"options: stage 0, 1 or 2, omega in [0, 1], temperature > 0, contrast >= 0; got {self}")
+
+
+def microaunet_loss(outputs, batch: dict):
+    """The family loss on the train-mode outputs (logits, skips, last decoder map): the plain loss,
+    plus the distillation stage's terms (batch["teacher"]: the teacher's (logits, skips, last map)
+    or, for stage 2, its logits). Returns (total, parts)."""
+    logits, skips, last = outputs if isinstance(outputs, tuple) else (outputs, None, None)
+    opts, mask = batch["options"], batch["mask"]
+    parts = {"task": plain_loss(logits, mask)}
+    teacher = batch.get("teacher")
+    if opts.stage and (teacher is None or skips is None):
+        raise ValueError(f"distillation stage {opts.stage} needs the teacher's outputs and the student in training")
+    if opts.stage == 1:
+        if not isinstance(teacher, tuple):
+            raise ValueError("distillation stage 1 needs the teacher's encoder skips, not only its logits")
+        parts |= imitation_loss(skips, teacher[1], logits, teacher[0], opts.omega)
+    elif opts.stage == 2:
+        t_logits = teacher[0] if isinstance(teacher, tuple) else teacher
+        parts["contrast"] = opts.contrast * preference_loss(last, mask, t_logits, opts.temperature)
+    return sum(parts.values()), {k: float(v.detach()) for k, v in parts.items()}
+
+
+FAMILY = TorchFamily(
+    name="microaunet",
+    build=build,
+    loss=microaunet_loss,
+    golden=(GoldenCase(variant="microaunet", weights="microaunet/microaunet.safetensors",
+                       npz="microaunet/golden_microaunet.npz",
+                       pairs=(("input", "output"), ("input_nonsquare", "output_nonsquare")), tolerance=1e-4,
+                       probability=True),),
+    options=MicroAUNetOptions,
+)
