@@ -560,13 +560,13 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
     if "OPENCV_LOG_LEVEL" not in os.environ:
         cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
+    _escape_unprintable()
     parser = build_parser()
     args = parser.parse_args(argv)  # usage errors: argparse prints usage + error and exits 2
     args.argv = sys.argv[1:] if argv is None else list(argv)
     if args.command is None:
         parser.print_help(sys.stderr)
         return BAD_INPUT
-    _escape_unprintable()
     on_main_thread = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGTERM, _interrupt) if on_main_thread else None
     try:

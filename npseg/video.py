@@ -8,6 +8,7 @@ only packs, about half the CPU of FFmpeg's MPEG-4 encoder used for .mp4/.mov.
 """
 from __future__ import annotations
 
+import os
 import time
 from collections import deque
 from dataclasses import dataclass
@@ -81,6 +82,8 @@ def check_output(output: str, source: str) -> None:
         raise VideoError(f"{output}: cannot write, folder {str(path.parent)!r} does not exist")
     if path.is_dir():
         raise VideoError(f"{output}: is a folder; give the video file to write")
+    if not os.access(path.parent, os.W_OK | os.X_OK):
+        raise VideoError(f"{output}: cannot write, folder {str(path.parent)!r} is not writable")
     if opencv_path(path.parent) is None:
         raise VideoError(f"{output}: OpenCV cannot write into a folder whose name is not valid UTF-8")
     if not source.isdigit() and (path.resolve() == Path(source).resolve()
