@@ -249,9 +249,9 @@ def _read_image(path: Path) -> np.ndarray | None:
     """BGR uint8, or None when the file cannot be read or decoded."""
     try:
         data = np.fromfile(path, dtype=np.uint8)  # handles any path encoding, unlike cv2.imread
-    except OSError:
+        image = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
+    except (OSError, cv2.error):  # cv2.error: a header claiming over 2**30 pixels
         return None
-    image = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
     return image if image is not None and image.size else None
 
 

@@ -13,6 +13,7 @@ import struct
 import subprocess
 import sys
 import time
+import zlib
 from pathlib import Path
 
 import cv2
@@ -309,6 +310,16 @@ def png(seed: int = 0, size=(40, 48)) -> bytes:
     return cv2.imencode(".png", frame)[1].tobytes()
 
 
+def png_claiming(width: int, height: int) -> bytes:
+    """A PNG whose header claims `width` x `height` pixels, with almost no data behind it."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 64))
+            + chunk(b"IEND", b""))
+
+
 def digests(folder: Path) -> dict[bytes, str]:
     """SHA-256 of every file below `folder`, by its name as bytes."""
     root = os.fsencode(folder)
@@ -344,6 +355,14 @@ def test_names_that_are_not_utf8_are_segmented(tmp_path):
     assert {k: v for k, v in digests(tmp_path).items() if k in before} == before
 
 
+def test_an_image_claiming_a_huge_size_is_skipped(tmp_path):
+    """OpenCV raises (not returns None) for a header over 2**30 pixels: a traceback before."""
+    (tmp_path / "bomb.png").write_bytes(png_claiming(40000, 40000))
+    (tmp_path / "ok.png").write_bytes(png())
+    err = assert_clean(npseg_cli("segment", ".", "--out", "res", *QUICK, cwd=tmp_path), 1, "bomb.png")
+    assert "skipped" in err and (tmp_path / "res" / "masks" / "ok.png").is_file()
+
+
 def test_video_input_not_utf8_is_refused_by_name_and_output_name_is_written(tmp_path):
     clip = synthetic_video(tmp_path / "clip.avi", 3)
     odd = tmp_path / os.fsdecode(b"clip\xff.avi")
@@ -373,6 +392,7 @@ def test_video_failing_to_start_leaves_an_existing_output_as_it_was(tmp_path):
     writer.release()
     (tmp_path / "keep.avi").write_bytes(b"the user's earlier video")
     cases = {"garbage.mp4": "cannot open as a video", "missing.mp4": "no such video file",
+             "keep.avi": "the output would overwrite the input",
              "tiny.avi": "frame is too small"}  # the last fails after the input opened
     for source, fragment in cases.items():
         assert_clean(npseg_cli("video", source, "-o", "keep.avi", *QUICK, cwd=tmp_path), 2, fragment)

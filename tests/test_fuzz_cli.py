@@ -24,7 +24,7 @@ import cv2
 import numpy as np
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from test_cli import QUICK, digests, forged_weights
+from test_cli import QUICK, digests, forged_weights, png_claiming
 
 import npseg
 from npseg import WeightsError
@@ -104,7 +104,9 @@ names = st.binary(min_size=1, max_size=8).filter(lambda b: b"/" not in b and b"\
 image_bytes = st.builds(
     lambda h, w, ext, seed: cv2.imencode(ext, np.random.default_rng(seed).integers(0, 256, (h, w, 3), np.uint8))[1]
     .tobytes(), st.integers(4, 48), st.integers(4, 48), st.sampled_from([".png", ".jpg"]), st.integers(0, 9))
-contents = st.binary(max_size=48) | image_bytes | image_bytes.map(lambda b: b[: len(b) // 2])  # garbage, whole, cut
+sizes = st.sampled_from([0, 1, 2**16, 40000, 2**31 - 1])
+contents = (st.binary(max_size=48) | image_bytes | image_bytes.map(lambda b: b[: len(b) // 2])  # garbage, whole, cut
+            | st.builds(png_claiming, sizes, sizes))  # a header over OpenCV's pixel limit, or an empty image
 entries = st.tuples(st.sampled_from([b"", b"sub\xff/", b"masks/", b".hidden/"]), names,
                     st.sampled_from([b".png", b".jpg", b".JPEG", b".bmp", b".txt", b""]), contents)
 
