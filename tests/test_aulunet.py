@@ -8,7 +8,7 @@ import torch
 from safetensors.numpy import load_file
 
 from conftest import UPSTREAM
-from npseg.models.aulunet import VARIANTS, build_plan, expected_tensors, fold, reference_features
+from npseg.models.aulunet import VARIANTS, AULUNetConfig, build_plan, expected_tensors, fold, reference_features
 from npseg.ops._jit import numba
 from trainer.models.aulunet import AULUNet, aulunet_loss
 
@@ -74,10 +74,10 @@ def test_plan_reproduces_the_golden(golden):
             assert np.abs(plan.features["b"] - g["tap_b"][0]).max() <= GOLDEN_TOL
 
 
-def random_tensors(seed: int) -> dict:
+def random_tensors(seed: int, cfg=CFG) -> dict:
     """The torch init plus random BatchNorm statistics and affines (so every fold matters)."""
     torch.manual_seed(seed)
-    model = AULUNet(CFG)
+    model = AULUNet(cfg)
     with torch.no_grad():
         for m in model.modules():
             if isinstance(m, torch.nn.BatchNorm2d):
@@ -86,13 +86,16 @@ def random_tensors(seed: int) -> dict:
     return {k: v.numpy() for k, v in model.state_dict().items() if not k.endswith("num_batches_tracked")}
 
 
+ODD = AULUNetConfig(name="aulunet-odd-widths", channels=(3, 7, 9, 11, 13, 17))  # no width a multiple of 2 or 4
+
+
 @pytest.mark.skipif(numba is None, reason="needs numba")
-@pytest.mark.parametrize("seed, h, w", [(3, 64, 96), (4, 160, 32)])
-def test_plan_matches_reference_at_random_sizes(seed, h, w):
-    tensors = random_tensors(seed)
+@pytest.mark.parametrize("seed, h, w, cfg", [(3, 64, 96, CFG), (4, 160, 32, CFG), (5, 32, 64, ODD)])
+def test_plan_matches_reference_at_random_sizes(seed, h, w, cfg):
+    tensors = random_tensors(seed, cfg)
     x = np.random.default_rng(seed).uniform(0.0, 255.0, (3, h, w))
-    expected = reference_features(CFG, {k: v.astype(np.float64) for k, v in fold(CFG, tensors).items()}, x)["logits"]
-    plan = build_plan(CFG, fold(CFG, tensors), h, w)
+    expected = reference_features(cfg, {k: v.astype(np.float64) for k, v in fold(cfg, tensors).items()}, x)["logits"]
+    plan = build_plan(cfg, fold(cfg, tensors), h, w)
     plan.input[:] = x
     assert np.abs(plan.run() - expected).max() <= 1e-4 * max(1.0, np.abs(expected).max())
 
