@@ -117,9 +117,9 @@ def _train_options(args):
 
 
 def run_train(args) -> int:
+    opts, given = _train_options(args)
     from .train import train
 
-    opts, given = _train_options(args)
     train(opts, resume=args.resume, resume_overrides=given, overwrite=args.overwrite)
     return 0
 
@@ -199,10 +199,10 @@ def _refuse_same_path(source, output) -> None:
 def run_export(args) -> int:
     import json
 
+    _refuse_same_path(args.checkpoint, args.output)
     from .checkpoint import checkpoint_export_parts
     from .export import export_weights
 
-    _refuse_same_path(args.checkpoint, args.output)
     metrics = json.loads(Path(args.metrics).read_text()) if args.metrics else None
     # read once: the metrics belong to these tensors
     model, provenance, input_size = checkpoint_export_parts(args.checkpoint)
@@ -281,6 +281,9 @@ def add_convert_arguments(p: argparse.ArgumentParser) -> None:
 def run_convert(args) -> int:
     import pickle
 
+    if not Path(args.pth).is_file():
+        raise UsageError(f"{args.pth}: no such checkpoint file")
+    _refuse_same_path(args.pth, args.output)
     from .export import convert_upstream
     from .models import TORCH_FAMILIES
 
@@ -288,9 +291,6 @@ def run_convert(args) -> int:
     family = args.family or (importers[0] if len(importers) == 1 else None)
     if family not in importers:
         raise UsageError(f"--family {args.family}: choose one of {importers}, the families that import a checkpoint")
-    if not Path(args.pth).is_file():
-        raise UsageError(f"{args.pth}: no such checkpoint file")
-    _refuse_same_path(args.pth, args.output)
     try:
         out = convert_upstream(args.pth, args.output, TORCH_FAMILIES[family])
     except pickle.UnpicklingError:
@@ -316,23 +316,24 @@ SUBCOMMANDS = {
 
 
 def _usage_errors() -> tuple[type, ...]:
-    """Errors that a command line causes and its user can fix: one line, exit code 2."""
-    from .checkpoint import CheckpointError
-    from .data import DataError
-    from .recipe import RecipeError
-    from .train import RunExistsError
-
-    return UsageError, CheckpointError, DataError, RecipeError, RunExistsError, FileNotFoundError
+    """Errors that a command line causes and its user can fix: one line, exit code 2. Only modules
+    already imported can have raised theirs (so a refusal needs no torch import)."""
+    kinds = {"trainer.checkpoint": "CheckpointError", "trainer.data": "DataError", "trainer.recipe": "RecipeError",
+             "trainer.train": "RunExistsError"}
+    return (UsageError, FileNotFoundError,
+            *(getattr(sys.modules[module], name) for module, name in kinds.items() if module in sys.modules))
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m trainer", description="Train, evaluate and export npseg models.",
                                      epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
+    argv = sys.argv[1:] if argv is None else list(argv)
     for name, (help_text, add_arguments, run) in SUBCOMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=help_text, epilog=EXAMPLES,
                            formatter_class=argparse.RawDescriptionHelpFormatter)
-        add_arguments(p)
+        if argv[:1] == [name]:  # only the chosen one's: some defaults come from modules that import torch
+            add_arguments(p)
         p.set_defaults(run=run)
     args = parser.parse_args(argv)
     try:

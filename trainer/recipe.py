@@ -33,6 +33,7 @@ class Recipe:
     seed: int = 0  # split (unless recorded), init, shuffling and augmentation
     max_minutes: float | None = None  # no epoch starts that the last one's duration says would cross it
     init: str | None = None  # weights file or bundled name to start from (its recorded splits are kept)
+    init_sha256: str | None = None  # the tensors_sha256 the init file must have (a file name may be reused)
     splits_from: tuple[str, ...] = ()  # split files or weights files whose provenance records splits
     augmentation: str = "recipe"  # trainer.data.AUGMENTATIONS
     paste_small: float = 0.0  # probability of a small pasted polyp per train sample

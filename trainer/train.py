@@ -128,6 +128,9 @@ def _model_and_init(opts: TrainOptions, tfam, cfg, ckpt: dict | None, rank: int)
     if not opts.recipe.init:
         return model, None
     info = init_from_weights(model, opts.recipe.init)
+    if opts.recipe.init_sha256 not in (None, info["tensors_sha256"]):
+        raise RecipeError(f"--init {opts.recipe.init}: its tensors_sha256 is {info['tensors_sha256']}, not the "
+                          f"recipe's init_sha256 {opts.recipe.init_sha256}: another file of that name")
     _log(f"initialised from {info['file']} (trained on {', '.join(info['datasets']) or 'unknown data'}, "
          f"{info['epochs_run']} epochs)", rank)
     return model, info
