@@ -3,7 +3,8 @@
     OPENBLAS_NUM_THREADS=1 python benchmarks/speed.py            # full run (several minutes)
     python benchmarks/speed.py --frames 60 --rounds 2            # quick look
 
-Every measurement runs in its own subprocess pinned to one core (`taskset -c 0`, or --core N)
+One row group per model variant that ships a bundled weights file (any family of the
+registry; ONNX Runtime and torch where the trainer has the family). Every measurement runs in its own subprocess pinned to one core (`taskset -c 0`, or --core N)
 with one thread everywhere, on the same weights and the same input. The shared
 machine is noisy, so engines run in alternating rounds (numba, ORT, torch,
 numba, ...) and are compared as ratios measured in the same run. Writes
@@ -17,7 +18,6 @@ import datetime
 import json
 import os
 import platform
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -26,11 +26,14 @@ from pathlib import Path
 
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from results_md import write_part  # noqa: E402  (benchmarks/ is not a package)
+
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 RESULTS = HERE / "results"
 SIZE = 256
-VARIANTS = ("ultraseg-108k", "ultraseg-130k")
+E2E_MODEL = "ultraseg-130k"  # the default model; the first bundled variant where it is missing
 DEPLOYABLE = ("npseg-numba", "onnxruntime", "torch-eager")
 ENGINES = DEPLOYABLE + ("npseg-numpy",)
 ONE_THREAD = {k: "1" for k in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS")}
@@ -39,6 +42,7 @@ FRAME_SIZES = ((1024, 1280), (1080, 1920))
 # Haswell: NumPy's OpenBLAS, which runs npseg's wide 1x1 convs and bottleneck, then uses AVX2
 # kernels on an AVX-512 CPU, while torch's and ONNX Runtime's own kernels detect AVX-512 regardless)
 UNPINNED = "npseg-numba-openblas-auto"
+NATIVE_BLAS = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")  # removed together: OpenBLAS sizes itself for this CPU
 CORE = 0  # the core every worker is pinned to (--core)
 
 
@@ -55,9 +59,9 @@ def _engine_forward(engine, weights_path, onnx_path, size):
     if engine.startswith("npseg-"):
         import npseg
 
-        seg = npseg.load(weights_path, backend=engine.split("-")[1], size=size)
-        run = getattr(seg._engine, "run", seg._engine.forward)
-        return lambda: run(x)
+        engine = npseg.load(weights_path, backend=engine.split("-")[1], size=size)._engine
+        np.copyto(engine.input_buffer(size, size), x)  # what predict() runs: the plan on its own input
+        return lambda: engine.run_input(size, size)
     if engine == "torch-eager":
         import torch
 
@@ -104,7 +108,9 @@ def worker_e2e(args):
     import npseg
 
     seg = npseg.load(args.weights)
-    x = seg.preprocess(np.zeros((*seg.input_size, 3), np.uint8))
+    h_in, w_in = seg.input_size
+    engine = seg._engine
+    x = seg.preprocess(np.zeros((h_in, w_in, 3), np.uint8))
     rng = np.random.default_rng(1)
     out = {"backend": seg.backend, "input_size": list(seg.input_size)}
     for h, w in FRAME_SIZES:
@@ -112,7 +118,8 @@ def worker_e2e(args):
         fwd, e2e = [], []
         for i in range(args.warmup + args.frames):  # interleaved: the same noise hits both
             t0 = time.perf_counter()
-            seg._engine.run(x)
+            np.copyto(engine.input_buffer(h_in, w_in), x)
+            engine.run_input(h_in, w_in)
             t1 = time.perf_counter()
             seg.predict(frame)
             t2 = time.perf_counter()
@@ -122,20 +129,6 @@ def worker_e2e(args):
         out[f"{w}x{h}"] = {"forward_ms": fwd, "predict_ms": e2e}
     out["peak_rss_mb"] = _peak_rss_mb()
     return out
-
-
-def worker_cold(args):
-    """import + load + first frame, timed from inside (the parent adds interpreter start-up)."""
-    t0 = time.perf_counter()
-    import npseg
-
-    t1 = time.perf_counter()
-    seg = npseg.load(args.weights)
-    t2 = time.perf_counter()
-    seg.predict(np.zeros((1080, 1920, 3), np.uint8))
-    t3 = time.perf_counter()
-    return {"import_s": t1 - t0, "load_s": t2 - t1, "first_frame_s": t3 - t2, "backend": seg.backend,
-            "peak_rss_mb": _peak_rss_mb()}
 
 
 def _peak_rss_mb():
@@ -166,51 +159,67 @@ def _spawn(mode, extra_env=None, drop_env=(), **kw):
     return result
 
 
-def _prepare_weights(tmp: Path) -> dict:
-    """The bundled weights of each variant, its own input size, and ONNX exports (from the torch
-    model built on the same tensors) at SIZE and at that size."""
+def bundled_models() -> dict[str, Path]:
+    """One bundled weights file per model variant (the file named after the variant where there is
+    one, e.g. ultraseg-130k.safetensors rather than ultraseg-130k-kvasir.safetensors)."""
+    from npseg.segmenter import bundled_names, resolve_weights
     from npseg.weights import load as load_weights
-    from trainer.models import torch_model_from_weights
+
+    out: dict[str, Path] = {}
+    for name in bundled_names():
+        path = resolve_weights(name)
+        variant = load_weights(path).config.name
+        if variant not in out or name == variant:
+            out[variant] = path
+    return dict(sorted(out.items()))
+
+
+def _prepare_weights(tmp: Path) -> dict:
+    """Per variant: its bundled file, its own input size, and ONNX exports (from the torch model built
+    on the same tensors) at SIZE and at that size; no exports where the trainer lacks the family."""
+    from npseg.weights import load as load_weights
     from trainer.export import export_onnx
+    from trainer.models import torch_model_from_weights
 
     out = {}
-    for variant in VARIANTS:
-        path = REPO / "weights" / f"{variant}.safetensors"
+    for variant, path in bundled_models().items():
         own = load_weights(path).input_size[0]  # square: the trainer's --size
-        model = torch_model_from_weights(path)[0]
-        onnx = {size: str(export_onnx(model, tmp / f"{variant}-{size}.onnx", (size, size))) for size in {SIZE, own}}
+        try:
+            model = torch_model_from_weights(path)[0]
+        except KeyError:  # npseg ships the family, the trainer has no torch module for it
+            model = None
+        onnx = {size: model and str(export_onnx(model, tmp / f"{variant}-{size}.onnx", (size, size)))
+                for size in {SIZE, own}}
         out[variant] = {"weights": str(path), "own_size": own, "onnx": onnx}
     return out
 
 
-def _time_engines(variant, f, size, engines, frames, rounds, numpy_frames) -> dict:
-    """Engines alternating in `rounds` rounds on one variant at size x size: per-engine stats, ratios
-    to ONNX Runtime and torch, and the numba / ONNX Runtime ratio within each round."""
-    samples = {e: [] for e in engines}
-    round_medians = {e: [] for e in engines}
+def _time_engines(variant, f, size, runs, frames, rounds, numpy_frames) -> dict:
+    """Engine runs alternating in `rounds` rounds on one variant at size x size: per-run stats, ratios
+    to ONNX Runtime and torch, and the numba / ONNX Runtime ratio within each round. `runs`: label ->
+    (engine, environment to set, environment variables to remove)."""
+    runs = {k: v for k, v in runs.items() if v[0].startswith("npseg-") or f["onnx"][size]}
+    samples = {e: [] for e in runs}
+    round_medians = {e: [] for e in runs}
     for r in range(rounds):
-        for engine in engines:
+        for label, (engine, env, drop) in runs.items():
             if engine == "npseg-numpy" and r:  # the slow reference: one round is enough
                 continue
-            unpinned = engine == UNPINNED
-            res = _spawn("forward", drop_env=("OPENBLAS_CORETYPE",) if unpinned else (),
-                         engine="npseg-numba" if unpinned else engine, weights=f["weights"], onnx=f["onnx"][size],
-                         size=size, frames=numpy_frames if engine == "npseg-numpy" else frames,
+            res = _spawn("forward", extra_env=env, drop_env=drop, engine=engine, weights=f["weights"],
+                         onnx=f["onnx"][size], size=size, frames=numpy_frames if engine == "npseg-numpy" else frames,
                          warmup=3 if engine == "npseg-numpy" else 20)
-            samples[engine] += res["ms"]
-            round_medians[engine].append(float(np.median(res["ms"])))
-            print(f"{variant} {size}x{size} round {r + 1}/{rounds} {engine:12s} median {np.median(res['ms']):7.2f} ms",
+            samples[label] += res["ms"]
+            round_medians[label].append(float(np.median(res["ms"])))
+            print(f"{variant} {size}x{size} round {r + 1}/{rounds} {label:12s} median {np.median(res['ms']):7.2f} ms",
                   flush=True)
     table = {e: _stats(ms) for e, ms in samples.items()}
-    ort = table["onnxruntime"]["median_ms"]
-    torch_ms = table["torch-eager"]["median_ms"]
     for e in table:
-        table[e]["vs_onnxruntime"] = table[e]["median_ms"] / ort
-        table[e]["speedup_vs_torch"] = torch_ms / table[e]["median_ms"]
         table[e]["round_medians_ms"] = round_medians[e]
-    # the same ratio within each round: neighbours in time share the machine's load
-    table["npseg-numba"]["vs_onnxruntime_per_round"] = [
-        n / o for n, o in zip(round_medians["npseg-numba"], round_medians["onnxruntime"])]
+        for ref, key in (("onnxruntime", "vs_onnxruntime"), ("torch-eager", "vs_torch")):
+            if ref in table:  # time ratios: below 1 is faster than the reference
+                table[e][key] = table[e]["median_ms"] / table[ref]["median_ms"]
+                # the same ratio within each round: neighbours in time share the machine's load
+                table[e][key + "_per_round"] = [n / o for n, o in zip(round_medians[e], round_medians[ref])]
     return table
 
 
@@ -220,47 +229,49 @@ def _stats(ms):
             "frames": int(a.size), "fps": float(1e3 / np.median(a))}
 
 
+def _runs(labels) -> dict:
+    return {label: (label, {}, ()) for label in labels}
+
+
+def _machine(load_before) -> dict:
+    import numba
+    import onnxruntime
+    import torch
+
+    return {"cpu": _cpu_name(), "python": platform.python_version(), "numpy": np.__version__,
+            "numba": numba.__version__, "onnxruntime": onnxruntime.__version__, "torch": torch.__version__,
+            "load_average_before": load_before, "load_average_after": os.getloadavg()}
+
+
 def run_benchmark(frames: int, rounds: int, numpy_frames: int, tmp: Path) -> dict:
     files = _prepare_weights(tmp)
     load_before = os.getloadavg()
-    engines = ENGINES + ((UNPINNED,) if "OPENBLAS_CORETYPE" in os.environ else ())
-    speed = {v: _time_engines(v, files[v], SIZE, engines, frames, rounds, numpy_frames) for v in VARIANTS}
+    runs = _runs(ENGINES)
+    if "OPENBLAS_CORETYPE" in os.environ:
+        runs[UNPINNED] = ("npseg-numba", {}, NATIVE_BLAS)
+    speed = {v: _time_engines(v, f, SIZE, runs, frames, rounds, numpy_frames) for v, f in files.items()}
     # what the bundled files run at by default, where that is not SIZE
-    own_size = {v: {"size": files[v]["own_size"],
-                    "table": _time_engines(v, files[v], files[v]["own_size"], DEPLOYABLE, frames, rounds, 0)}
-                for v in VARIANTS if files[v]["own_size"] != SIZE}
+    own_size = {v: {"size": f["own_size"],
+                    "table": _time_engines(v, f, f["own_size"], _runs(DEPLOYABLE), frames, rounds, 0)}
+                for v, f in files.items() if f["own_size"] != SIZE}
 
-    e2e_raw = _spawn("e2e", weights=files["ultraseg-130k"]["weights"], frames=max(frames // 2, 50), warmup=10)
-    e2e = {"backend": e2e_raw["backend"], "input_size": e2e_raw["input_size"], "peak_rss_mb": e2e_raw["peak_rss_mb"]}
+    e2e_model = E2E_MODEL if E2E_MODEL in files else next(iter(files))
+    e2e_raw = _spawn("e2e", weights=files[e2e_model]["weights"], frames=max(frames // 2, 50), warmup=10)
+    e2e = {"model": e2e_model, "backend": e2e_raw["backend"], "input_size": e2e_raw["input_size"],
+           "peak_rss_mb": e2e_raw["peak_rss_mb"]}
     for h, w in FRAME_SIZES:
         d = e2e_raw[f"{w}x{h}"]
         fwd, pred = np.median(d["forward_ms"]), np.median(d["predict_ms"])
         e2e[f"{w}x{h}"] = {"forward_median_ms": float(fwd), "predict_median_ms": float(pred),
                            "predict_p90_ms": float(np.percentile(d["predict_ms"], 90)), "ratio": float(pred / fwd)}
-
-    cache = tmp / "numba-cache"
-    shutil.rmtree(cache, ignore_errors=True)
-    cold = {}
-    for label in ("empty_cache", "warm_cache"):  # the first run fills the fresh cache the second one reads
-        res = _spawn("cold", extra_env={"NUMBA_CACHE_DIR": str(cache)}, weights=files["ultraseg-130k"]["weights"])
-        cold[label] = res
-        print(f"cold start, {label}: {res['process_wall_s']:.2f} s", flush=True)
-
-    import numba
-    import onnxruntime
-    import torch
-
     return {
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "machine": {"cpu": _cpu_name(), "python": platform.python_version(), "numpy": np.__version__,
-                    "numba": numba.__version__, "onnxruntime": onnxruntime.__version__,
-                    "torch": torch.__version__, "load_average_before": load_before,
-                    "load_average_after": os.getloadavg()},
+        "machine": _machine(load_before),
         "setup": {"input": f"3x{SIZE}x{SIZE}", "pinning": f"taskset -c {CORE}", "threads": 1, "frames_per_round": frames,
                   "openblas_coretype": os.environ.get("OPENBLAS_CORETYPE"),
                   "rounds": rounds, "numpy_reference_frames": numpy_frames,
-                  "weights": {v: f"bundled weights/{v}.safetensors" for v in VARIANTS}},
-        "forward": speed, "forward_own_size": own_size, "end_to_end": e2e, "cold_start": cold,
+                  "weights": {v: f"bundled weights/{Path(f['weights']).name}" for v, f in files.items()}},
+        "forward": speed, "forward_own_size": own_size, "end_to_end": e2e,
     }
 
 
@@ -294,50 +305,57 @@ ENGINE_NOTES = (
     "machine the medians also carry preemption by other processes (compare the min column).")
 
 
+def _ratio(t: dict, key: str, fmt: str = "{:.2f}") -> str:
+    return fmt.format(t[key]) if key in t else "–"
+
+
+def _forward_rows(model: str, size: int, table: dict) -> list[str]:
+    return [f"| {model} | {size}×{size} | {engine} | {t['median_ms']:.2f} | {t['p90_ms']:.2f} | {t['min_ms']:.2f} | "
+            f"{t['fps']:.0f} | {_ratio(t, 'vs_onnxruntime')} | {_ratio(t, 'vs_torch')} |"
+            for engine, t in table.items()]
+
+
+FORWARD_HEADER = ["| model | input | engine | median ms | p90 ms | min ms | FPS | × ONNX Runtime time | × torch time |",
+                  "|---|---|---|---|---|---|---|---|---|"]
+
+
 def write_markdown(res: dict, path: Path):
     m, s = res["machine"], res["setup"]
     lines = [
         "# Speed",
         "",
         f"`benchmarks/speed.py`, {res['date']}, {m['cpu']}; one core (`{s['pinning']}`), one thread everywhere, "
-        f"input {s['input']}, batch 1. numba {m['numba']}, onnxruntime {m['onnxruntime']}, torch {m['torch']}.",
+        f"batch 1. numba {m['numba']}, onnxruntime {m['onnxruntime']}, torch {m['torch']}. One model per "
+        "variant with a bundled weights file.",
         f"Engines alternate in {s['rounds']} rounds of {s['frames_per_round']} frames after warm-up, each in its own "
         f"process; the NumPy reference (float64, readable) runs {s['numpy_reference_frames']} frames once. "
         f"Load average before/after: {m['load_average_before'][0]:.1f} / {m['load_average_after'][0]:.1f} "
         "(shared machine: compare the ratios, not the absolute times).",
         "",
-        "## Forward, 256×256, one core",
-        "",
-        "| model | engine | median ms | p90 ms | min ms | FPS | × ONNX Runtime time | speed-up vs torch |",
-        "|---|---|---|---|---|---|---|---|",
+        f"## Forward, {SIZE}×{SIZE}, one core",
+        "", *FORWARD_HEADER,
     ]
     for variant, table in res["forward"].items():
-        for engine, t in table.items():
-            lines.append(f"| {variant} | {engine} | {t['median_ms']:.2f} | {t['p90_ms']:.2f} | {t['min_ms']:.2f} | "
-                         f"{t['fps']:.0f} | {t['vs_onnxruntime']:.2f} | {t['speedup_vs_torch']:.1f} |")
+        lines += _forward_rows(variant, SIZE, table)
     lines += ["", "npseg-numba / ONNX Runtime within each round (medians): " + "; ".join(
         f"{v} " + ", ".join(f"{r:.2f}" for r in t["npseg-numba"]["vs_onnxruntime_per_round"])
-        for v, t in res["forward"].items()) + "."]
+        for v, t in res["forward"].items() if "vs_onnxruntime_per_round" in t["npseg-numba"]) + "."]
     if s.get("openblas_coretype"):
         lines += ["", f"This machine's environment sets `OPENBLAS_CORETYPE={s['openblas_coretype']}`, which the "
                   "npseg-numba rows keep (as `make bench` and CI run). It pins NumPy's OpenBLAS, which runs npseg's "
-                  "wide 1x1 convs and the 64->96 bottleneck, to that core's kernels; torch's and ONNX Runtime's own "
-                  f"kernels are not affected by it. {UNPINNED} is the same engine with the variable unset, so "
-                  "OpenBLAS picks its kernels for this CPU itself (AVX-512)."]
+                  "wide 1x1 convs, to that core's kernels; torch's and ONNX Runtime's own kernels are not affected "
+                  f"by it. {UNPINNED} is the same engine with the variable unset, so OpenBLAS picks its kernels for "
+                  "this CPU itself."]
     lines += ["", ENGINE_NOTES]
     if res.get("forward_own_size"):
         lines += ["", "## Forward at each bundled file's own input size, one core", "",
                   "The size the file was trained at and `npseg.load(name)` predicts at unless given `size=`.", "",
-                  "| model | input | engine | median ms | p90 ms | min ms | FPS | × ONNX Runtime time | "
-                  "speed-up vs torch |", "|---|---|---|---|---|---|---|---|---|"]
+                  *FORWARD_HEADER]
         for variant, d in res["forward_own_size"].items():
-            for engine, t in d["table"].items():
-                lines.append(f"| {variant} | {d['size']}×{d['size']} | {engine} | {t['median_ms']:.2f} | "
-                             f"{t['p90_ms']:.2f} | {t['min_ms']:.2f} | {t['fps']:.0f} | {t['vs_onnxruntime']:.2f} | "
-                             f"{t['speedup_vs_torch']:.1f} |")
+            lines += _forward_rows(variant, d["size"], d["table"])
     e = res["end_to_end"]
     h_in, w_in = e["input_size"]
-    lines += ["", f"## End to end: `predict(frame)` (BGR uint8 frame → mask), UltraSeg-130K at its own input size "
+    lines += ["", f"## End to end: `predict(frame)` (BGR uint8 frame → mask), {e['model']} at its own input size "
               f"{w_in}×{h_in}, backend {e['backend']}", "",
               "| frame | forward median ms | predict median ms | predict p90 ms | predict / forward |",
               "|---|---|---|---|---|"]
@@ -345,20 +363,10 @@ def write_markdown(res: dict, path: Path):
         d = e[f"{w}x{h}"]
         lines.append(f"| {w}×{h} | {d['forward_median_ms']:.2f} | {d['predict_median_ms']:.2f} | "
                      f"{d['predict_p90_ms']:.2f} | {d['ratio']:.2f} |")
-    c = res["cold_start"]
-    lines += ["", "## Cold start and memory (new process: import, load, first 1920×1080 frame)", "",
-              "| Numba cache | process wall s | import s | load s | first frame s | peak RSS MB |", "|---|---|---|---|---|---|"]
-    for label, d in c.items():
-        lines.append(f"| {label.replace('_', ' ')} | {d['process_wall_s']:.2f} | {d['import_s']:.2f} | "
-                     f"{d['load_s']:.2f} | {d['first_frame_s']:.2f} | {d['peak_rss_mb']:.0f} |")
     lines += ["", f"Peak RSS of the end-to-end process (after 1280×1024 and 1920×1080 frames): "
-              f"{e['peak_rss_mb']:.0f} MB.", "", "![speed](speed.png)", ""]
-    soak = ""
-    if path.exists():
-        old = path.read_text()
-        if "## Soak" in old:
-            soak = "\n" + old[old.index("## Soak"):]
-    path.write_text("\n".join(lines) + soak)
+              f"{e['peak_rss_mb']:.0f} MB. Start-up times: `benchmarks/startup.py`, below.", "",
+              "![speed](speed.png)"]
+    write_part("speed", "\n".join(lines), path)
 
 
 def plot(res: dict, path: Path):
@@ -367,19 +375,19 @@ def plot(res: dict, path: Path):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(8, 4.5))
+    fig, ax = plt.subplots(figsize=(max(8, 2 * len(res["forward"])), 4.5))
     variants = list(res["forward"])
     engines = [e for e in res["forward"][variants[0]] if e != "npseg-numpy"]
     width = 0.8 / len(engines)
     for i, engine in enumerate(engines):
-        med = [res["forward"][v][engine]["median_ms"] for v in variants]
-        p90 = [res["forward"][v][engine]["p90_ms"] for v in variants]
+        med = [res["forward"][v].get(engine, {}).get("median_ms", np.nan) for v in variants]
+        p90 = [res["forward"][v].get(engine, {}).get("p90_ms", np.nan) for v in variants]
         xs = np.arange(len(variants)) + (i - (len(engines) - 1) / 2) * width
         bars = ax.bar(xs, med, width, label=engine, yerr=[np.zeros(len(med)), np.subtract(p90, med)], capsize=3)
         ax.bar_label(bars, fmt="%.1f", padding=2, fontsize=8)
     ax.set_xticks(range(len(variants)), variants)
     ax.set_ylabel("ms / frame (median, bar to p90)")
-    ax.set_title(f"UltraSeg forward, {res['setup']['input']}, one core, one thread")
+    ax.set_title(f"forward, 3x{SIZE}x{SIZE}, one core, one thread")
     ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=120)
@@ -392,7 +400,7 @@ def main(argv=None):
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--numpy-frames", type=int, default=20)
     ap.add_argument("--core", type=int, default=CORE, help="CPU core to pin every measurement to (default 0)")
-    ap.add_argument("--worker", choices=["forward", "e2e", "cold"], help=argparse.SUPPRESS)
+    ap.add_argument("--worker", choices=["forward", "e2e"], help=argparse.SUPPRESS)
     ap.add_argument("--engine", help=argparse.SUPPRESS)
     ap.add_argument("--weights", help=argparse.SUPPRESS)
     ap.add_argument("--onnx", help=argparse.SUPPRESS)
@@ -401,7 +409,7 @@ def main(argv=None):
     args = ap.parse_args(argv)
     CORE = args.core
     if args.worker:
-        print(json.dumps({"forward": worker_forward, "e2e": worker_e2e, "cold": worker_cold}[args.worker](args)))
+        print(json.dumps({"forward": worker_forward, "e2e": worker_e2e}[args.worker](args)))
         return
     with tempfile.TemporaryDirectory() as tmp:
         res = run_benchmark(args.frames, args.rounds, args.numpy_frames, Path(tmp))
@@ -411,7 +419,7 @@ def main(argv=None):
     plot(res, HERE / "speed.png")
     for variant, table in res["forward"].items():
         print(variant, {e: round(t["median_ms"], 2) for e, t in table.items()},
-              "numba/ORT %.2f" % table["npseg-numba"]["vs_onnxruntime"])
+              "numba/ORT " + _ratio(table["npseg-numba"], "vs_onnxruntime"))
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """Where npseg-numba's forward time goes: every plan step timed on its own, one core.
 
-    taskset -c 0 python benchmarks/steps.py                 # UltraSeg-130K, 256x256
-    taskset -c 0 python benchmarks/steps.py --weights ultraseg-108k --frames 300
+    taskset -c 0 python benchmarks/steps.py                 # every bundled model variant, 256x256
+    taskset -c 0 python benchmarks/steps.py --weights ultraseg-130k --frames 300
 
 Runs the plan's steps one by one (after warm-up), takes the mean per step, and
 groups the steps by kernel. The per-step sum is a little above the forward time
@@ -28,7 +28,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
 import npseg  # noqa: E402
-from speed import _cpu_name  # noqa: E402  (benchmarks/ is on sys.path when this script runs)
+from speed import _cpu_name, bundled_models  # noqa: E402  (benchmarks/ is on sys.path when this script runs)
 
 
 def _kernel_name(step) -> str:
@@ -53,11 +53,10 @@ def _flops(name: str, shapes: list[tuple[int, ...]]) -> float | None:
 
 
 def profile(weights: str, size: int, frames: int, warmup: int) -> dict:
-    seg = npseg.load(weights, backend="numba")
-    engine = seg._engine
-    x = np.random.default_rng(0).random((3, size, size), dtype=np.float32)
+    engine = npseg.load(weights, backend="numba", size=size)._engine
+    np.copyto(engine.input_buffer(size, size), np.random.default_rng(0).random((3, size, size), dtype=np.float32))
     for _ in range(warmup):
-        engine.run(x)
+        engine.run_input(size, size)
     plan = engine.plan(size, size)
     total = np.zeros(len(plan.steps))
     for _ in range(frames):
@@ -69,7 +68,7 @@ def profile(weights: str, size: int, frames: int, warmup: int) -> dict:
     forward = []
     for _ in range(frames):
         t = time.perf_counter()
-        engine.run(x)
+        engine.run_input(size, size)
         forward.append((time.perf_counter() - t) * 1e3)
     steps = []
     for i, (step, t) in enumerate(zip(plan.steps, ms)):
@@ -89,14 +88,18 @@ def profile(weights: str, size: int, frames: int, warmup: int) -> dict:
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--weights", default="ultraseg-130k")
+    ap.add_argument("--weights", help="a bundled model name or weights file (default: every bundled variant)")
     ap.add_argument("--size", type=int, default=256)
     ap.add_argument("--frames", type=int, default=200)
     ap.add_argument("--warmup", type=int, default=30)
     ap.add_argument("--top", type=int, default=12, help="slowest steps to print")
     args = ap.parse_args(argv)
-    res = profile(args.weights, args.size, args.frames, args.warmup)
-    out = HERE / "results" / f"steps-{Path(args.weights).stem}.json"
+    for weights in [args.weights] if args.weights else [str(p) for p in bundled_models().values()]:
+        _report(profile(weights, args.size, args.frames, args.warmup), args.top)
+
+
+def _report(res: dict, top: int) -> None:
+    out = HERE / "results" / f"steps-{Path(res['weights']).stem}.json"
     out.parent.mkdir(exist_ok=True)
     # one line per step: the file stays diffable without a line per dimension
     body = json.dumps({k: v for k, v in res.items() if k != "steps"}, indent=1)[:-2]
@@ -106,11 +109,11 @@ def main(argv=None):
     print("| kernel | steps | ms | share |\n|---|---|---|---|")
     for name, k in res["by_kernel"].items():
         print(f"| {name} | {k['steps']} | {k['ms']:.3f} | {k['ms'] / res['steps_sum_ms']:.0%} |")
-    print(f"\nslowest {args.top} steps:")
-    for s in sorted(res["steps"], key=lambda s: -s["ms"])[:args.top]:
+    print(f"\nslowest {top} steps:")
+    for s in sorted(res["steps"], key=lambda s: -s["ms"])[:top]:
         rate = "" if s["gflops"] is None else f" {s['gflops']:.0f} GFLOP/s"
         print(f"  #{s['index']:<3d} {s['kernel']:22s} {s['ms']:.3f} ms{rate}  {s['operands']}")
-    print(f"wrote {out}")
+    print(f"wrote {out}\n")
 
 
 if __name__ == "__main__":
