@@ -187,7 +187,8 @@ def _writable_dir(path: Path) -> Path:
 def collect_images(paths: list[str], out: Path) -> list[tuple[Path, Path]]:
     """(image file, output name without suffix) for every input: files as given,
     folders searched recursively for image files (sorted, so runs are repeatable)."""
-    written = [(out / "masks").resolve(), (out / "overlays").resolve()]
+    # os.path.realpath, not Path.resolve: a loop of links is a name that leads nowhere, not an error
+    written = [Path(os.path.realpath(out / "masks")), Path(os.path.realpath(out / "overlays"))]
     found = []
     for text in paths:
         path = Path(text)
@@ -212,11 +213,11 @@ def collect_images(paths: list[str], out: Path) -> list[tuple[Path, Path]]:
 def _images_in(folder: Path, written: list[Path]) -> list[tuple[Path, Path]]:
     """The image files below `folder`, leaving out the output folders (`written`) where
     they lie inside it: an earlier run's results are not inputs."""
-    root = folder.resolve()
+    root = Path(os.path.realpath(folder))
     inside = [d for d in written if root in d.parents]
 
     def is_output(p: Path) -> bool:
-        where = p.parent.resolve()
+        where = Path(os.path.realpath(p.parent))
         return any(where == d or d in where.parents for d in inside)
 
     files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_EXTS and p.is_file()
@@ -583,6 +584,10 @@ def main(argv: list[str] | None = None) -> int:
     except MemoryError:
         print("npseg: error: out of memory", file=sys.stderr)
         return RUNTIME_FAILURE
+    except OSError as e:  # a path the system refuses outright (a name too long, a loop of links)
+        where = f"{e.filename}: " if e.filename else ""
+        print(f"npseg: error: {one_line(where + (e.strerror or str(e)))}", file=sys.stderr)
+        return BAD_INPUT
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)

@@ -86,7 +86,7 @@ def check_output(output: str, source: str) -> None:
         raise VideoError(f"{output}: cannot write, folder {str(path.parent)!r} is not writable")
     if opencv_path(path.parent) is None:
         raise VideoError(f"{output}: OpenCV cannot write into a folder whose name is not valid UTF-8")
-    if not source.isdigit() and (path.resolve() == Path(source).resolve()
+    if not source.isdigit() and (os.path.realpath(path) == os.path.realpath(source)
                                  or path.exists() and path.samefile(source)):
         raise VideoError(f"{output}: the output would overwrite the input")
 

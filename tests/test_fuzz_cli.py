@@ -132,3 +132,47 @@ def test_any_frame_folder_is_segmented_without_losing_a_file(files, out):
         for name, digest in before.items():
             if not name.startswith(tuple(results)):  # only the results may be replaced
                 assert after.get(name) == digest, name
+
+
+component = st.binary(min_size=1, max_size=12).filter(lambda b: b"/" not in b and b"\0" not in b
+                                                      and b not in (b".", b".."))
+relative_paths = (st.lists(component, min_size=1, max_size=3).map(b"/".join)  # stays inside the folder
+                  | st.sampled_from([b"frame.png", b"clip.avi", b"a" * 300, b"b" * 300 + b".avi", b"7", b"",
+                                     b"loop", b"frame.png/x"]))
+option_values = st.text(max_size=12) | st.sampled_from(["100000", "1" + "0" * 40, "nan", "-0", "16x", "0.5"])
+
+
+@st.composite
+def command_lines(draw):
+    """A command with random paths (names too long, not UTF-8, links in a loop) or option values."""
+    path, other, value = draw(relative_paths), draw(relative_paths), draw(option_values)
+    return draw(st.sampled_from([
+        ["segment", path, "--out", other, *QUICK],
+        ["video", path, "-o", other, *QUICK],
+        ["info", path],
+        ["segment", "frame.png", "--weights", path, "--backend", "numpy", "--out", other],
+        ["segment", "frame.png", draw(st.sampled_from(["--size", "--threshold", "--limit"])), value, *QUICK[:2]],
+        ["video", "clip.avi", "-o", "o.avi", draw(st.sampled_from(["--smooth", "--max-frames"])), value, *QUICK],
+    ]))
+
+
+@settings(FUZZ)
+@given(argv=command_lines())
+def test_any_command_line_ends_in_an_exit_code(argv):
+    with tempfile.TemporaryDirectory() as tmp:
+        here = os.getcwd()
+        os.chdir(tmp)
+        try:
+            Path("frame.png").write_bytes(cv2.imencode(".png", np.full((40, 48, 3), 90, np.uint8))[1].tobytes())
+            writer = cv2.VideoWriter("clip.avi", cv2.VideoWriter_fourcc(*"MJPG"), 25, (48, 40))
+            writer.write(np.full((40, 48, 3), 90, np.uint8))
+            writer.release()
+            os.symlink("loop", "loop")
+            try:
+                code, err = run_cli(*argv)
+            except SystemExit as e:  # argparse's usage errors
+                code, err = e.code, ""
+        finally:
+            os.chdir(here)
+    assert code in (0, 1, 2), err
+    assert all(line.startswith(("npseg: error: ", "npseg: warning: ")) for line in err.splitlines()), err
