@@ -563,8 +563,6 @@ class PolypDataset(torch.utils.data.Dataset):
     the augmented mask) as [1,H,W] float32}.
     With `seed`, augmentation is a deterministic function of (seed, epoch, index), whatever the
     worker or process; `augmentation` names it ("recipe", "strong" or a trainer.augment spec).
-    With `repeat_small=(area, times)`, a sample whose polyp covers under `area` of the image
-    (polyp-free ones included) appears `times` times per epoch, each copy augmented differently.
     With `paste_small` p (and `seed`), a sample gets, with probability p, a small copy of another
     sample's polyp pasted in (`paste_small_polyp`). With `balanced` N, each epoch draws N samples
     from every dataset, a smaller one repeated (each pass over it in a new seeded order), a larger one
@@ -572,15 +570,11 @@ class PolypDataset(torch.utils.data.Dataset):
     so that no dataset dominates."""
 
     def __init__(self, parts: list[tuple], seed: int | None = None, augmentation: str = "recipe",
-                 repeat_small: tuple[float, int] | None = None, paste_small: float = 0.0, balanced: int = 0,
+                 paste_small: float = 0.0, balanced: int = 0,
                  targets=_no_targets):
         check_augmentation(augmentation)
         self.parts = parts  # (stems, images, masks, boundaries) per dataset
         self.per_part = [[(p, i) for i in range(len(part[0]))] for p, part in enumerate(parts)]
-        if repeat_small is not None:
-            area, times = repeat_small
-            self.per_part = [ix + [(p, i) for p, i in ix if float(np.mean(parts[p][2][i])) < area] * (int(times) - 1)
-                             for ix in self.per_part]
         self.index = [k for ix in self.per_part for k in ix]
         self.balanced = balanced  # samples per dataset and epoch; 0: each sample once
         # paste sources per dataset: polyps large enough to shrink (>= 0.5 % of the image) and clear of
