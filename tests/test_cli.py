@@ -204,6 +204,7 @@ def _bad_inputs(tmp: Path) -> dict[str, list[str]]:
     cv2.imwrite(frame, np.zeros((64, 64, 3), np.uint8))
     (tmp / "other").mkdir()
     shutil.copy(frame, tmp / "other" / "frame.png")
+    (tmp / "loop").symlink_to("loop")
     video = str(tmp / "two_frames.avi")
     writer = cv2.VideoWriter(video, cv2.VideoWriter_fourcc(*"MJPG"), 25, (64, 64))
     for _ in range(2):
@@ -225,6 +226,10 @@ def _bad_inputs(tmp: Path) -> dict[str, list[str]]:
         "camera that is not there": ["video", "9", "-o", str(tmp / "o.avi")],
         "info of a .pth": ["info", str(tmp / "model.pth")],
         "info of a missing file": ["info", str(tmp / "nope.safetensors")],
+        "name too long": ["segment", str(tmp / ("a" * 300))],
+        "video name too long": ["video", str(tmp / ("a" * 300)), "-o", str(tmp / "o.avi")],
+        "output into a loop of links": ["segment", frame, "--out", str(tmp / "loop")],
+        "video output onto a loop of links": ["video", video, "-o", str(tmp / "loop" / "o.avi")],
     }
 
 
@@ -232,7 +237,8 @@ BAD_CASES = ("missing image", "non-image file", "folder without images", "unknow
              "truncated weights", "unknown backend", "unwritable output", "two inputs, one output name",
              "missing video", "not a video",
              "video output folder missing", "video frames too small", "camera that is not there",
-             "info of a .pth", "info of a missing file")
+             "info of a .pth", "info of a missing file", "name too long", "video name too long",
+             "output into a loop of links", "video output onto a loop of links")
 
 
 @pytest.mark.parametrize("case", BAD_CASES)
