@@ -9,6 +9,7 @@ import dataclasses
 import numpy as np
 import pytest
 
+from npseg.models import malunet as npseg_malunet
 from npseg.models.microaunet import FAMILY, VARIANTS, build_plan, expected_tensors, fold, reference_forward
 
 torch = pytest.importorskip("torch")
@@ -20,6 +21,7 @@ from conftest import UPSTREAM  # noqa: E402
 
 GOLDEN = UPSTREAM / "microaunet"
 CFG = VARIANTS["microaunet"]
+TEACHER = npseg_malunet.VARIANTS["malunet"]
 TOL = 1e-4
 
 
@@ -62,8 +64,9 @@ def test_tensor_spec_is_the_authors_and_counts_match_the_spec():
     assert list(expected_tensors(CFG).items()) == list(_key_file("microaunet").items())
     assert _params(CFG) == 84_281  # as released
     assert _params(dataclasses.replace(CFG, widths=(4, 8, 12, 16, 24, 32))) == 24_881  # the paper's 0.0249 M
-    for cls, count in ((microaunet.MicroAUNet, 84_281), (malunet.MALUNet, 177_943)):
-        assert sum(p.numel() for p in cls(CFG).parameters()) == count
+    assert list(npseg_malunet.expected_tensors(TEACHER).items()) == list(_key_file("malunet_teacher").items())
+    for model, count in ((microaunet.build(CFG), 84_281), (malunet.build(TEACHER), 177_943)):
+        assert sum(p.numel() for p in model.parameters()) == count
     assert FAMILY.config_type.from_dict(CFG.to_dict()) == CFG
 
 
@@ -78,7 +81,7 @@ def _hooked_torch(model, bridge):
 @pytest.mark.parametrize("name, module", [("microaunet", microaunet), ("malunet_teacher", malunet)])
 def test_torch_modules_load_the_golden_weights_strictly_and_reproduce_them(name, module):
     g = _golden(name)
-    model = module.build(CFG).eval()
+    model = module.build(CFG if name == "microaunet" else TEACHER).eval()
     model.load_state_dict(load_file(GOLDEN / f"{name}.safetensors"), strict=True)
     taps = _hooked_torch(model, model.lscab if name == "microaunet" else model.scab)
     with torch.no_grad():
@@ -132,6 +135,21 @@ def test_numba_plan_reproduces_the_golden_outputs_and_taps():
     plan = build_plan(CFG, p, 160, 224)
     plan.input[:] = g["input_nonsquare"][0]
     _close(_sigmoid(plan.run()), g["output_nonsquare"][0], scale=False)
+
+
+def test_teacher_reference_and_numba_plan_reproduce_the_golden_outputs():
+    pytest.importorskip("numba")
+    g = _golden("malunet_teacher")
+    tensors = {k: v.numpy() for k, v in load_file(GOLDEN / "malunet_teacher.safetensors").items()}
+    p = npseg_malunet.fold(TEACHER, tensors)
+    p64 = {k: v.astype(np.float64) for k, v in p.items()}
+    _close(_sigmoid(npseg_malunet.reference_forward(TEACHER, p64, g["input"][0].astype(np.float64))), g["output"][0],
+           scale=False)
+    for size, x, expected in (((256, 256), g["input"][1], g["output"][1]),
+                              ((160, 224), g["input_nonsquare"][0], g["output_nonsquare"][0])):
+        plan = npseg_malunet.build_plan(TEACHER, p, *size)
+        plan.input[:] = x
+        _close(_sigmoid(plan.run()), expected, scale=False)
 
 
 def random_model(seed):
@@ -207,7 +225,7 @@ def test_distillation_stages():
     x = torch.rand(2, 3, 128, 128) * 255
     mask = torch.zeros(2, 1, 128, 128)
     mask[:, :, 30:90, 40:80] = 1
-    teacher = malunet.build(CFG).eval()
+    teacher = malunet.build(TEACHER).eval()
     with torch.no_grad():
         teacher_out = teacher.features(x)
     for stage in (0, 1, 2):

@@ -1,4 +1,4 @@
-"""The depthwise 3x3 and fused DSConv kernels against their NumPy references (hypothesis over
+"""The depthwise (3x3 dilated, 5x5) and fused DSConv kernels against their NumPy references (hypothesis over
 shapes, dilations and epilogues), and the references against torch.nn.functional."""
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from npseg.ops.dsconv import (EPILOGUE_GELU, EPILOGUE_RELU, EPILOGUE_RESIDUAL_GELU, depthwise3x3, depthwise3x3_ref,
+from npseg.ops.dsconv import (EPILOGUE_GELU, EPILOGUE_RELU, EPILOGUE_RESIDUAL_GELU, depthwise, depthwise_ref,
                               dsconv, dsconv_ref)
 
 SETTINGS = settings(max_examples=20, deadline=None)
@@ -34,15 +34,17 @@ def _stats_ref(y):
 
 
 @SETTINGS
-@given(c=st.integers(1, 6), h=st.integers(1, 21), w=st.integers(1, 40), dilation=st.sampled_from([1, 2]),
-       seed=st.integers(0, 2**31))
-def test_depthwise3x3_kernel_matches_reference(c, h, w, dilation, seed):
+@given(c=st.integers(1, 6), h=st.integers(1, 21), w=st.integers(1, 40),
+       kind=st.sampled_from([(3, 1), (3, 2), (3, 5), (3, 7), (5, 1)]), seed=st.integers(0, 2**31))
+def test_depthwise_kernel_matches_reference(c, h, w, kind, seed):
+    """Maps smaller than the dilation too (taps that read only zeros)."""
     pytest.importorskip("numba")
+    k, dilation = kind
     rng = np.random.default_rng(seed)
-    x, wt, b = (rng.standard_normal(s).astype(F32) for s in ((c, h, w), (c, 1, 3, 3), (c,)))
+    x, wt, b = (rng.standard_normal(s).astype(F32) for s in ((c, h, w), (c, 1, k, k), (c,)))
     out, stats = np.zeros_like(x), np.zeros((c, 2))
-    _run(depthwise3x3(x, wt, b, out, dilation, stats))
-    ref = depthwise3x3_ref(*_f64(x, wt, b), dilation)
+    _run(depthwise(x, wt, b, out, dilation, stats))
+    ref = depthwise_ref(*_f64(x, wt, b), dilation)
     _close(out, ref)
     _close(stats, _stats_ref(ref), 1e-4)
 
@@ -76,7 +78,7 @@ def test_references_match_torch():
     t = [torch.from_numpy(a) for a in (x, wd, bd, wp, bp, res)]
     for d in (1, 2):
         dw = F.conv2d(t[0][None], t[1], t[2], padding=d, dilation=d, groups=6)
-        _close(depthwise3x3_ref(x, wd, bd, d), dw[0].numpy(), 1e-12)
+        _close(depthwise_ref(x, wd, bd, d), dw[0].numpy(), 1e-12)
         y = F.relu(F.conv2d(F.relu(dw), t[3], t[4]))[0]
         _close(dsconv_ref(x, wd, bd, wp, bp, d), y.numpy(), 1e-12)
         _close(dsconv_ref(x, wd, bd, wp, bp, d, EPILOGUE_GELU), F.gelu(y).numpy(), 1e-12)

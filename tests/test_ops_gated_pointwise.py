@@ -10,8 +10,8 @@ from hypothesis import strategies as st
 
 from npseg.ops._jit import ACT_GELU, ACT_NONE
 from npseg.ops.activation import gelu_ref
-from npseg.ops.gated_pointwise import (dual_pointwise, gate_pointwise, gn_affine, gn_pointwise_ref,
-                                       spatial_gate_pointwise_ref)
+from npseg.ops.gated_pointwise import (dual_pointwise, gate_pointwise, gn_affine, gn_pointwise, gn_pointwise_ref,
+                                       sigmoid_gelu_product, sigmoid_gelu_product_ref, spatial_gate_pointwise_ref)
 from npseg.ops.norm import group_norm_ref
 
 SETTINGS = settings(max_examples=20, deadline=None)
@@ -103,6 +103,25 @@ def test_dual_pointwise_kernel_matches_reference(g, cout, h, w, act, with_stats,
         _close(stats, _sums(ref), 1e-4)
 
 
+@SETTINGS
+@given(g=st.integers(1, 3), cout=st.integers(1, 12), h=st.integers(2, 30), w=st.integers(1, 30),
+       act=st.sampled_from([ACT_NONE, ACT_GELU]), seed=st.integers(0, 2**31))
+def test_gn_pointwise_and_gated_product_match_reference(g, cout, h, w, act, seed):
+    """The single-input pointwise conv behind a GroupNorm, and sigmoid(a) * GELU(b) (MALUNet's GAU)."""
+    pytest.importorskip("numba")
+    rng = np.random.default_rng(seed)
+    y = rng.standard_normal((GROUPS * g, h, w)).astype(F32) * 3
+    wy, b = rng.standard_normal((cout, GROUPS * g, 1, 1)).astype(F32), rng.standard_normal(cout).astype(F32)
+    sy, ty, _ = _gn_affine(rng, y)
+    out = np.zeros((cout, h, w), F32)
+    _run(gn_pointwise(y, sy, ty, wy, b, out, act))
+    ref = gn_pointwise_ref(y.astype(np.float64), GROUPS, wy.astype(np.float64), b.astype(np.float64))
+    _close(out, gelu_ref(ref) if act == ACT_GELU else ref, 2e-5)
+    prod = np.zeros_like(y)
+    _run(sigmoid_gelu_product(y, y[::-1].copy(), prod))
+    _close(prod, sigmoid_gelu_product_ref(y.astype(np.float64), y[::-1].astype(np.float64)))
+
+
 def test_references_match_torch():
     torch = pytest.importorskip("torch")
     F = torch.nn.functional
@@ -116,3 +135,4 @@ def test_references_match_torch():
     _close(gn_pointwise_ref(x, GROUPS, w, b, a, c), expected.numpy(), 1e-12)
     gated = t["x"][None] * torch.sigmoid(F.conv2d(t["x"][None], t["wg"]))
     _close(spatial_gate_pointwise_ref(x, wg), gated[0].numpy(), 1e-12)
+    _close(sigmoid_gelu_product_ref(x, x[::-1]), (torch.sigmoid(t["x"]) * F.gelu(t["x"].flip(0))).numpy(), 1e-12)

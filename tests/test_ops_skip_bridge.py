@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from npseg.ops.skip_bridge import (bridge_add, bridge_ref, channel_conv1d_ref, channel_gates, channel_gates_ref,
-                                   reflect_pad_ref, spatial_gate, spatial_gate_ref)
+                                   gated_sums, reflect_pad_ref, sequential_bridge_ref, spatial_gate, spatial_gate_ref)
 
 SETTINGS = settings(max_examples=20, deadline=None)
 F32 = np.float32
@@ -39,6 +39,21 @@ def test_spatial_gate_kernel_matches_reference(c, h, w, seed):
 
 
 @SETTINGS
+@given(c=st.integers(1, 9), h=st.integers(1, 20), w=st.integers(1, 40), seed=st.integers(0, 2**31))
+def test_dilated_spatial_gate_and_gated_sums_match_reference(c, h, w, seed):
+    """MALUNet's gate: 7x7, dilation 3, zero padding 9, bias (maps smaller than the taps' reach too)."""
+    pytest.importorskip("numba")
+    rng = np.random.default_rng(seed)
+    t, wt = rng.standard_normal((c, h, w)).astype(F32) * 3, rng.standard_normal((1, 2, 7, 7)).astype(F32)
+    gate, sums = np.zeros((h, w), F32), np.zeros(c)
+    _run(spatial_gate(t, wt, gate, bias=0.4, dilation=3, reflect=False))
+    ref = spatial_gate_ref(t.astype(np.float64), wt.astype(np.float64), np.array([0.4]), 3, reflect=False)[0]
+    _close(gate, ref)
+    _run(gated_sums(t, gate, sums))
+    _close(sums, (t * (1.0 + ref)).sum((1, 2)), 1e-5)
+
+
+@SETTINGS
 @given(widths=st.lists(st.integers(1, 12), min_size=1, max_size=5), seed=st.integers(0, 2**31))
 def test_channel_gates_kernel_matches_reference(widths, seed):
     pytest.importorskip("numba")
@@ -61,9 +76,13 @@ def test_bridge_add_kernel_matches_reference(c, h, w, with_stats, seed):
     rng = np.random.default_rng(seed)
     acc, t = (rng.standard_normal((c, h, w)).astype(F32) for _ in range(2))
     a, s = rng.random(c).astype(F32), rng.random((h, w)).astype(F32)
-    expected = acc + bridge_ref(t.astype(np.float64), a.astype(np.float64), s.astype(np.float64), 0.3, 0.6)
+    t64, a64, s64 = t.astype(np.float64), a.astype(np.float64), s.astype(np.float64)
+    sequential = acc.copy()
+    _run(bridge_add(sequential, t, a, s, (0.0, 1.0, 1.0, 1.0)))  # MALUNet's: a u + s t
+    _close(sequential, acc + sequential_bridge_ref(t64, a64, s64))
+    expected = acc + bridge_ref(t64, a64, s64, 0.3, 0.6)
     stats = np.zeros((c, 2)) if with_stats else None
-    _run(bridge_add(acc, t, a, s, 0.3, 0.6, stats))
+    _run(bridge_add(acc, t, a, s, (1.0, 0.3, 0.6, 0.0), stats))
     _close(acc, expected)
     if with_stats:
         _close(stats, np.stack([expected.sum((1, 2)), (expected ** 2).sum((1, 2))], 1), 1e-5)

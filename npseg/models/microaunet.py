@@ -18,7 +18,7 @@ from ..ops import steps as ops
 from ..ops._jit import ACT_GELU, ACT_NONE
 from ..ops.activation import gelu_ref
 from ..ops.conv import conv2d_ref
-from ..ops.dsconv import EPILOGUE_GELU, EPILOGUE_RELU, EPILOGUE_RESIDUAL_GELU, depthwise3x3_ref, dsconv_ref
+from ..ops.dsconv import EPILOGUE_GELU, EPILOGUE_RELU, EPILOGUE_RESIDUAL_GELU, depthwise_ref, dsconv_ref
 from ..ops.gated_pointwise import gn_pointwise_ref, spatial_gate_pointwise_ref
 from ..ops.norm import batchnorm_scale_shift, fold_scale_shift_after_conv, group_norm_ref
 from ..ops.resize import max_pool2x2_ref, resize_bilinear_ac_ref
@@ -37,14 +37,21 @@ TAPS = ("t1", "t2", "t3", "t4", "t5", "catt", "bridged_t2", "enc6", "dec2", "dec
 
 
 @dataclass(frozen=True)
-class MicroAUNetConfig(ModelConfig):
-    """widths c0..c5: c0..c4 are the five encoder skips, c5 the bottleneck (each a multiple of 4)."""
+class SixWidthsConfig(ModelConfig):
+    """widths c0..c5 (each a multiple of 4): c0..c4 the five encoder skips, c5 the bottleneck.
+    The base of MicroAUNet's and its MALUNet teacher's configs (sibling types: a file's family is
+    its config's type)."""
 
     widths: tuple[int, ...] = (8, 16, 24, 32, 48, 64)
 
     def __post_init__(self):
         if len(self.widths) != 6 or any(c % GN_GROUPS for c in self.widths):
             raise ValueError(f"widths must be 6 multiples of {GN_GROUPS}, got {self.widths}")
+
+
+@dataclass(frozen=True)
+class MicroAUNetConfig(SixWidthsConfig):
+    pass
 
 
 VARIANTS = {"microaunet": MicroAUNetConfig(name="microaunet")}
@@ -128,7 +135,7 @@ def _dwc(p, name, x):
     """PW(GN(depthwise k x k + b)) for k = 3; for k = 1 the depthwise conv is a per-channel affine."""
     w, b = p[f"{name}.net.0.weight"], p[f"{name}.net.0.bias"]
     if w.shape[2] == 3:
-        return gn_pointwise_ref(depthwise3x3_ref(x, w, b), GN_GROUPS, p[f"{name}.net.2.weight"], p[f"{name}.net.2.bias"])
+        return gn_pointwise_ref(depthwise_ref(x, w, b), GN_GROUPS, p[f"{name}.net.2.weight"], p[f"{name}.net.2.bias"])
     return gn_pointwise_ref(x, GN_GROUPS, p[f"{name}.net.2.weight"], p[f"{name}.net.2.bias"], w.reshape(-1), b)
 
 
@@ -211,7 +218,7 @@ class _Builder:
         """LDGA(x); x_stats: the float64 sums of x (its producer's)."""
         p, c, count = self.p, x.shape[0], x.shape[1] * x.shape[2]
         v, v_stats = self.plan.buffer(*x.shape), self.stats(x)
-        self.plan.add(ops_ds.depthwise3x3(x, p[f"{name}.dwconv.net.0.weight"], p[f"{name}.dwconv.net.0.bias"], v,
+        self.plan.add(ops_ds.depthwise(x, p[f"{name}.dwconv.net.0.weight"], p[f"{name}.dwconv.net.0.bias"], v,
                                           stats=v_stats))
         s1, t1 = self.gn_affine(v_stats, count, self.ones[c], self.zeros[c])
         y, y_stats = self.plan.buffer(*x.shape), self.stats(x)
@@ -265,6 +272,7 @@ def build_plan(cfg: MicroAUNetConfig, p: dict, h: int, w: int) -> Plan:
     plan.add(ops_sb.channel_gates(sums, counts, p["lscab.catt.get_all_att.weight"].reshape(3),
                                   p["lscab.catt.shared_fc.weight"], p["lscab.catt.shared_fc.bias"], gates))
     gate_k = np.split(gates, np.cumsum(cfg.widths[:4]))
+    coeffs = (1.0, float(p["lscab.alpha"]), float(p["lscab.beta"]), 0.0)  # t (1 + alpha a + beta s)
     taps = {f"t{k}": t for k, t in enumerate(skips, 1)} | {"catt": gates}
 
     for k in range(1, 6):
@@ -282,7 +290,7 @@ def build_plan(cfg: MicroAUNetConfig, p: dict, h: int, w: int) -> Plan:
             y = plan.buffer(*skip.shape)
             plan.add(ops.resize_bilinear(dec, scale, shift, y, ACT_GELU))
         y_stats = b.stats(y) if k < 5 else None
-        plan.add(ops_sb.bridge_add(y, skip, gate_k[5 - k], spatial[5 - k], p["lscab.alpha"], p["lscab.beta"], y_stats))
+        plan.add(ops_sb.bridge_add(y, skip, gate_k[5 - k], spatial[5 - k], coeffs, y_stats))
     half = taps["final"] = plan.buffer(1, *y.shape[1:])
     plan.add(ops.conv1x1(y, p["final.weight"], p["final.bias"], half))
     plan.output = plan.buffer(1, h, w)

@@ -1,5 +1,5 @@
-"""Depthwise-separable convs: a depthwise 3x3 (dilation 1 or 2, zero padding = dilation) + bias,
-and the fused DSConv relu(pointwise(relu(depthwise(x)))) with an optional GELU / residual + GELU
+"""Depthwise-separable convs: a depthwise conv + bias (3x3 with dilation 1, 2, 5 or 7, or 5x5; zero
+"same" padding), and the fused DSConv relu(pointwise(relu(depthwise(x)))) with an optional GELU / residual + GELU
 epilogue (MicroAUNet's DWD blocks). NumPy references, Numba kernels, validated steps.
 
 The kernels run over tiles of rows: each channel's rows (and the dilation's halo) are copied
@@ -20,14 +20,14 @@ from .conv import conv2d_ref
 EPILOGUE_RELU, EPILOGUE_GELU, EPILOGUE_RESIDUAL_GELU = 0, 1, 2
 
 
-def depthwise3x3_ref(x, w, b, dilation=1):
-    """Depthwise 3x3 conv (w [C, 1, 3, 3]), zero padding = dilation, + bias."""
-    return conv2d_ref(x, w, b, padding=dilation, dilation=dilation, groups=x.shape[0])
+def depthwise_ref(x, w, b, dilation=1):
+    """Depthwise k x k conv (w [C, 1, k, k]), zero "same" padding dilation * (k // 2), + bias."""
+    return conv2d_ref(x, w, b, padding=dilation * (w.shape[2] // 2), dilation=dilation, groups=x.shape[0])
 
 
 def dsconv_ref(x, w_dw, b_dw, w_pw, b_pw, dilation=1, epilogue=EPILOGUE_RELU, residual=None):
-    """relu(pointwise(relu(depthwise3x3(x)))), then GELU, or GELU(. + residual), as `epilogue` says."""
-    y = relu_ref(depthwise3x3_ref(x, w_dw, b_dw, dilation))
+    """relu(pointwise(relu(depthwise_ref(x)))), then GELU, or GELU(. + residual), as `epilogue` says."""
+    y = relu_ref(depthwise_ref(x, w_dw, b_dw, dilation))
     y = relu_ref(conv2d_ref(y, w_pw, b_pw))
     if epilogue == EPILOGUE_GELU:
         return gelu_ref(y)
@@ -75,12 +75,37 @@ def _dw_rows(pad_rows, wk, bias, floor, rows, width, dst, d):
 
 
 @inline
+def _dw5_rows(pad_rows, wk, bias, floor, rows, width, dst):
+    """The 5x5 (dilation 1) counterpart of _dw_rows: five taps per row, rows summed in order."""
+    for r in range(rows):
+        o = dst[r * width:(r + 1) * width]
+        o[:] = 0.0
+        for u in range(5):
+            line = pad_rows[r + u]
+            w0, w1, w2, w3, w4 = wk[u, 0], wk[u, 1], wk[u, 2], wk[u, 3], wk[u, 4]
+            for x in range(width):
+                o[x] += (w0 * line[x] + w1 * line[x + 1] + w2 * line[x + 2]) + (w3 * line[x + 3] + w4 * line[x + 4])
+        for x in range(width):
+            o[x] = max(o[x] + bias, floor)
+
+
+@inline
 def _dw_channel(src, c, y0, rows, d, w, b, floor, pad_rows, dst):
+    """One channel's depthwise rows; each dilation a literal (constant tap offsets)."""
+    width = src.shape[2]
+    if w.shape[2] == 5:
+        _load_rows(src, c, y0, rows, 2, pad_rows)
+        _dw5_rows(pad_rows, w[c, 0], b[c], floor, rows, width, dst)
+        return
     _load_rows(src, c, y0, rows, d, pad_rows)
     if d == 1:
-        _dw_rows(pad_rows, w[c, 0], b[c], floor, rows, src.shape[2], dst, 1)
+        _dw_rows(pad_rows, w[c, 0], b[c], floor, rows, width, dst, 1)
+    elif d == 2:
+        _dw_rows(pad_rows, w[c, 0], b[c], floor, rows, width, dst, 2)
+    elif d == 5:
+        _dw_rows(pad_rows, w[c, 0], b[c], floor, rows, width, dst, 5)
     else:
-        _dw_rows(pad_rows, w[c, 0], b[c], floor, rows, src.shape[2], dst, 2)
+        _dw_rows(pad_rows, w[c, 0], b[c], floor, rows, width, dst, 7)
 
 
 @inline
@@ -95,13 +120,14 @@ def _add_row_stats(row, stats, c):
 
 
 @kernel
-def depthwise3x3_nb(src, dilation, w, b, out, stats):
-    """out = depthwise3x3(src) + b (w [C, 1, 3, 3]); with a non-empty stats [C, 2], its float64
-    per-channel sum and sum of squares."""
+def depthwise_nb(src, dilation, w, b, out, stats):
+    """out = depthwise(src) + b (w [C, 1, k, k]: see _dw_channel); with a non-empty stats [C, 2],
+    its float64 per-channel sum and sum of squares."""
     c_n, h, width = src.shape
     d = dilation
+    pad = d * (w.shape[2] // 2)
     tile = max(1, 4096 // width)
-    pad_rows = np.zeros((tile + 2 * d, width + 2 * d), dtype=np.float32)
+    pad_rows = np.zeros((tile + 2 * pad, width + 2 * pad), dtype=np.float32)
     flat = out.reshape(c_n, h * width)
     if stats.shape[0] > 0:
         stats[:] = 0.0
@@ -116,8 +142,8 @@ def depthwise3x3_nb(src, dilation, w, b, out, stats):
 
 @kernel
 def dsconv_nb(src, dilation, w_dw, b_dw, w_pw, b_pw, epilogue, residual, out, stats):
-    """out = relu(w_pw @ relu(depthwise3x3(src)) + b_pw), then the epilogue (EPILOGUE_*), four
-    output channels per pass over a tile's depthwise rows; stats as in depthwise3x3_nb."""
+    """out = relu(w_pw @ relu(depthwise(src)) + b_pw), then the epilogue (EPILOGUE_*), four
+    output channels per pass over a tile's depthwise rows; stats as in depthwise_nb."""
     c_n, h, width = src.shape
     cout = out.shape[0]
     d = dilation
@@ -169,18 +195,22 @@ def _stats_buffer(stats, c):
     return stats
 
 
-def depthwise3x3(src, w, b, out, dilation=1, stats=None):
-    """out = depthwise3x3(src) + b; `stats` [C, 2] float64 receives each channel's sum and sum of squares."""
+def depthwise(src, w, b, out, dilation=1, stats=None):
+    """out = depthwise(src) + b, 3x3 (dilation 1, 2, 5 or 7) or 5x5 (dilation 1), zero "same" padding;
+    `stats` [C, 2] float64 receives each channel's sum and sum of squares."""
     _arrays(src, w, b, out)
-    _need(src.ndim == 3 and w.shape == (src.shape[0], 1, 3, 3) and b.shape == (src.shape[0],)
-          and out.shape == src.shape, f"depthwise3x3: x {src.shape}, w {w.shape}, out {out.shape}")
-    _need(dilation in (1, 2), f"depthwise3x3: dilation 1 or 2, got {dilation}")
-    _need(not np.shares_memory(src, out), "depthwise3x3: in place is not supported")
-    return [partial(depthwise3x3_nb, src, int(dilation), w, b, out, _stats_buffer(stats, src.shape[0]))]
+    k = w.shape[-1]
+    _need(src.ndim == 3 and w.shape == (src.shape[0], 1, k, k) and b.shape == (src.shape[0],)
+          and out.shape == src.shape, f"depthwise: x {src.shape}, w {w.shape}, out {out.shape}")
+    _need((k == 3 and dilation in (1, 2, 5, 7)) or (k == 5 and dilation == 1),
+          f"depthwise: 3x3 with dilation 1, 2, 5 or 7, or 5x5; got {k}x{k}, dilation {dilation}")
+    _need(not np.shares_memory(src, out), "depthwise: in place is not supported")
+    return [partial(depthwise_nb, src, int(dilation), w, b, out, _stats_buffer(stats, src.shape[0]))]
 
 
 def dsconv(src, w_dw, b_dw, w_pw, b_pw, out, dilation=1, epilogue=EPILOGUE_RELU, residual=None, stats=None):
-    """The fused DSConv (see dsconv_nb); w_pw [Cout, C, 1, 1] or [Cout, C], Cout a multiple of 4."""
+    """The fused DSConv (see dsconv_nb; 3x3, dilation 1 or 2); w_pw [Cout, C, 1, 1] or [Cout, C], Cout a
+    multiple of 4."""
     _arrays(src, w_dw, b_dw, b_pw, out)
     c, h, width = src.shape
     w2 = np.ascontiguousarray(w_pw.reshape(w_pw.shape[0], -1), dtype=np.float32)

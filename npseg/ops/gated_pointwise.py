@@ -8,7 +8,7 @@ per-pixel spatial gate. NumPy references, Numba kernels, validated steps.
 A GroupNorm's statistics are per frame, so it cannot fold into a conv at load; but given a
 frame's per-channel float64 sums it is a per-channel affine, and that affine folds into the
 next pointwise conv's weights, per frame (C x Cout numbers). The kernels take the sums that
-the producer of their input accumulated (dsconv.depthwise3x3, the gate kernel), so no pass
+the producer of their input accumulated (dsconv.depthwise, the gate kernel), so no pass
 reads a map only for its statistics. GroupNorm affines folded into the next conv at load
 come in as gamma = 1, beta = 0.
 """
@@ -18,7 +18,7 @@ from functools import partial
 
 import numpy as np
 
-from .activation import sigmoid_ref
+from .activation import gelu_ref, sigmoid_ref
 from .conv import conv2d_ref
 from .norm import group_norm_ref
 
@@ -30,6 +30,10 @@ def gn_pointwise_ref(x, groups, w, b, pre_scale=None, pre_shift=None):
     return conv2d_ref(group_norm_ref(x, groups), w, b)
 
 
+def sigmoid_gelu_product_ref(a, b):
+    return sigmoid_ref(a) * gelu_ref(b)
+
+
 def spatial_gate_pointwise_ref(u, wg):
     """u * sigmoid(wg . u) per pixel; wg [1, C, 1, 1]."""
     return u * sigmoid_ref(conv2d_ref(u, wg, np.zeros(1, u.dtype)))
@@ -37,11 +41,12 @@ def spatial_gate_pointwise_ref(u, wg):
 
 # ---- Numba kernels -------------------------------------------------------------------------
 from ._jit import ACT_NONE, kernel  # noqa: E402
-from .activation import activate, sigmoid_fast  # noqa: E402
+from .activation import activate, gelu_fast, sigmoid_fast  # noqa: E402
 from .norm import group_mean_rstd  # noqa: E402
 from .steps import _act, _arrays, _need  # noqa: E402
 
 TILE = 1024  # pixels per pass: the tile's C rows stay in L1
+F32 = np.float32
 
 
 @kernel
@@ -114,10 +119,12 @@ def gate_pointwise_nb(v, scale, shift, w, b, wg, y, stats, w_frame, b_frame):
 
 @kernel
 def dual_pointwise_nb(y, x, sy, ty, sx, tx, wy, wx, b, act, out, stats, wy_frame, wx_frame, b_frame):
-    """out = act(wy (y * sy + ty) + wx (x * sx + tx) + b); stats [Cout, 2] of out when non-empty."""
+    """out = act(wy (y * sy + ty) + wx (x * sx + tx) + b); stats [Cout, 2] of out when non-empty.
+    An x with no channels (and wx with no columns) leaves the single-input form wy (y sy + ty) + b."""
     cin, cout = y.shape[0], out.shape[0]
     n_all = y.size // cin
-    ys, xs, dst = y.reshape(cin, n_all), x.reshape(cin, n_all), out.reshape(cout, n_all)
+    two = x.shape[0] > 0
+    ys, xs, dst = y.reshape(cin, n_all), x.reshape(x.shape[0], n_all), out.reshape(cout, n_all)
     b_frame[:] = b
     _fold_input_affine(wy, sy, ty, wy_frame, b_frame)
     _fold_input_affine(wx, sx, tx, wx_frame, b_frame)
@@ -129,10 +136,14 @@ def dual_pointwise_nb(y, x, sy, ty, sx, tx, wy, wx, b, act, out, stats, wy_frame
             d = dst[o, p0:p0 + n]
             d[:] = b_frame[o]
             for c in range(cin):
-                wa, wb = wy_frame[o, c], wx_frame[o, c]
-                sa, sb = ys[c, p0:p0 + n], xs[c, p0:p0 + n]
-                for p in range(n):
-                    d[p] += wa * sa[p] + wb * sb[p]
+                wa, sa = wy_frame[o, c], ys[c, p0:p0 + n]
+                if two:
+                    wb, sb = wx_frame[o, c], xs[c, p0:p0 + n]
+                    for p in range(n):
+                        d[p] += wa * sa[p] + wb * sb[p]
+                else:
+                    for p in range(n):
+                        d[p] += wa * sa[p]
             if act != ACT_NONE:
                 for p in range(n):
                     d[p] = activate(d[p], act)
@@ -144,6 +155,14 @@ def dual_pointwise_nb(y, x, sy, ty, sx, tx, wy, wx, b, act, out, stats, wy_frame
                     total_sq += val * val
                 stats[o, 0] += total
                 stats[o, 1] += total_sq
+
+
+@kernel
+def sigmoid_gelu_product_nb(a, b, out):
+    """out = sigmoid(a) * GELU(b) (MALUNet's gated attention unit)."""
+    af, bf, of = a.reshape(-1), b.reshape(-1), out.reshape(-1)
+    for i in range(of.size):
+        of[i] = sigmoid_fast(af[i]) * gelu_fast(bf[i])
 
 
 def _vectors(n, *vs):
@@ -186,14 +205,30 @@ def dual_pointwise(y, x, sy, ty, sx, tx, wy, wx, b, out, act=ACT_NONE, stats=Non
     """out = act(wy (y * sy + ty) + wx (x * sx + tx) + b); optional stats [Cout, 2] of out."""
     _arrays(y, x, out)
     cin, cout = y.shape[0], out.shape[0]
-    _need(y.ndim == 3 and x.shape == y.shape and out.shape == (cout, *y.shape[1:]), f"dual_pointwise: {y.shape} -> {out.shape}")
+    _need(y.ndim == 3 and x.shape in (y.shape, (0, *y.shape[1:])) and out.shape == (cout, *y.shape[1:]),
+          f"dual_pointwise: {y.shape}, {x.shape} -> {out.shape}")
     _need(not (np.shares_memory(out, y) or np.shares_memory(out, x)), "dual_pointwise: in place is not supported")
     _vectors(cin, sy, ty, sx, tx)
     _vectors(cout, b)
+    xc = x.shape[0]
     if stats is None:
         stats = np.zeros((0, 2), np.float64)
     else:
         _stats(stats, cout)
-    wy2, wx2 = _matrix(wy, cout, cin), _matrix(wx, cout, cin)
+    wy2, wx2 = _matrix(wy, cout, cin), _matrix(wx, cout, xc)
     return [partial(dual_pointwise_nb, y, x, sy, ty, sx, tx, wy2, wx2, b, _act(act), out, stats,
                     np.empty_like(wy2), np.empty_like(wx2), np.empty(cout, np.float32))]
+
+
+def gn_pointwise(y, sy, ty, wy, b, out, act=ACT_NONE, stats=None):
+    """out = act(wy (y * sy + ty) + b): a pointwise conv behind a GroupNorm given as its affine."""
+    _arrays(y)
+    empty = np.zeros((0, *y.shape[1:]), F32)
+    return dual_pointwise(y, empty, sy, ty, np.zeros(y.shape[0], F32), np.zeros(y.shape[0], F32), wy,
+                          np.zeros((out.shape[0], 0), F32), b, out, act, stats)
+
+
+def sigmoid_gelu_product(a, b, out):
+    _arrays(a, b, out)
+    _need(a.shape == b.shape == out.shape, f"sigmoid_gelu_product: {a.shape}, {b.shape} -> {out.shape}")
+    return [partial(sigmoid_gelu_product_nb, a, b, out)]

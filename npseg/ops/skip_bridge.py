@@ -1,7 +1,10 @@
-"""MicroAUNet's skip bridge (LSCAB): channel gates from the five skips' global averages (a 3-tap
-conv along the concatenated channel vector, one linear layer, sigmoid), a spatial gate per skip
-(channel mean and max, reflect padding 3, 7x7 conv, sigmoid), and the fusion
-t' = t * (1 + alpha * a[c] + beta * s[y, x]). NumPy references, Numba kernels, validated steps.
+"""The skip bridges of MicroAUNet (LSCAB) and MALUNet (SCAB): channel gates from the five skips'
+global averages (a 3-tap conv along the concatenated channel vector, a linear layer, sigmoid),
+a spatial gate per skip (channel mean and max, a 7x7 conv: MicroAUNet's reflect-padded by 3,
+MALUNet's dilated by 3, zero-padded by 9, with a bias; sigmoid), and the fusion, in both a
+per-pixel affine of the skip: MicroAUNet t' = t * (1 + alpha a[c] + beta s[y, x]), MALUNet
+t' = a u + s t with u = t (1 + s), i.e. t * (a[c] + (1 + a[c]) s[y, x]).
+NumPy references, Numba kernels, validated steps.
 
 The engine applies the fusion lazily, where the decoder adds the skip: acc += t' in one pass.
 """
@@ -34,15 +37,24 @@ def reflect_pad_ref(x, pad):
     return np.pad(x, ((0, 0), (pad, pad), (pad, pad)), mode="reflect")
 
 
-def spatial_gate_ref(t, w):
-    """sigmoid(conv7x7(reflect_pad3([mean_c t, max_c t]))) -> [1, h, w]; w [1, 2, 7, 7], no bias."""
+def spatial_gate_ref(t, w, bias=None, dilation=1, reflect=True):
+    """sigmoid(conv7x7([mean_c t, max_c t])) -> [1, h, w], w [1, 2, 7, 7]: reflect-padded by 3
+    (dilation 1), or zero-padded by 3 * dilation."""
     m = np.stack([t.mean(0), t.max(0)])  # [2, h, w]
-    return sigmoid_ref(conv2d_ref(reflect_pad_ref(m, REFLECT), w, np.zeros(1, t.dtype)))
+    b = np.zeros(1, t.dtype) if bias is None else bias
+    if reflect:
+        return sigmoid_ref(conv2d_ref(reflect_pad_ref(m, REFLECT), w, b))
+    return sigmoid_ref(conv2d_ref(m, w, b, padding=3 * dilation, dilation=dilation))
 
 
 def bridge_ref(t, a, s, alpha, beta):
-    """t * (1 + alpha * a[c] + beta * s[y, x]) for t [C, h, w], a [C], s [1, h, w]."""
+    """MicroAUNet's fusion t * (1 + alpha * a[c] + beta * s[y, x]) for t [C, h, w], a [C], s [1, h, w]."""
     return t * (1.0 + alpha * a[:, None, None] + beta * s)
+
+
+def sequential_bridge_ref(t, a, s):
+    """MALUNet's fusion a u + s t, u = t (1 + s)."""
+    return a[:, None, None] * (t + s * t) + s * t
 
 
 # ---- Numba kernels -------------------------------------------------------------------------
@@ -82,16 +94,15 @@ def _reflect(i, n):
 
 
 @kernel
-def spatial_gate_nb(t, w, gate, sums):
-    """gate[y, x] = sigmoid(7x7 conv of the reflect-padded [mean_c, max_c] maps of t [C, h, w]);
-    on the way, sums[c] = the float64 sum of channel c (the channel gates' global average)."""
+def _mean_max_maps(t, pad, maps, sums):
+    """maps[0/1, pad + y, pad + x] = mean / max over channels of t; sums[c] (float64, when
+    non-empty) = the sum of channel c."""
     c_n, h, width = t.shape
-    hp, wp = h + 2 * REFLECT, width + 2 * REFLECT
-    maps = np.empty((2, hp, wp), dtype=np.float32)
     inv_c = np.float32(1.0 / c_n)
-    sums[:] = 0.0
+    if sums.shape[0] > 0:
+        sums[:] = 0.0
     for y in range(h):
-        mean, top = maps[0, y + REFLECT, REFLECT:REFLECT + width], maps[1, y + REFLECT, REFLECT:REFLECT + width]
+        mean, top = maps[0, y + pad, pad:pad + width], maps[1, y + pad, pad:pad + width]
         for x in range(width):
             mean[x] = t[0, y, x]
             top[x] = t[0, y, x]
@@ -100,15 +111,21 @@ def spatial_gate_nb(t, w, gate, sums):
             for x in range(width):
                 mean[x] += line[x]
                 top[x] = max(top[x], line[x])
-        for c in range(c_n):
-            line = t[c, y]
-            total = 0.0
-            for x in range(width):
-                total += np.float64(line[x])
-            sums[c] += total
         for x in range(width):
             mean[x] *= inv_c
-    for k in range(2):  # the border: columns of the interior rows, then whole rows
+        if sums.shape[0] > 0:
+            for c in range(c_n):
+                line = t[c, y]
+                total = 0.0
+                for x in range(width):
+                    total += np.float64(line[x])
+                sums[c] += total
+
+
+@kernel
+def _reflect_border(maps, h, width):
+    hp, wp = h + 2 * REFLECT, width + 2 * REFLECT
+    for k in range(2):  # columns of the interior rows, then whole rows
         for y in range(REFLECT, REFLECT + h):
             for x in range(REFLECT):
                 maps[k, y, x] = maps[k, y, REFLECT + _reflect(x, width)]
@@ -116,27 +133,54 @@ def spatial_gate_nb(t, w, gate, sums):
         for y in range(REFLECT):
             maps[k, y] = maps[k, REFLECT + _reflect(y, h)]
             maps[k, hp - 1 - y] = maps[k, REFLECT + _reflect(hp - 1 - y, h)]
+
+
+@kernel
+def spatial_gate_nb(t, w, bias, dilation, reflect, gate, sums):
+    """gate[y, x] = sigmoid(bias + 7x7 conv (dilation) of the padded [mean_c, max_c] maps of t
+    [C, h, w]): reflect-padded by 3, or zero-padded by 3 * dilation; on the way, sums[c] = the
+    float64 sum of channel c when sums is non-empty (the channel gates' global average)."""
+    c_n, h, width = t.shape
+    pad = 3 * dilation
+    maps = np.zeros((2, h + 2 * pad, width + 2 * pad), dtype=np.float32)
+    _mean_max_maps(t, pad, maps, sums)
+    if reflect:
+        _reflect_border(maps, h, width)
     acc = np.empty(width, dtype=np.float32)
     for y in range(h):
-        acc[:] = 0.0
+        acc[:] = bias
         for k in range(2):
             for u in range(7):
-                line = maps[k, y + u]
+                line = maps[k, y + u * dilation]
                 for v in range(7):
-                    wv = w[0, k, u, v]
+                    wv, off = w[0, k, u, v], v * dilation
                     for x in range(width):
-                        acc[x] += wv * line[x + v]
+                        acc[x] += wv * line[x + off]
         for x in range(width):
             gate[y, x] = sigmoid_fast(acc[x])
 
 
 @kernel
-def bridge_add_nb(acc, t, a, s, alpha, beta, stats):
-    """acc += t * (1 + alpha * a[c] + beta * s[y, x]); with a non-empty stats [C, 2], the float64
-    per-channel sum and sum of squares of the result (for the GroupNorm of the next block)."""
+def gated_sums_nb(t, s, sums):
+    """sums[c] = float64 sum of t[c] * (1 + s) (the global averages MALUNet's channel gates read)."""
+    for c in range(t.shape[0]):
+        total = 0.0
+        for y in range(t.shape[1]):
+            line, plane = t[c, y], s[y]
+            for x in range(t.shape[2]):
+                total += np.float64(line[x] + line[x] * plane[x])
+        sums[c] = total
+
+
+@kernel
+def bridge_add_nb(acc, t, a, s, coeffs, stats):
+    """acc += t * ((p + q a[c]) + (r + m a[c]) s[y, x]), coeffs = (p, q, r, m); with a non-empty
+    stats [C, 2], the float64 per-channel sum and sum of squares of the result (for the next
+    GroupNorm)."""
     c_n, h, width = t.shape
+    p, q, r, m = coeffs[0], coeffs[1], coeffs[2], coeffs[3]
     for c in range(c_n):
-        base = np.float32(1.0) + alpha * a[c]
+        base, beta = p + q * a[c], r + m * a[c]
         total, total_sq = 0.0, 0.0
         for y in range(h):
             dst, line, plane = acc[c, y], t[c, y], s[y]
@@ -161,17 +205,29 @@ def channel_gates(sums, counts, taps, w, b, gates):
     return [partial(channel_gates_nb, sums, counts, taps, w, b, gates)]
 
 
-def spatial_gate(t, w, gate, sums):
-    """gate [h, w] of t [C, h, w], and sums [C] (float64, may be a slice of a longer vector)."""
+def spatial_gate(t, w, gate, sums=None, bias=0.0, dilation=1, reflect=True):
+    """gate [h, w] of t [C, h, w] (see spatial_gate_nb), and optionally sums [C] (float64, may be a
+    slice of a longer vector)."""
     _arrays(t, w, gate)
     _need(t.ndim == 3 and w.shape == (1, 2, 7, 7) and gate.shape == t.shape[1:], "spatial_gate: shapes")
-    _need(sums.dtype == np.float64 and sums.shape == (t.shape[0],) and sums.flags.writeable, "spatial_gate: sums")
-    _need(min(t.shape[1:]) > REFLECT, f"spatial_gate: reflect padding {REFLECT} needs maps over {REFLECT}, got {t.shape}")
-    return [partial(spatial_gate_nb, t, w, gate, sums)]
+    sums = np.zeros(0) if sums is None else sums
+    _need(sums.dtype == np.float64 and sums.shape in ((0,), (t.shape[0],)) and sums.flags.writeable, "spatial_gate: sums")
+    _need(dilation >= 1 and (not reflect or dilation == 1), "spatial_gate: reflect padding takes dilation 1")
+    _need(not reflect or min(t.shape[1:]) > REFLECT,
+          f"spatial_gate: reflect padding {REFLECT} needs maps over {REFLECT}, got {t.shape}")
+    return [partial(spatial_gate_nb, t, w, np.float32(bias), int(dilation), bool(reflect), gate, sums)]
 
 
-def bridge_add(acc, t, a, s, alpha, beta, stats=None):
-    """In place acc += t * (1 + alpha * a[c] + beta * s); optional stats [C, 2] float64 of the result."""
+def gated_sums(t, s, sums):
+    _arrays(t, s)
+    _need(t.ndim == 3 and s.shape == t.shape[1:] and sums.dtype == np.float64 and sums.shape == (t.shape[0],),
+          "gated_sums: shapes")
+    return [partial(gated_sums_nb, t, s, sums)]
+
+
+def bridge_add(acc, t, a, s, coeffs, stats=None):
+    """In place acc += t * ((p + q a[c]) + (r + m a[c]) s), coeffs = (p, q, r, m): MicroAUNet
+    (1, alpha, beta, 0), MALUNet (0, 1, 1, 1); optional stats [C, 2] float64 of the result."""
     _arrays(acc, t, a, s)
     _need(acc.shape == t.shape and t.ndim == 3 and a.shape == (t.shape[0],) and s.shape == t.shape[1:],
           "bridge_add: shapes")
@@ -179,4 +235,4 @@ def bridge_add(acc, t, a, s, alpha, beta, stats=None):
     if stats is None:
         stats = np.zeros((0, 2), np.float64)
     _need(stats.dtype == np.float64 and stats.shape in ((0, 2), (t.shape[0], 2)), "bridge_add: stats")
-    return [partial(bridge_add_nb, acc, t, a, s, np.float32(alpha), np.float32(beta), stats)]
+    return [partial(bridge_add_nb, acc, t, a, s, np.asarray(coeffs, np.float32).reshape(4), stats)]

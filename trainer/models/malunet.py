@@ -4,8 +4,7 @@ shared/specs/MICROAUNET.md specifies (split_att='fc', bridge on).
 Module names are the authors', so their state_dicts load strictly. The eval forward
 returns LOGITS [N, 1, H, W] (the authors' final sigmoid moves out); `features()` also
 returns the five encoder skips (before the bridge) and the last decoder map, the
-targets of MicroAUNet's feature imitation. Built from the student's config: the
-teacher has the same widths.
+targets of MicroAUNet's feature imitation.
 """
 from __future__ import annotations
 
@@ -13,9 +12,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from npseg.models.microaunet import GN_EPS, GN_GROUPS, MicroAUNetConfig
+from npseg.models.malunet import GN_EPS, GN_GROUPS, MALUNetConfig
 
-from .microaunet import init_weights, unet_features, up2
+from . import GoldenCase, TorchFamily
+from .microaunet import init_weights, plain_loss, unet_features, up2
 
 
 def _gn(c: int) -> nn.GroupNorm:
@@ -134,8 +134,9 @@ class SCAB(nn.Module):
 
 
 class MALUNet(nn.Module):
-    def __init__(self, cfg: MicroAUNetConfig):
+    def __init__(self, cfg: MALUNetConfig):
         super().__init__()
+        self.cfg = cfg
         c = cfg.widths
         self.encoder1 = nn.Sequential(nn.Conv2d(3, c[0], 3, padding=1))
         self.encoder2 = nn.Sequential(nn.Conv2d(c[0], c[1], 3, padding=1))
@@ -162,5 +163,21 @@ class MALUNet(nn.Module):
         return self.features(x)[0]
 
 
-def build(cfg: MicroAUNetConfig) -> MALUNet:
+def build(cfg: MALUNetConfig) -> MALUNet:
     return MALUNet(cfg)
+
+
+def malunet_loss(logits, batch: dict):
+    """The authors' recipe: BCE + soft Dice."""
+    return plain_loss(logits, batch["mask"])
+
+
+FAMILY = TorchFamily(
+    name="malunet",
+    build=build,
+    loss=malunet_loss,
+    golden=(GoldenCase(variant="malunet", weights="microaunet/malunet_teacher.safetensors",
+                       npz="microaunet/golden_malunet_teacher.npz",
+                       pairs=(("input", "output"), ("input_nonsquare", "output_nonsquare")), tolerance=1e-4,
+                       probability=True),),
+)
