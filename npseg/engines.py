@@ -7,10 +7,14 @@ from __future__ import annotations
 
 import numpy as np
 
+from .background_compile import BackgroundCompile
 from .ops._jit import numba
 
 F32 = np.float32
 MAX_INPUT_SIDE = 2048  # a network input side; frames of any size are resized to the input
+# how long the first frame waits for the background compile before the reference runs it: loading
+# the kernels from a warm cache takes well under this, so a warm start stays on the compiled plan
+CACHE_LOAD_WAIT_S = 1.5
 
 
 def check_input_size(family, h: int, w: int) -> None:
@@ -45,15 +49,21 @@ class NumpyEngine:
 
 
 class NumbaEngine:
-    """The family's plan of Numba kernels and single-thread GEMMs in float32, one plan per input size."""
+    """The family's plan of Numba kernels and single-thread GEMMs in float32, one plan per input size.
+
+    With compile_in_background, the first frame starts compiling the plan's kernels in a thread
+    (npseg.background_compile) and frames run on the float64 reference until they are ready."""
 
     name = "numba"
 
-    def __init__(self, family, cfg, params):
+    def __init__(self, family, cfg, params, compile_in_background: bool = False):
         self.family, self.cfg = family, cfg
         # writable contiguous float32 copies: read-only arrays would compile separate kernel variants
         self.params = {k: np.array(v, dtype=F32, order="C") for k, v in params.items()}
         self._plans: dict = {}
+        self._compiling = compile_in_background
+        self._compiler: BackgroundCompile | None = None
+        self._reference: NumpyEngine | None = None
 
     def plan(self, h: int, w: int):
         if (h, w) not in self._plans:
@@ -66,15 +76,30 @@ class NumbaEngine:
 
     def run_input(self, h: int, w: int) -> np.ndarray:
         """Runs the plan on its input buffer; returns its logits buffer (overwritten by the next run)."""
-        return self.plan(h, w).run()
+        plan = self.plan(h, w)
+        if self._compiling and not self._kernels_ready(h, w):
+            np.copyto(plan.output, self._reference.forward(plan.input))
+            return plan.output
+        return plan.run()
+
+    def _kernels_ready(self, h: int, w: int) -> bool:
+        """Starts the background compile on a private plan (the first frame waits for it a little);
+        once it is finished every later frame runs the compiled plan."""
+        if self._compiler is None:
+            self._compiler = BackgroundCompile(self.family.build_plan(self.cfg, self.params, h, w))
+            self._reference = NumpyEngine(self.family, self.cfg, self.params)
+            self._compiler.finished.wait(CACHE_LOAD_WAIT_S)
+        if not self._compiler.finished.is_set():
+            return False
+        self._compiling, self._compiler, self._reference = False, None, None
+        return True
 
     def forward(self, x: np.ndarray) -> np.ndarray:
         """x [3, H, W] normalised -> logits [K, H, W] float32 (a new array)."""
         if x.ndim != 3 or x.shape[0] != 3:
             raise ValueError(f"input must be [3, H, W], got {x.shape}")
-        plan = self.plan(x.shape[1], x.shape[2])
-        np.copyto(plan.input, x)
-        return plan.run().copy()
+        np.copyto(self.input_buffer(x.shape[1], x.shape[2]), x)
+        return self.run_input(x.shape[1], x.shape[2]).copy()
 
 
 def available() -> dict[str, type]:

@@ -74,7 +74,8 @@ class Segmenter:
     run the network one at a time (a lock); results equal serial calls.
     """
 
-    def __init__(self, weights: Weights, backend: str | None = None, size: tuple[int, int] | int | None = None):
+    def __init__(self, weights: Weights, backend: str | None = None, size: tuple[int, int] | int | None = None,
+                 compile_in_background: bool = False):
         engines = _engines_module.available()
         backend = backend or default_backend()
         if backend not in engines:
@@ -90,7 +91,10 @@ class Segmenter:
         self._rgb = self._pre["color_order"] == "RGB"
         self._minmax = self._pre["normalize"]["kind"] == "minmax"
         self._scale, self._shift = affine_coefficients(self._pre)
-        self._engine = engines[backend](self.family, self.config, self.family.fold(self.config, weights.tensors))
+        params = self.family.fold(self.config, weights.tensors)
+        # the Numba engine may run its first frames on the reference while its kernels compile
+        extra = {"compile_in_background": True} if compile_in_background and backend == "numba" else {}
+        self._engine = engines[backend](self.family, self.config, params, **extra)
         # per-frame buffers: predict() allocates only the mask it returns
         self._small = np.empty((h, w, 3), np.uint8)
         self._small_prob = np.empty((h, w), np.float32)
@@ -171,6 +175,11 @@ class Segmenter:
 
 
 def load(path_or_name: str | os.PathLike = "ultraseg-130k", backend: str | None = None,
-         size: tuple[int, int] | int | None = None) -> Segmenter:
-    """Load a weights file (or a bundled model by name) and return a Segmenter."""
-    return Segmenter(load_weights(resolve_weights(path_or_name)), backend=backend, size=size)
+         size: tuple[int, int] | int | None = None, compile_in_background: bool = False) -> Segmenter:
+    """Load a weights file (or a bundled model by name) and return a Segmenter.
+
+    compile_in_background: with the Numba backend, frames run on the float64 NumPy reference
+    (logits within 1e-4 of the compiled engine's) while the kernels compile in a thread, instead
+    of the first frame waiting for them (about 20 s on the first run after an install)."""
+    return Segmenter(load_weights(resolve_weights(path_or_name)), backend=backend, size=size,
+                     compile_in_background=compile_in_background)

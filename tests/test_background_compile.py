@@ -1,0 +1,70 @@
+"""Kernels compiled in the background: frames run on the reference until the plan is compiled,
+then on the plan; a run that ends early exits cleanly and keeps what it compiled."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+
+import numpy as np
+import pytest
+
+import npseg
+from npseg import engines
+from npseg.background_compile import BackgroundCompile
+
+from conftest import REPO
+
+pytestmark = pytest.mark.skipif("numba" not in engines.available(), reason="the Numba backend is not importable")
+
+
+class _HeldCompile:
+    """Stands in for BackgroundCompile: finished only when the test says so."""
+
+    def __init__(self, plan):
+        self.finished = threading.Event()
+        _HeldCompile.last = self
+
+
+def _frame():
+    return np.random.default_rng(3).integers(0, 256, (96, 128, 3), dtype=np.uint8)
+
+
+def test_reference_until_compiled_then_the_plan(monkeypatch):
+    monkeypatch.setattr(engines, "BackgroundCompile", _HeldCompile)
+    monkeypatch.setattr(engines, "CACHE_LOAD_WAIT_S", 0.0)
+    frame = _frame()
+    seg = npseg.load("ultraseg-108k", size=64, compile_in_background=True)
+    reference = npseg.load("ultraseg-108k", backend="numpy", size=64).logits(frame)
+    compiled = npseg.load("ultraseg-108k", size=64).logits(frame)
+    np.testing.assert_array_equal(seg.logits(frame), reference)
+    _HeldCompile.last.finished.set()
+    np.testing.assert_array_equal(seg.logits(frame), compiled)
+    np.testing.assert_array_equal(seg.predict(frame), npseg.load("ultraseg-108k", size=64).predict(frame))
+
+
+def test_stop_ends_after_the_step_in_hand():
+    release, ran = threading.Event(), []
+
+    class Plan:
+        steps = [lambda: ran.append(1), lambda: (release.wait(5), ran.append(2)), lambda: ran.append(3)]
+
+    job = BackgroundCompile(Plan())
+    job._stop.set()  # as atexit does, while the second step runs
+    release.set()
+    job.stop()
+    assert job.finished.is_set() and ran in ([1, 2], [1])
+
+
+def test_a_cold_run_that_ends_early_exits_cleanly(tmp_path):
+    """Empty Numba cache: the frame comes from the reference, the process exits 0 after the kernel in
+    hand, and what was compiled is in the cache."""
+    code = ("import numpy as np, npseg\n"
+            "seg = npseg.load('ultraseg-108k', size=64, compile_in_background=True)\n"
+            "print(seg.predict(np.zeros((64, 64, 3), np.uint8)).shape)\n")
+    env = {**os.environ, "NUMBA_CACHE_DIR": str(tmp_path / "cache"), "PYTHONPATH": str(REPO)}
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "(64, 64)"
+    assert any((tmp_path / "cache").rglob("*.nbi"))
