@@ -9,8 +9,9 @@ OUT ?= out/demo
 install-runtime:
 	$(PIP) -e .
 
+# npseg, then the trainer (its own package, trainer/pyproject.toml: torch==2.13.0), and the test tools
 install:
-	$(PIP) -e ".[train,dev]"
+	$(PIP) -e ".[dev]" -e ./trainer
 
 test: install
 	$(PY) -m pytest -q
