@@ -478,10 +478,12 @@ def test_sigterm_during_video_finishes_the_file(tmp_path):
     env = dict(os.environ, PYTHONPATH=str(REPO))
     proc = subprocess.Popen([sys.executable, "-m", "npseg", "video", "long.avi", "-o", "o.avi", *QUICK],
                             cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
-    deadline = time.monotonic() + 60
-    while not any(".part" in p.name for p in tmp_path.iterdir()) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    time.sleep(0.5)  # a few frames in
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline and proc.poll() is None:  # until some frames reached the file
+        parts = [p for p in tmp_path.iterdir() if ".part" in p.name]
+        if parts and parts[0].stat().st_size > 64 << 10:
+            break
+        time.sleep(0.05)
     proc.send_signal(signal.SIGTERM)
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 0 and b"Traceback" not in err, err
