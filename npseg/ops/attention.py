@@ -32,7 +32,7 @@ def attention_gate_ref(g, x, wg, bg, wx, bx, wpsi, bpsi):
 # ---- Numba kernels -------------------------------------------------------------------------
 from functools import partial  # noqa: E402
 
-from ._jit import kernel  # noqa: E402
+from ._jit import inline, kernel  # noqa: E402
 from .activation import sigmoid_fast  # noqa: E402
 from .steps import _arrays, _need  # noqa: E402
 
@@ -40,22 +40,26 @@ _f = np.float32
 
 
 @kernel
-def channel_attention_nb(x, w1, w2, gate):
-    """gate [C] = channel_attention_ref(x, w1, w2): w1 [h, C], w2 [C, h]. The mean sums in float64."""
-    c_n = x.shape[0]
-    n = x.size // c_n
-    flat = x.reshape(c_n, n)
+def channel_attention_nb(x, w1, w2, gate, row_sum, row_max):
+    """gate [C] = channel_attention_ref(x, w1, w2): w1 [h, C], w2 [C, h]. Each channel's sum and
+    maximum run elementwise along a row (row_sum, row_max [w]: a scalar max reduction does not
+    vectorise, this does); the float32 column sums go to float64 every 64 rows."""
+    c_n, h, width = x.shape
     avg, peak = np.empty(c_n), np.empty(c_n)
     for c in range(c_n):
-        row = flat[c]
-        s, m = 0.0, row[0]
-        for i in range(n):
-            s += row[i]
-            m = max(m, row[i])
-        avg[c], peak[c] = s / n, m
-    hidden_avg = np.maximum(w1.astype(np.float64) @ avg, 0.0)
-    hidden_max = np.maximum(w1.astype(np.float64) @ peak, 0.0)
-    logit = w2.astype(np.float64) @ (hidden_avg + hidden_max)  # the second layer is linear: one product
+        total = 0.0
+        for i in range(width):
+            row_sum[i], row_max[i] = 0.0, x[c, 0, i]
+        for y in range(h):
+            for i in range(width):
+                row_sum[i] += x[c, y, i]
+                row_max[i] = max(row_max[i], x[c, y, i])
+            if y % 64 == 63 or y == h - 1:
+                total += row_sum.astype(np.float64).sum()
+                row_sum[:] = 0.0
+        avg[c], peak[c] = total / (h * width), row_max.max()
+    hidden = np.maximum(w1.astype(np.float64) @ avg, 0.0) + np.maximum(w1.astype(np.float64) @ peak, 0.0)
+    logit = w2.astype(np.float64) @ hidden  # the second layer is linear: one product for both paths
     for c in range(c_n):
         gate[c] = sigmoid_fast(_f(logit[c]))
 
@@ -63,77 +67,91 @@ def channel_attention_nb(x, w1, w2, gate):
 @kernel
 def spatial_gate_nb(x, gate, w, desc, out):
     """out = sa * gate[c] * x[c], sa = spatial_attention_ref(gate * x, w): x [C, h, w], gate [C],
-    w [2, 7, 7], desc [2, (h + 6) * (w + 6)] zero-bordered scratch (border never written)."""
+    w [2, 7, 7], desc [2, h + 6, w + 6] zero-bordered scratch (border never written)."""
     c_n, h, width = x.shape
-    wp = width + 6
     inv_c = _f(1.0 / c_n)
     for y in range(h):
-        s, m = desc[0, (y + 3) * wp + 3:(y + 3) * wp + 3 + width], desc[1, (y + 3) * wp + 3:(y + 3) * wp + 3 + width]
-        row, g = x[0, y], gate[0]
+        g = gate[0]
         for i in range(width):
-            s[i] = g * row[i]
-            m[i] = g * row[i]
+            desc[0, y + 3, i + 3] = g * x[0, y, i]
+            desc[1, y + 3, i + 3] = g * x[0, y, i]
         for c in range(1, c_n):
-            row, g = x[c, y], gate[c]
+            g = gate[c]
             for i in range(width):
-                v = g * row[i]
-                s[i] += v
-                m[i] = max(m[i], v)
+                v = g * x[c, y, i]
+                desc[0, y + 3, i + 3] += v
+                desc[1, y + 3, i + 3] = max(desc[1, y + 3, i + 3], v)
         for i in range(width):
-            s[i] *= inv_c
+            desc[0, y + 3, i + 3] *= inv_c
     acc = np.empty(width, _f)
     for y in range(h):
-        acc[:] = 0.0
+        for i in range(width):
+            acc[i] = 0.0
         for d in range(2):
             for ky in range(7):
-                for kx in range(7):
-                    wv, r = w[d, ky, kx], desc[d, (y + ky) * wp + kx:(y + ky) * wp + kx + width]
-                    for i in range(width):
-                        acc[i] += wv * r[i]
+                k0, k1, k2, k3, k4, k5, k6 = w[d, ky, 0], w[d, ky, 1], w[d, ky, 2], w[d, ky, 3], w[d, ky, 4], w[d, ky, 5], w[d, ky, 6]
+                r = y + ky
+                for i in range(width):
+                    acc[i] += (k0 * desc[d, r, i] + k1 * desc[d, r, i + 1] + k2 * desc[d, r, i + 2] + k3 * desc[d, r, i + 3]
+                               + k4 * desc[d, r, i + 4] + k5 * desc[d, r, i + 5] + k6 * desc[d, r, i + 6])
         for i in range(width):
             acc[i] = sigmoid_fast(acc[i])
         for c in range(c_n):
-            row, o, g = x[c, y], out[c, y], gate[c]
+            g = gate[c]
             for i in range(width):
-                o[i] = acc[i] * (g * row[i])
+                out[c, y, i] = acc[i] * (g * x[c, y, i])
+
+
+@inline
+def _pair_taps3x3(acc, planes, q, k, y, n):
+    """acc[i] += the 18 taps of group weight k [2, 3, 3] on the zero-bordered planes q, q + 1 at
+    output row y: one store per 18 FMAs, direct 3-D indexing (a row slice per call would cost
+    reference counting on every short row)."""
+    u00, u01, u02, u10, u11, u12, u20, u21, u22 = (k[0, 0, 0], k[0, 0, 1], k[0, 0, 2], k[0, 1, 0], k[0, 1, 1],
+                                                   k[0, 1, 2], k[0, 2, 0], k[0, 2, 1], k[0, 2, 2])
+    v00, v01, v02, v10, v11, v12, v20, v21, v22 = (k[1, 0, 0], k[1, 0, 1], k[1, 0, 2], k[1, 1, 0], k[1, 1, 1],
+                                                   k[1, 1, 2], k[1, 2, 0], k[1, 2, 1], k[1, 2, 2])
+    b = q + 1
+    for i in range(n):
+        acc[i] += ((u00 * planes[q, y, i] + u01 * planes[q, y, i + 1] + u02 * planes[q, y, i + 2]
+                    + u10 * planes[q, y + 1, i] + u11 * planes[q, y + 1, i + 1] + u12 * planes[q, y + 1, i + 2]
+                    + u20 * planes[q, y + 2, i] + u21 * planes[q, y + 2, i + 1] + u22 * planes[q, y + 2, i + 2])
+                   + (v00 * planes[b, y, i] + v01 * planes[b, y, i + 1] + v02 * planes[b, y, i + 2]
+                      + v10 * planes[b, y + 1, i] + v11 * planes[b, y + 1, i + 1] + v12 * planes[b, y + 1, i + 2]
+                      + v20 * planes[b, y + 2, i] + v21 * planes[b, y + 2, i + 1] + v22 * planes[b, y + 2, i + 2]))
 
 
 @kernel
 def attention_gate_add_nb(u, skip, wg, bg, wx, bx, wpsi, bpsi, planes, logit):
     """In place u += skip * attention_gate_ref(u, skip, ...): wg, wx [C/2, 2, 3, 3], bg, bx [C/2],
-    wpsi [C/2], bpsi [1]. planes [4, (h + 2) * (w + 2)]: zero-bordered copies of the channel pair
-    of u and of skip a group reads; logit [h, w] scratch."""
+    wpsi [C/2], bpsi [1]. planes [4, h + 2, w + 2]: zero-bordered copies of the channel pair of u
+    and of skip a group reads (the border is never written); logit [h, w] scratch."""
     c_n, h, width = u.shape
-    wp = width + 2
-    logit[:, :] = bpsi[0]
+    acc = np.empty(width, _f)
+    for y in range(h):
+        for i in range(width):
+            logit[y, i] = bpsi[0]
     for j in range(c_n // 2):
         for r in range(2):
             for y in range(h):
-                start = (y + 1) * wp + 1
-                planes[r, start:start + width] = u[2 * j + r, y]
-                planes[2 + r, start:start + width] = skip[2 * j + r, y]
+                for i in range(width):
+                    planes[r, y + 1, i + 1] = u[2 * j + r, y, i]
+                    planes[2 + r, y + 1, i + 1] = skip[2 * j + r, y, i]
         bias, wj = bg[j] + bx[j], wpsi[j]
         for y in range(h):
-            acc = np.full(width, bias, _f)
-            for q in range(4):
-                k = wg[j, q] if q < 2 else wx[j, q - 2]
-                for ky in range(3):
-                    r = planes[q, (y + ky) * wp:(y + ky + 1) * wp]
-                    k0, k1, k2 = k[ky, 0], k[ky, 1], k[ky, 2]
-                    for i in range(width):
-                        acc[i] += k0 * r[i] + k1 * r[i + 1] + k2 * r[i + 2]
-            lg = logit[y]
             for i in range(width):
-                lg[i] += wj * max(acc[i], _f(0.0))
+                acc[i] = bias
+            _pair_taps3x3(acc, planes, 0, wg[j], y, width)
+            _pair_taps3x3(acc, planes, 2, wx[j], y, width)
+            for i in range(width):
+                logit[y, i] += wj * max(acc[i], _f(0.0))
     for y in range(h):
-        lg = logit[y]
         for i in range(width):
-            lg[i] = sigmoid_fast(lg[i])
+            logit[y, i] = sigmoid_fast(logit[y, i])
     for c in range(c_n):
         for y in range(h):
-            o, s, lg = u[c, y], skip[c, y], logit[y]
             for i in range(width):
-                o[i] += s[i] * lg[i]
+                u[c, y, i] += skip[c, y, i] * logit[y, i]
 
 
 def channel_attention(x, w1, w2, gate):
@@ -143,7 +161,7 @@ def channel_attention(x, w1, w2, gate):
     w1, w2 = (np.ascontiguousarray(a.reshape(a.shape[0], -1), dtype=_f) for a in (w1, w2))
     _need(x.ndim == 3 and gate.shape == (c,) and w1.shape[1] == c and w2.shape == (c, w1.shape[0]),
           f"channel_attention: x {x.shape}, w1 {w1.shape}, w2 {w2.shape}, gate {gate.shape}")
-    return [partial(channel_attention_nb, x, w1, w2, gate)]
+    return [partial(channel_attention_nb, x, w1, w2, gate, np.empty(x.shape[2], _f), np.empty(x.shape[2], _f))]
 
 
 def spatial_gate(x, gate, w, out):
@@ -153,7 +171,7 @@ def spatial_gate(x, gate, w, out):
     w = np.ascontiguousarray(w.reshape(2, 7, 7), dtype=_f)
     _need(x.ndim == 3 and out.shape == x.shape and gate.shape == (c,), f"spatial_gate: {x.shape} -> {out.shape}")
     _need(not np.shares_memory(x, out), "spatial_gate: output overlaps the input")
-    return [partial(spatial_gate_nb, x, gate, w, np.zeros((2, (h + 6) * (width + 6)), _f), out)]
+    return [partial(spatial_gate_nb, x, gate, w, np.zeros((2, h + 6, width + 6), _f), out)]
 
 
 def attention_gate_add(u, skip, wg, bg, wx, bx, wpsi, bpsi):
@@ -165,5 +183,5 @@ def attention_gate_add(u, skip, wg, bg, wx, bx, wpsi, bpsi):
     _need(wg.shape == wx.shape == (c // 2, 2, 3, 3) and bg.shape == bx.shape == wpsi.shape == (c // 2,)
           and bpsi.shape == (1,), "attention_gate_add: weights do not fit")
     _need(not np.shares_memory(u, skip), "attention_gate_add: u overlaps the skip")
-    planes = np.zeros((4, (h + 2) * (width + 2)), _f)
+    planes = np.zeros((4, h + 2, width + 2), _f)
     return [partial(attention_gate_add_nb, u, skip, wg, bg, wx, bx, wpsi, bpsi, planes, np.zeros((h, width), _f))]

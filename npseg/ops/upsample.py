@@ -37,20 +37,19 @@ Q1, Q3 = _f(0.25), _f(0.75)
 
 
 @inline
-def _up2_row(line, bias, row):
-    """row [2w] = the horizontal 2x upsampling of line [w] + bias (the weights sum to 1, so the
-    bias commutes with the interpolation)."""
-    n = line.size
-    last = n - 1
-    row[0] = line[0] + bias
-    row[2 * last + 1] = line[last] + bias
-    if n == 1:
+def _up2_row(src, c, y, bias, rows, r):
+    """rows[r] [2w] = the horizontal 2x upsampling of src[c, y] + bias (the weights sum to 1, so
+    the bias commutes with the interpolation)."""
+    last = src.shape[2] - 1
+    rows[r, 0] = src[c, y, 0] + bias
+    rows[r, 2 * last + 1] = src[c, y, last] + bias
+    if last == 0:
         return
-    row[1] = Q3 * line[0] + Q1 * line[1] + bias
-    row[2 * last] = Q3 * line[last] + Q1 * line[last - 1] + bias
+    rows[r, 1] = Q3 * src[c, y, 0] + Q1 * src[c, y, 1] + bias
+    rows[r, 2 * last] = Q3 * src[c, y, last] + Q1 * src[c, y, last - 1] + bias
     for m in range(1, last):
-        row[2 * m] = Q3 * line[m] + Q1 * line[m - 1] + bias
-        row[2 * m + 1] = Q3 * line[m] + Q1 * line[m + 1] + bias
+        rows[r, 2 * m] = Q3 * src[c, y, m] + Q1 * src[c, y, m - 1] + bias
+        rows[r, 2 * m + 1] = Q3 * src[c, y, m] + Q1 * src[c, y, m + 1] + bias
 
 
 @kernel
@@ -59,13 +58,12 @@ def up2_bias_relu_nb(src, bias, rows, out):
     c_n, h, width = src.shape
     for c in range(c_n):
         for y in range(h):
-            _up2_row(src[c, y], bias[c], rows[y])
+            _up2_row(src, c, y, bias[c], rows, y)
         for y in range(h):
-            r, r_up, r_down = rows[y], rows[max(y - 1, 0)], rows[min(y + 1, h - 1)]
-            o0, o1 = out[c, 2 * y], out[c, 2 * y + 1]
+            up, down = max(y - 1, 0), min(y + 1, h - 1)
             for x in range(2 * width):
-                o0[x] = max(Q3 * r[x] + Q1 * r_up[x], _f(0.0))
-                o1[x] = max(Q3 * r[x] + Q1 * r_down[x], _f(0.0))
+                out[c, 2 * y, x] = max(Q3 * rows[y, x] + Q1 * rows[up, x], _f(0.0))
+                out[c, 2 * y + 1, x] = max(Q3 * rows[y, x] + Q1 * rows[down, x], _f(0.0))
 
 
 @kernel
@@ -77,21 +75,23 @@ def up2_relu_head_nb(src, bias, w, b, ring, out):
     k_n = out.shape[0]
     for c in range(c_n):
         for y in range(min(2, h)):
-            _up2_row(src[c, y], bias[c], ring[c, y])
+            _up2_row(src, c, y, bias[c], ring[c], y)
     for y in range(h):
         for k in range(k_n):
-            out[k, 2 * y, :] = b[k]
-            out[k, 2 * y + 1, :] = b[k]
+            for x in range(2 * width):
+                out[k, 2 * y, x] = b[k]
+                out[k, 2 * y + 1, x] = b[k]
+        mid, up, down = y % 3, max(y - 1, 0) % 3, min(y + 1, h - 1) % 3
         for c in range(c_n):
-            r, r_up, r_down = ring[c, y % 3], ring[c, max(y - 1, 0) % 3], ring[c, min(y + 1, h - 1) % 3]
             for k in range(k_n):
-                wk, o0, o1 = w[k, c], out[k, 2 * y], out[k, 2 * y + 1]
+                wk = w[k, c]
                 for x in range(2 * width):
-                    o0[x] += wk * max(Q3 * r[x] + Q1 * r_up[x], _f(0.0))
-                    o1[x] += wk * max(Q3 * r[x] + Q1 * r_down[x], _f(0.0))
+                    r = Q3 * ring[c, mid, x]
+                    out[k, 2 * y, x] += wk * max(r + Q1 * ring[c, up, x], _f(0.0))
+                    out[k, 2 * y + 1, x] += wk * max(r + Q1 * ring[c, down, x], _f(0.0))
         if y + 2 < h:  # row y - 1's slot is free now
             for c in range(c_n):
-                _up2_row(src[c, y + 2], bias[c], ring[c, (y + 2) % 3])
+                _up2_row(src, c, y + 2, bias[c], ring[c], (y + 2) % 3)
 
 
 def up2_bias_relu(src, bias, out):
