@@ -654,3 +654,28 @@ def test_pack_stops_on_a_corrupt_image_or_skips_it_with_skip_bad(tmp_path, capsy
     assert record["split"]["train"] == [s for s in split["train"] if s != bad]
     assert record["split"]["test"] == split["test"]
     train(options(tmp_path, tmp_path / "packed" / "d", "run", epochs=1, size=64))
+
+
+def test_a_teacher_and_the_family_options_reach_the_loss(two_epoch_run, toy, tmp_path, monkeypatch):
+    """recipe `teacher`: a weights file whose outputs (TorchFamily.teach, default its logits, on the
+    image normalised as its own file says) the family's loss receives as batch["teacher"]."""
+    from trainer.models import TORCH_FAMILIES
+
+    tmp, data = toy
+    opts, _ = two_epoch_run
+    teacher = export_checkpoint(Path(opts.out) / "best.pt", tmp_path / "teacher.safetensors")
+    family = TORCH_FAMILIES["ultraseg"]
+    seen = []
+
+    def loss(outputs, batch):
+        seen.append((batch["teacher"].shape, batch["image"].shape, batch["options"]))
+        return family.loss(outputs, batch)
+
+    monkeypatch.setitem(TORCH_FAMILIES, "ultraseg", dataclasses.replace(family, loss=loss))
+    train(options(tmp, data, "taught", epochs=1, size=64, teacher=str(teacher)))
+    assert seen
+    for teacher_shape, image_shape, family_options in seen:
+        assert teacher_shape == (image_shape[0], 2, 64, 64) and image_shape[1:] == (3, 64, 64)
+        assert isinstance(family_options, family.options)
+    prov = json.loads((tmp / "taught" / "options.json").read_text())["recipe"]
+    assert prov["teacher"] == str(teacher)

@@ -254,7 +254,7 @@ class _Run:
         if self.teacher is not None:
             teacher, preprocessing = self.teacher
             with torch.no_grad():
-                batch["teacher"] = teacher(normalise(item["image"], preprocessing).to(self.device))
+                batch["teacher"] = self.tfam.teach(teacher, normalise(item["image"], preprocessing).to(self.device))
         batch["options"] = self.family_options
         return batch
 

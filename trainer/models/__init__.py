@@ -29,6 +29,10 @@ def _no_targets(mask01: np.ndarray) -> dict:
     return {}
 
 
+def _logits_of(teacher, image):
+    return teacher(image)
+
+
 @dataclass(frozen=True)
 class NoOptions:
     """The recipe options of a family without keys of its own."""
@@ -39,11 +43,11 @@ class TorchFamily:
     """One network family on the trainer side.
 
     name             the npseg family name (`npseg.models.FAMILIES` key, weights files' architecture)
-    build            cfg -> nn.Module; in eval mode forward(x [N,3,H,W] normalised) returns the logits
-                     [N,K,H,W]; in train mode it returns whatever `loss` takes as `outputs`
+    build            cfg -> nn.Module that keeps cfg as `.cfg`; in eval mode forward(x [N,3,H,W] normalised)
+                     returns the logits [N,K,H,W]; in train mode whatever `loss` takes as `outputs`
     loss             (outputs, batch) -> the total loss, or (total, {part name: float}) to log its parts;
                      batch: "image" (normalised), "mask" [N,1,H,W] {0,1}, the family's `targets`,
-                     "teacher" (the teacher's logits, when the recipe names one) and "options"
+                     "teacher" (what `teach` returns, when the recipe names a teacher) and "options"
                      (the family's recipe options, an instance of `options`)
     targets          mask01 [H,W] uint8 -> {name: [H,W] array}: the family's extra per-sample targets,
                      made at the network size and augmented with the mask
@@ -52,6 +56,8 @@ class TorchFamily:
     grow             optional (model, file_cfg, tensors) -> note: start `model` from a weights file of another
                      config of the family (raise ValueError when it cannot); the note goes to provenance
     options          a frozen dataclass of the family's own recipe keys (the recipe's [options] table)
+    teach            (teacher module, its normalised image) -> batch["teacher"], when the recipe names a
+                     teacher (default: the teacher's logits); e.g. its logits and encoder features
     """
 
     name: str
@@ -62,6 +68,7 @@ class TorchFamily:
     import_upstream: Callable[[Any], Any] | None = None
     grow: Callable[[Any, Any, dict], str] | None = None
     options: type = NoOptions
+    teach: Callable[[Any, Any], Any] = _logits_of
 
 
 def _torch_families() -> dict[str, TorchFamily]:
