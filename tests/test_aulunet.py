@@ -46,9 +46,9 @@ def test_torch_module_loads_the_golden_strictly_and_reproduces_it(golden):
     tensors, g = golden
     model = AULUNet(CFG).eval()
     model.load_state_dict({k: torch.from_numpy(v) for k, v in tensors.items()}, strict=True)
-    with torch.no_grad():
-        f = model.features(torch.from_numpy(g["input"]))
-    assert np.abs(_sigmoid(f["logits"].numpy()) - g["output"]).max() <= GOLDEN_TOL
+    with torch.no_grad():  # sample 0, which the taps are of (test_registry checks both outputs)
+        f = model.features(torch.from_numpy(g["input"][:1]))
+    assert np.abs(_sigmoid(f["logits"].numpy()) - g["output"][:1]).max() <= GOLDEN_TOL
     for tap, (name, corner) in TAPS.items():
         assert np.abs(f[name][0].numpy()[corner] - g[tap][0]).max() <= GOLDEN_TOL, tap
 
