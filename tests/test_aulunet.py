@@ -32,7 +32,8 @@ def _sigmoid(z):
 
 def test_tensor_spec_is_the_authors_list(golden):
     lines = (GOLDEN_DIR / "keys_aulunet.txt").read_text().splitlines()
-    listed = {name: tuple(int(v) for v in shape.strip("[]").split(", ")) for name, shape in (ln.split("\t") for ln in lines)}
+    pairs = (line.split("\t") for line in lines)
+    listed = {name: tuple(int(v) for v in shape.strip("[]").split(", ")) for name, shape in pairs}
     assert list(expected_tensors(CFG).items()) == list(listed.items())
     assert {k: v.shape for k, v in golden[0].items()} == listed
 
