@@ -41,6 +41,13 @@ def test_kernel_matches_reference(e, h, w, seed):
     expanded = relu6_ref(pre.astype(np.float64) + pre_bias[:, None, None])
     expected = multi_kernel_depthwise_ref(expanded, [a.astype(np.float64) for a in ws], [a.astype(np.float64) for a in bs])
     assert np.abs(out - expected).max() <= 1e-5 * max(1.0, np.abs(expected).max())
+    # the image's block: the 3 -> E expansion computed inside the kernel
+    image, expand = pre[:3] if e >= 3 else np.tile(pre[:1], (3, 1, 1)), rng.standard_normal((e, 3, 1, 1)).astype(np.float32)
+    for step in multi_kernel_depthwise(np.ascontiguousarray(image), pre_bias, ws, bs, out, expand=expand):
+        step()
+    pre64 = np.einsum("ec,chw->ehw", expand[:, :, 0, 0].astype(np.float64), image) + pre_bias[:, None, None]
+    expected = multi_kernel_depthwise_ref(relu6_ref(pre64), [a.astype(np.float64) for a in ws], [a.astype(np.float64) for a in bs])
+    assert np.abs(out - expected).max() <= 1e-5 * max(1.0, np.abs(expected).max())
 
 
 @settings(max_examples=10, deadline=None)

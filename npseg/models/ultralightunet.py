@@ -231,12 +231,16 @@ def reference_forward(cfg: UltraLightUNetConfig, p: dict, x: np.ndarray) -> np.n
 def _mkir_steps(plan, p, name, cat, out):
     """One MKIR whose input already sits in cat[E:]: expand (1x1), multi-kernel depthwise into
     cat[:E], then the projection and residual as one 1x1 over cat into `out`, without its bias
-    (the step that reads `out` adds it)."""
+    (the step that reads `out` adds it). A 3-channel input (the image) is expanded inside the
+    depthwise kernel instead (no full-resolution expanded map)."""
     e, h, w = p[f"{name}.pw1.weight"].shape[0], cat.shape[1], cat.shape[2]
-    expanded = plan.buffer(e, h, w)
-    plan.add(pointwise(cat[e:], p[f"{name}.pw1.weight"], expanded))
-    plan.add(multi_kernel_depthwise(expanded, p[f"{name}.pw1.bias"], [p[f"{name}.dw{k}.weight"] for k in KERNELS],
-                                    [p[f"{name}.dw{k}.bias"] for k in KERNELS], cat[:e]))
+    dw = ([p[f"{name}.dw{k}.weight"] for k in KERNELS], [p[f"{name}.dw{k}.bias"] for k in KERNELS], cat[:e])
+    if cat.shape[0] - e == 3:
+        plan.add(multi_kernel_depthwise(cat[e:], p[f"{name}.pw1.bias"], *dw, expand=p[f"{name}.pw1.weight"]))
+    else:
+        expanded = plan.buffer(e, h, w)
+        plan.add(pointwise(cat[e:], p[f"{name}.pw1.weight"], expanded))
+        plan.add(multi_kernel_depthwise(expanded, p[f"{name}.pw1.bias"], *dw))
     plan.add(pointwise(cat, p[f"{name}.project.weight"], out))
 
 

@@ -103,22 +103,18 @@ def spatial_gate_nb(x, gate, w, desc, out):
 
 
 @inline
-def _pair_taps3x3(acc, planes, q, k, y, n):
-    """acc[i] += the 18 taps of group weight k [2, 3, 3] on the zero-bordered planes q, q + 1 at
-    output row y: one store per 18 FMAs, direct 3-D indexing (a row slice per call would cost
-    reference counting on every short row)."""
-    u00, u01, u02, u10, u11, u12, u20, u21, u22 = (k[0, 0, 0], k[0, 0, 1], k[0, 0, 2], k[0, 1, 0], k[0, 1, 1],
-                                                   k[0, 1, 2], k[0, 2, 0], k[0, 2, 1], k[0, 2, 2])
-    v00, v01, v02, v10, v11, v12, v20, v21, v22 = (k[1, 0, 0], k[1, 0, 1], k[1, 0, 2], k[1, 1, 0], k[1, 1, 1],
-                                                   k[1, 1, 2], k[1, 2, 0], k[1, 2, 1], k[1, 2, 2])
-    b = q + 1
-    for i in range(n):
-        acc[i] += ((u00 * planes[q, y, i] + u01 * planes[q, y, i + 1] + u02 * planes[q, y, i + 2]
-                    + u10 * planes[q, y + 1, i] + u11 * planes[q, y + 1, i + 1] + u12 * planes[q, y + 1, i + 2]
-                    + u20 * planes[q, y + 2, i] + u21 * planes[q, y + 2, i + 1] + u22 * planes[q, y + 2, i + 2])
-                   + (v00 * planes[b, y, i] + v01 * planes[b, y, i + 1] + v02 * planes[b, y, i + 2]
-                      + v10 * planes[b, y + 1, i] + v11 * planes[b, y + 1, i + 1] + v12 * planes[b, y + 1, i + 2]
-                      + v20 * planes[b, y + 2, i] + v21 * planes[b, y + 2, i + 1] + v22 * planes[b, y + 2, i + 2]))
+def _group_taps3x3(acc, planes, kg, kx, y, n):
+    """acc[i] += the 36 taps of one gate group at output row y: kg, kx [2, 3, 3] on the
+    zero-bordered planes 0, 1 (the decoder feature's pair) and 2, 3 (the skip's pair); one
+    store per 36 FMAs, direct 3-D indexing (a row slice per call costs reference counting)."""
+    for q in range(4):
+        k = kg[q] if q < 2 else kx[q - 2]
+        k00, k01, k02, k10, k11, k12, k20, k21, k22 = (k[0, 0], k[0, 1], k[0, 2], k[1, 0], k[1, 1], k[1, 2],
+                                                       k[2, 0], k[2, 1], k[2, 2])
+        for i in range(n):
+            acc[i] += (k00 * planes[q, y, i] + k01 * planes[q, y, i + 1] + k02 * planes[q, y, i + 2]
+                       + k10 * planes[q, y + 1, i] + k11 * planes[q, y + 1, i + 1] + k12 * planes[q, y + 1, i + 2]
+                       + k20 * planes[q, y + 2, i] + k21 * planes[q, y + 2, i + 1] + k22 * planes[q, y + 2, i + 2])
 
 
 @kernel
@@ -141,8 +137,7 @@ def attention_gate_add_nb(u, skip, wg, bg, wx, bx, wpsi, bpsi, planes, logit):
         for y in range(h):
             for i in range(width):
                 acc[i] = bias
-            _pair_taps3x3(acc, planes, 0, wg[j], y, width)
-            _pair_taps3x3(acc, planes, 2, wx[j], y, width)
+            _group_taps3x3(acc, planes, wg[j], wx[j], y, width)
             for i in range(width):
                 logit[y, i] += wj * max(acc[i], _f(0.0))
     for y in range(h):

@@ -75,6 +75,21 @@ def multi_kernel_depthwise_nb(pre, pre_bias, w1, b1, w3, b3, w5, b5, plane, out)
         _depthwise_channel(plane, w1[c, 0], b1[c], w3[c, 0], b3[c], w5[c, 0], b5[c], out[c])
 
 
+@kernel
+def rgb_expand_multi_kernel_depthwise_nb(src, w_expand, pre_bias, w1, b1, w3, b3, w5, b5, plane, out):
+    """multi_kernel_depthwise_nb of pre = w_expand @ src for a 3-channel input (the image): each
+    expanded channel is computed straight into the plane in one pass, so the first block's
+    full-resolution expanded map is never stored. src [3, H, W], w_expand [E, 3]."""
+    h, width = src.shape[1], src.shape[2]
+    for c in range(out.shape[0]):
+        bias, k0, k1, k2 = pre_bias[c], w_expand[c, 0], w_expand[c, 1], w_expand[c, 2]
+        for y in range(h):
+            for x in range(width):
+                v = k0 * src[0, y, x] + k1 * src[1, y, x] + k2 * src[2, y, x] + bias
+                plane[y + 2, x + 2] = min(max(v, _f(0.0)), _f(6.0))
+        _depthwise_channel(plane, w1[c, 0], b1[c], w3[c, 0], b3[c], w5[c, 0], b5[c], out[c])
+
+
 # ---- validated steps -----------------------------------------------------------------------
 from functools import partial  # noqa: E402
 
@@ -91,15 +106,22 @@ def pointwise(src, w, out):
     return [partial(np.dot, w2, src.reshape(src.shape[0], -1), out.reshape(out.shape[0], -1))]
 
 
-def multi_kernel_depthwise(pre, pre_bias, weights, biases, out):
-    """The multi-kernel depthwise stage (see multi_kernel_depthwise_nb); weights [E, 1, k, k]
-    for k = 1, 3, 5, biases [E]."""
-    _arrays(pre, pre_bias, out, *weights, *biases)
-    e, h, width = pre.shape
-    _need(pre.ndim == 3 and out.shape == pre.shape, f"multi_kernel_depthwise: {pre.shape} -> {out.shape}")
+def multi_kernel_depthwise(src, pre_bias, weights, biases, out, expand=None):
+    """The multi-kernel depthwise stage of e = relu6(pre + pre_bias): `src` is pre [E, H, W]
+    (multi_kernel_depthwise_nb) or, with `expand` [E, 3(, 1, 1)], a 3-channel block input with
+    pre = expand @ src computed on the fly (rgb_expand_multi_kernel_depthwise_nb). weights
+    [E, 1, k, k] for k = 1, 3, 5, biases [E]."""
+    _arrays(src, pre_bias, out, *weights, *biases)
+    e, h, width = out.shape
+    _need(src.ndim == out.ndim == 3 and src.shape[1:] == out.shape[1:], f"multi_kernel_depthwise: {src.shape} -> {out.shape}")
     _need([w.shape for w in weights] == [(e, 1, k, k) for k in (1, 3, 5)]
           and all(b.shape == (e,) for b in (pre_bias, *biases)), "multi_kernel_depthwise: weights do not fit")
-    _need(not np.shares_memory(pre, out), "multi_kernel_depthwise: output overlaps the input")
+    _need(not np.shares_memory(src, out), "multi_kernel_depthwise: output overlaps the input")
     plane = np.zeros((h + 4, width + 4), _f)
-    return [partial(multi_kernel_depthwise_nb, pre, pre_bias, weights[0], biases[0], weights[1], biases[1],
-                    weights[2], biases[2], plane, out)]
+    dw = (weights[0], biases[0], weights[1], biases[1], weights[2], biases[2], plane, out)
+    if expand is None:
+        _need(src.shape[0] == e, f"multi_kernel_depthwise: {src.shape[0]} channels for {e}")
+        return [partial(multi_kernel_depthwise_nb, src, pre_bias, *dw)]
+    w_expand = np.ascontiguousarray(expand.reshape(expand.shape[0], -1), dtype=_f)
+    _need(src.shape[0] == 3 and w_expand.shape == (e, 3), f"multi_kernel_depthwise: expand {expand.shape} on {src.shape}")
+    return [partial(rgb_expand_multi_kernel_depthwise_nb, src, w_expand, pre_bias, *dw)]
