@@ -40,7 +40,7 @@ def spatial_gate_pointwise_ref(u, wg):
 
 
 # ---- Numba kernels -------------------------------------------------------------------------
-from ._jit import ACT_NONE, kernel  # noqa: E402
+from ._jit import ACT_NONE, inline, kernel  # noqa: E402
 from .activation import activate, gelu_fast, sigmoid_fast  # noqa: E402
 from .norm import group_mean_rstd  # noqa: E402
 from .steps import _act, _arrays, _need  # noqa: E402
@@ -79,9 +79,35 @@ def _fold_input_affine(w, scale, shift, w_out, b_out):
         b_out[o] += acc
 
 
+@inline
+def _accumulate4(a0, a1, a2, a3, src, w, o, p0, n):
+    """a_j[:n] += sum_c w[o + j, c] src[c, p0:p0 + n], j < 4: each load of src feeds four FMAs."""
+    for c in range(src.shape[0]):
+        s = src[c, p0:p0 + n]
+        w0, w1, w2, w3 = w[o, c], w[o + 1, c], w[o + 2, c], w[o + 3, c]
+        for p in range(n):
+            v = s[p]
+            a0[p] += w0 * v
+            a1[p] += w1 * v
+            a2[p] += w2 * v
+            a3[p] += w3 * v
+
+
+@inline
+def _add_stats(row, stats, o):
+    total, total_sq = 0.0, 0.0
+    for p in range(row.size):
+        val = np.float64(row[p])
+        total += val
+        total_sq += val * val
+    stats[o, 0] += total
+    stats[o, 1] += total_sq
+
+
 @kernel
 def gate_pointwise_nb(v, scale, shift, w, b, wg, y, stats, w_frame, b_frame):
-    """u = w (v * scale + shift) + b; y = u * sigmoid(wg . u); stats [C, 2] of y (float64)."""
+    """u = w (v * scale + shift) + b; y = u * sigmoid(wg . u); stats [C, 2] of y (float64).
+    C is a multiple of 4 (a GroupNorm's 4 groups)."""
     c_n = v.shape[0]
     n_all = v.size // c_n
     src, dst = v.reshape(c_n, n_all), y.reshape(c_n, n_all)
@@ -93,68 +119,55 @@ def gate_pointwise_nb(v, scale, shift, w, b, wg, y, stats, w_frame, b_frame):
     for p0 in range(0, n_all, TILE):
         n = min(TILE, n_all - p0)
         logit[:n] = 0.0
-        for o in range(c_n):
-            uo = u[o]
-            uo[:n] = b_frame[o]
-            for c in range(c_n):
-                wv, s = w_frame[o, c], src[c, p0:p0 + n]
+        for o in range(0, c_n, 4):
+            for j in range(4):
+                u[o + j, :n] = b_frame[o + j]
+            _accumulate4(u[o], u[o + 1], u[o + 2], u[o + 3], src, w_frame, o, p0, n)
+            for j in range(4):
+                uo, wgo = u[o + j], wg[o + j]
                 for p in range(n):
-                    uo[p] += wv * s[p]
-            wgo = wg[o]
-            for p in range(n):
-                logit[p] += wgo * uo[p]
+                    logit[p] += wgo * uo[p]
         for p in range(n):
             logit[p] = sigmoid_fast(logit[p])
         for o in range(c_n):
             uo, d = u[o], dst[o, p0:p0 + n]
-            total, total_sq = 0.0, 0.0
             for p in range(n):
-                val = uo[p] * logit[p]
-                d[p] = val
-                total += np.float64(val)
-                total_sq += np.float64(val) * np.float64(val)
-            stats[o, 0] += total
-            stats[o, 1] += total_sq
+                d[p] = uo[p] * logit[p]
+            _add_stats(d, stats, o)
 
 
 @kernel
 def dual_pointwise_nb(y, x, sy, ty, sx, tx, wy, wx, b, act, out, stats, wy_frame, wx_frame, b_frame):
     """out = act(wy (y * sy + ty) + wx (x * sx + tx) + b); stats [Cout, 2] of out when non-empty.
-    An x with no channels (and wx with no columns) leaves the single-input form wy (y sy + ty) + b."""
+    An x with no channels (and wx with no columns) leaves the single-input form wy (y sy + ty) + b.
+    The frame weights have Cout rounded up to 4 rows (the extra ones zero): four outputs per pass."""
     cin, cout = y.shape[0], out.shape[0]
     n_all = y.size // cin
-    two = x.shape[0] > 0
     ys, xs, dst = y.reshape(cin, n_all), x.reshape(x.shape[0], n_all), out.reshape(cout, n_all)
-    b_frame[:] = b
+    b_frame[:] = 0.0
+    b_frame[:cout] = b
     _fold_input_affine(wy, sy, ty, wy_frame, b_frame)
     _fold_input_affine(wx, sx, tx, wx_frame, b_frame)
+    acc = np.empty((4, TILE), dtype=np.float32)
     if stats.shape[0] > 0:
         stats[:] = 0.0
     for p0 in range(0, n_all, TILE):
         n = min(TILE, n_all - p0)
-        for o in range(cout):
-            d = dst[o, p0:p0 + n]
-            d[:] = b_frame[o]
-            for c in range(cin):
-                wa, sa = wy_frame[o, c], ys[c, p0:p0 + n]
-                if two:
-                    wb, sb = wx_frame[o, c], xs[c, p0:p0 + n]
+        for o in range(0, cout, 4):
+            for j in range(4):
+                acc[j, :n] = b_frame[o + j]
+            _accumulate4(acc[0], acc[1], acc[2], acc[3], ys, wy_frame, o, p0, n)
+            if xs.shape[0] > 0:
+                _accumulate4(acc[0], acc[1], acc[2], acc[3], xs, wx_frame, o, p0, n)
+            for j in range(min(4, cout - o)):
+                d, a = dst[o + j, p0:p0 + n], acc[j]
+                if act != ACT_NONE:
                     for p in range(n):
-                        d[p] += wa * sa[p] + wb * sb[p]
+                        d[p] = activate(a[p], act)
                 else:
-                    for p in range(n):
-                        d[p] += wa * sa[p]
-            if act != ACT_NONE:
-                for p in range(n):
-                    d[p] = activate(d[p], act)
-            if stats.shape[0] > 0:
-                total, total_sq = 0.0, 0.0
-                for p in range(n):
-                    val = np.float64(d[p])
-                    total += val
-                    total_sq += val * val
-                stats[o, 0] += total
-                stats[o, 1] += total_sq
+                    d[:] = a[:n]
+                if stats.shape[0] > 0:
+                    _add_stats(d, stats, o + j)
 
 
 @kernel
@@ -197,6 +210,7 @@ def gate_pointwise(v, scale, shift, w, b, wg, y, stats):
     _need(v.ndim == 3 and y.shape == v.shape and not np.shares_memory(v, y), f"gate_pointwise: {v.shape} -> {y.shape}")
     _vectors(c, scale, shift, b)
     _stats(stats, c)
+    _need(c % 4 == 0, f"gate_pointwise: {c} channels, not a multiple of 4")
     w2, wg2 = _matrix(w, c, c), _matrix(wg, 1, c).reshape(c)
     return [partial(gate_pointwise_nb, v, scale, shift, w2, b, wg2, y, stats, np.empty_like(w2), np.empty(c, np.float32))]
 
@@ -216,8 +230,9 @@ def dual_pointwise(y, x, sy, ty, sx, tx, wy, wx, b, out, act=ACT_NONE, stats=Non
     else:
         _stats(stats, cout)
     wy2, wx2 = _matrix(wy, cout, cin), _matrix(wx, cout, xc)
+    rows = -(-cout // 4) * 4  # the frame weights' extra rows stay zero
     return [partial(dual_pointwise_nb, y, x, sy, ty, sx, tx, wy2, wx2, b, _act(act), out, stats,
-                    np.empty_like(wy2), np.empty_like(wx2), np.empty(cout, np.float32))]
+                    np.zeros((rows, cin), F32), np.zeros((rows, xc), F32), np.zeros(rows, F32))]
 
 
 def gn_pointwise(y, sy, ty, wy, b, out, act=ACT_NONE, stats=None):

@@ -58,7 +58,7 @@ def sequential_bridge_ref(t, a, s):
 
 
 # ---- Numba kernels -------------------------------------------------------------------------
-from ._jit import kernel  # noqa: E402
+from ._jit import inline, kernel  # noqa: E402
 from .activation import sigmoid_fast  # noqa: E402
 from .steps import _arrays, _need  # noqa: E402
 
@@ -146,16 +146,26 @@ def spatial_gate_nb(t, w, bias, dilation, reflect, gate, sums):
     _mean_max_maps(t, pad, maps, sums)
     if reflect:
         _reflect_border(maps, h, width)
+    if dilation == 1:
+        _gate_rows(maps, w, bias, h, width, gate, 1)
+    else:
+        _gate_rows(maps, w, bias, h, width, gate, 3)
+
+
+@inline
+def _gate_rows(maps, w, bias, h, width, gate, d):
+    """gate = sigmoid(bias + the 98 taps); d is a literal at each call site (constant offsets)."""
     acc = np.empty(width, dtype=np.float32)
     for y in range(h):
         acc[:] = bias
         for k in range(2):
             for u in range(7):
-                line = maps[k, y + u * dilation]
-                for v in range(7):
-                    wv, off = w[0, k, u, v], v * dilation
-                    for x in range(width):
-                        acc[x] += wv * line[x + off]
+                line = maps[k, y + u * d]
+                w0, w1, w2, w3, w4, w5, w6 = (w[0, k, u, 0], w[0, k, u, 1], w[0, k, u, 2], w[0, k, u, 3],
+                                              w[0, k, u, 4], w[0, k, u, 5], w[0, k, u, 6])
+                for x in range(width):
+                    acc[x] += ((w0 * line[x] + w1 * line[x + d] + w2 * line[x + 2 * d] + w3 * line[x + 3 * d])
+                               + (w4 * line[x + 4 * d] + w5 * line[x + 5 * d] + w6 * line[x + 6 * d]))
         for x in range(width):
             gate[y, x] = sigmoid_fast(acc[x])
 
@@ -212,7 +222,7 @@ def spatial_gate(t, w, gate, sums=None, bias=0.0, dilation=1, reflect=True):
     _need(t.ndim == 3 and w.shape == (1, 2, 7, 7) and gate.shape == t.shape[1:], "spatial_gate: shapes")
     sums = np.zeros(0) if sums is None else sums
     _need(sums.dtype == np.float64 and sums.shape in ((0,), (t.shape[0],)) and sums.flags.writeable, "spatial_gate: sums")
-    _need(dilation >= 1 and (not reflect or dilation == 1), "spatial_gate: reflect padding takes dilation 1")
+    _need(dilation in (1, 3) and (not reflect or dilation == 1), "spatial_gate: dilation 1 (reflect or zero padding) or 3")
     _need(not reflect or min(t.shape[1:]) > REFLECT,
           f"spatial_gate: reflect padding {REFLECT} needs maps over {REFLECT}, got {t.shape}")
     return [partial(spatial_gate_nb, t, w, np.float32(bias), int(dilation), bool(reflect), gate, sums)]
