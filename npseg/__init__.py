@@ -1,4 +1,4 @@
-"""npseg: real-time polyp segmentation (UltraSeg) on one CPU core, NumPy + Numba, no PyTorch.
+"""npseg: real-time polyp segmentation on one CPU core, NumPy + Numba, no PyTorch.
 
     import cv2, npseg
     mask = npseg.load("ultraseg-130k").predict(cv2.imread("frame.jpg"))  # HxW uint8, 1 = polyp

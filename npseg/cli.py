@@ -365,13 +365,15 @@ def cmd_info(args) -> int:
     summary = {
         "file": weights.path,
         "file_bytes": Path(weights.path).stat().st_size,
-        "architecture": weights.config.name,
+        "architecture": weights.family.name,
+        "variant": weights.config.name,
         "parameters": n_learned,
         "stored_values": n_all,
         "tensors": len(weights.tensors),
         "input_size": list(weights.input_size),
         "config": weights.config.to_dict(),
         "preprocessing": weights.preprocessing,
+        "output": weights.output,
         "provenance": weights.provenance,
         "metrics": weights.metrics,
     }
@@ -380,12 +382,13 @@ def cmd_info(args) -> int:
         return OK
     h, w = weights.input_size
     print(f"file:          {summary['file']} ({summary['file_bytes'] / 1024:.0f} KiB, sha256-verified)")
-    print(f"architecture:  UltraSeg, {weights.config.name}")
+    print(f"architecture:  {weights.family.name}, {weights.config.name}")
     print(f"parameters:    {n_learned:,} learned ({n_all:,} values incl. norm statistics, "
           f"{len(weights.tensors)} tensors)")
     print(f"input size:    {h}x{w}")
     print("config:        " + ", ".join(f"{k}={v}" for k, v in summary["config"].items()))
-    print("preprocessing: " + ", ".join(f"{k}={v}" for k, v in weights.preprocessing.items() if v is not None))
+    print("preprocessing: " + ", ".join(f"{k}={v}" for k, v in weights.preprocessing.items()))
+    print("output:        " + ", ".join(f"{k}={v}" for k, v in weights.output.items()))
     for title, table in (("provenance", weights.provenance), ("metrics", weights.metrics)):
         print(f"{title}:" + ("" if table else "    (none recorded)"))
         for key, value in table.items():
@@ -477,7 +480,7 @@ def build_parser() -> argparse.ArgumentParser:
     fmt = _HelpFormatter
     parser = argparse.ArgumentParser(
         prog="npseg", formatter_class=fmt,
-        description="Real-time colonoscopy polyp segmentation (UltraSeg) on one CPU core.",
+        description="Real-time colonoscopy polyp segmentation on one CPU core.",
         epilog="examples:\n  npseg segment frames/ --out results\n  npseg video clip.mp4 -o overlay.avi\n"
                "  npseg info ultraseg-130k\n  npseg bench\n\n" + EXIT_CODES)
     parser.add_argument("--version", action="version", version=f"npseg {__version__}")
