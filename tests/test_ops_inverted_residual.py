@@ -1,4 +1,5 @@
-"""The multi-kernel depthwise stage and the bias-free 1x1 step: Numba vs NumPy reference vs torch."""
+"""The multi-kernel depthwise stage, the bias-free 1x1 step and the fused first block: Numba vs NumPy
+reference vs torch."""
 from __future__ import annotations
 
 import numpy as np
@@ -8,7 +9,8 @@ from hypothesis import strategies as st
 
 from npseg.ops._jit import numba
 from npseg.ops.activation import relu6_ref
-from npseg.ops.inverted_residual import multi_kernel_depthwise, multi_kernel_depthwise_ref, pointwise
+from npseg.ops.inverted_residual import image_block, multi_kernel_depthwise, multi_kernel_depthwise_ref, pointwise
+from npseg.ops.resize import max_pool2x2_ref
 
 torch = pytest.importorskip("torch")
 F = torch.nn.functional
@@ -41,12 +43,26 @@ def test_kernel_matches_reference(e, h, w, seed):
     expanded = relu6_ref(pre.astype(np.float64) + pre_bias[:, None, None])
     expected = multi_kernel_depthwise_ref(expanded, [a.astype(np.float64) for a in ws], [a.astype(np.float64) for a in bs])
     assert np.abs(out - expected).max() <= 1e-5 * max(1.0, np.abs(expected).max())
-    # the image's block: the 3 -> E expansion computed inside the kernel
-    image, expand = pre[:3] if e >= 3 else np.tile(pre[:1], (3, 1, 1)), rng.standard_normal((e, 3, 1, 1)).astype(np.float32)
-    for step in multi_kernel_depthwise(np.ascontiguousarray(image), pre_bias, ws, bs, out, expand=expand):
+
+
+@pytest.mark.skipif(numba is None, reason="needs numba")
+@settings(max_examples=15, deadline=None)
+@given(m=st.integers(1, 9), h=st.integers(1, 10), w=st.integers(1, 10), seed=st.integers(0, 2**31))
+def test_image_block_matches_reference(m, h, w, seed):
+    """The first block fused with its pooling: expand 3 -> 6, depthwise stage, projection over [s; image], max-pool, bias."""
+    rng = np.random.default_rng(seed)
+    image = rng.standard_normal((3, 2 * h, 2 * w)).astype(np.float32)
+    expand, pre_bias = rng.standard_normal((6, 3, 1, 1)).astype(np.float32), rng.standard_normal(6).astype(np.float32)
+    ws, bs = _weights(rng, 6, np.float32)
+    w_proj, b_proj = rng.standard_normal((m, 9, 1, 1)).astype(np.float32), rng.standard_normal(m).astype(np.float32)
+    out = np.zeros((m, h, w), np.float32)
+    for step in image_block(image, expand, pre_bias, ws, bs, w_proj, b_proj, out):
         step()
-    pre64 = np.einsum("ec,chw->ehw", expand[:, :, 0, 0].astype(np.float64), image) + pre_bias[:, None, None]
-    expected = multi_kernel_depthwise_ref(relu6_ref(pre64), [a.astype(np.float64) for a in ws], [a.astype(np.float64) for a in bs])
+    f64 = lambda a: a.astype(np.float64)  # noqa: E731
+    e = relu6_ref(np.einsum("ec,chw->ehw", f64(expand[:, :, 0, 0]), f64(image)) + f64(pre_bias)[:, None, None])
+    s = multi_kernel_depthwise_ref(e, [f64(a) for a in ws], [f64(a) for a in bs])
+    y = np.einsum("mk,khw->mhw", f64(w_proj[:, :, 0, 0]), np.concatenate([s, f64(image)]))
+    expected = max_pool2x2_ref(y) + f64(b_proj)[:, None, None]
     assert np.abs(out - expected).max() <= 1e-5 * max(1.0, np.abs(expected).max())
 
 

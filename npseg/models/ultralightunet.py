@@ -17,7 +17,7 @@ from ..ops.activation import relu6_ref as relu6, relu_ref as relu
 from ..ops.attention import (attention_gate_add, attention_gate_ref, channel_attention, channel_attention_ref,
                              spatial_attention_ref, spatial_gate)
 from ..ops.conv import conv2d_ref
-from ..ops.inverted_residual import multi_kernel_depthwise, multi_kernel_depthwise_ref, pointwise
+from ..ops.inverted_residual import image_block, multi_kernel_depthwise, multi_kernel_depthwise_ref, pointwise
 from ..ops.resize import max_pool2x2_ref as max_pool
 from ..ops.steps import max_pool2x2
 from ..ops.upsample import up2_bias_relu, up2_ref as up2, up2_relu_head
@@ -228,30 +228,31 @@ def reference_forward(cfg: UltraLightUNetConfig, p: dict, x: np.ndarray) -> np.n
 
 # ---- fast plan -----------------------------------------------------------------------------
 
+def _dw(p, name):
+    return [p[f"{name}.dw{k}.weight"] for k in KERNELS], [p[f"{name}.dw{k}.bias"] for k in KERNELS]
+
+
 def _mkir_steps(plan, p, name, cat, out):
     """One MKIR whose input already sits in cat[E:]: expand (1x1), multi-kernel depthwise into
     cat[:E], then the projection and residual as one 1x1 over cat into `out`, without its bias
-    (the step that reads `out` adds it). A 3-channel input (the image) is expanded inside the
-    depthwise kernel instead (no full-resolution expanded map)."""
+    (the step that reads `out` adds it)."""
     e, h, w = p[f"{name}.pw1.weight"].shape[0], cat.shape[1], cat.shape[2]
-    dw = ([p[f"{name}.dw{k}.weight"] for k in KERNELS], [p[f"{name}.dw{k}.bias"] for k in KERNELS], cat[:e])
-    if cat.shape[0] - e == 3:
-        plan.add(multi_kernel_depthwise(cat[e:], p[f"{name}.pw1.bias"], *dw, expand=p[f"{name}.pw1.weight"]))
-    else:
-        expanded = plan.buffer(e, h, w)
-        plan.add(pointwise(cat[e:], p[f"{name}.pw1.weight"], expanded))
-        plan.add(multi_kernel_depthwise(expanded, p[f"{name}.pw1.bias"], *dw))
+    expanded = plan.buffer(e, h, w)
+    plan.add(pointwise(cat[e:], p[f"{name}.pw1.weight"], expanded))
+    plan.add(multi_kernel_depthwise(expanded, p[f"{name}.pw1.bias"], *_dw(p, name), cat[:e]))
     plan.add(pointwise(cat, p[f"{name}.project.weight"], out))
 
 
 def _encoder_steps(plan, cfg, p, h, w):
-    """The five encoder blocks; returns the pooled outputs t1..t4, b. Each block's pooled output
-    is written straight into the next block's input slot (cat[E:])."""
+    """The five encoder blocks; returns the pooled outputs t1..t4, b. The first block (on the
+    image) and its pooling are one kernel; each later block's pooled output is written straight
+    into the next block's input slot (cat[E:])."""
     widths = encoder_widths(cfg)
-    cats = [plan.buffer((EXPANSION + 1) * cin, h >> i, w >> i) for i, (cin, _) in enumerate(widths)]
-    plan.input = cats[0][EXPANSION * 3:]  # the engine writes the frame straight into the first input slot
-    pooled = []
-    for i, (cin, cout) in enumerate(widths):
+    cats = [None] + [plan.buffer((EXPANSION + 1) * cin, h >> i, w >> i) for i, (cin, _) in enumerate(widths) if i]
+    pooled = [cats[1][EXPANSION * widths[0][1]:]]
+    plan.add(image_block(plan.input, p["encoder1.0.pw1.weight"], p["encoder1.0.pw1.bias"], *_dw(p, "encoder1.0"),
+                         p["encoder1.0.project.weight"], p["encoder1.0.project.bias"], pooled[0]))
+    for i, (cin, cout) in list(enumerate(widths))[1:]:
         name = f"encoder{i + 1}.0"
         y = plan.buffer(cout, h >> i, w >> i)
         _mkir_steps(plan, p, name, cats[i], y)
