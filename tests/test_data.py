@@ -174,3 +174,27 @@ def test_parts_all_and_pranet(tmp_path):
     with pytest.raises(D.DataError, match="--part all"):
         E._frames_to_score(root, "cvc", {}, "test", pairs)
     json.dumps(notes)
+
+
+def test_evaluate_every_frame_of_a_folder_with_odd_names(tmp_path):
+    """--part all on a folder the model never saw (no split needed), a file name that is not UTF-8 included:
+    every frame scored, size buckets and failures counted, the per-image CSV written."""
+    import torch
+
+    from npseg.models import variant
+    from trainer.export import export_weights
+    from trainer.models import torch_family
+
+    fam, cfg = variant("ultraseg-108k")
+    torch.manual_seed(0)
+    weights = export_weights(torch_family(fam.name).build(cfg).eval(), tmp_path / "w.safetensors",
+                             provenance={"splits": {}}, input_size=(32, 32))
+    odd = os.fsdecode(b"frame\xfe")
+    root = _dataset(tmp_path / "held-out", [odd, "a", "b"])
+    res = E.evaluate(weights, [root], part="all", backend="numpy", per_image_csv=tmp_path / "rows.csv",
+                     progress=False)["datasets"]["held-out"]
+    assert res["n"] == 3 and sum(b["n"] for b in res["by_polyp_size"].values()) == 3
+    assert res["dice_below_0.1"] == sum(b["dice_below_0.1"] for b in res["by_polyp_size"].values())
+    assert res["npseg_torch_dice_diff"] < 0.05
+    assert len((tmp_path / "rows.csv").read_text(errors="replace").splitlines()) == 4
+    json.dumps(res)
