@@ -147,7 +147,7 @@ def dsconv_nb(src, dilation, w_dw, b_dw, w_pw, b_pw, epilogue, residual, out, st
     c_n, h, width = src.shape
     cout = out.shape[0]
     d = dilation
-    tile = max(1, min(h, 8192 // (c_n * width)))
+    tile = max(2, min(h, 8192 // ((c_n + 4) * width)))  # depthwise rows + 4 accumulators: about 32 KB
     pad_rows = np.zeros((tile + 2 * d, width + 2 * d), dtype=np.float32)
     dw = np.empty((c_n, tile * width), dtype=np.float32)
     acc = np.empty((4, tile * width), dtype=np.float32)
