@@ -130,7 +130,8 @@ def add_eval_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("weights", help="npseg weights file (.safetensors) or bundled model name")
     p.add_argument("--data", nargs="+", required=True, metavar="FOLDER", help="dataset folder(s) to evaluate on")
     p.add_argument("--splits", nargs="*", default=None, metavar="JSON",
-                   help="split files (runs/<run>/splits/<dataset>.json); default: the splits in the weights' provenance")
+                   help="split files (runs/<run>/splits/<dataset>.json); default: the splits in the weights' "
+                        "provenance")
     p.add_argument("--part", default="test", choices=list(PARTS),
                    help="split part (default test); all: every frame of each folder (leave-one-dataset-out); "
                         "pranet-test: CVC-ClinicDB's PraNet test frames")
@@ -240,8 +241,8 @@ def add_pack_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0, help="split seed for a dataset with no recorded split (as for train)")
     p.add_argument("--quality", type=_jpeg_quality, default=PACK_JPEG_QUALITY, metavar="50-100",
                    help=f"JPEG quality of the packed images, colour at full resolution (default "
-                        f"{PACK_JPEG_QUALITY}: a mean error of 1 grey level; training on such a copy matched training on the originals to 0.0004 "
-                        "validation Dice, while 90 lost up to 0.006)")
+                        f"{PACK_JPEG_QUALITY}: a mean error of 1 grey level; training on such a copy matched training "
+                        "on the originals to 0.0004 validation Dice, while 90 lost up to 0.006)")
     p.add_argument("--skip-bad", action="store_true", help="skip unreadable or mismatched files with a warning")
 
 

@@ -33,9 +33,9 @@ def resolve_splits(opts, split_files: list[Path | None], progress: bool = True) 
             raise D.DataError(
                 f"{name}: --init {opts.recipe.init} descends from {ancestors[name]}, which trained on {name}, but "
                 f"records no split for it, so a new split (seed {opts.recipe.seed}) could put images the starting "
-                f"model trained on "
-                f"into this run's test part; pass the split it was trained with: --splits-from a weights file that "
-                f"records it (e.g. one trained on {name} alone) or a split file {name}.json (runs/<run>/splits/)")
+                f"model trained on into this run's test part; pass the split it was trained with: --splits-from a "
+                f"weights file that records it (e.g. one trained on {name} alone) or a split file {name}.json "
+                "(runs/<run>/splits/)")
         split = D.load_or_make_split(root, opts.recipe.seed, split_file, skip_bad=opts.skip_bad, limit=opts.limit,
                                      inherited=inherited.get(name))
         if progress and name in inherited and split["test"] == inherited[name]["test"]:

@@ -14,6 +14,7 @@ import dataclasses
 import json
 import math
 import os
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -79,8 +80,6 @@ def _clear_run_folder(run_dir: Path, overwrite: bool) -> None:
     for name in found:
         path = run_dir / name
         if path.is_dir():
-            import shutil
-
             shutil.rmtree(path)
         else:
             path.unlink()
@@ -102,7 +101,7 @@ def _check_recipe(recipe: Recipe, tfam) -> None:
                           "name one of them, or drop --select-on to select on their mean")
     try:
         tfam.options(**recipe.options)
-    except TypeError as e:
+    except (TypeError, ValueError) as e:
         raise RecipeError(f"[options] {recipe.options} do not fit the {tfam.name} family's options: {e}") from None
 
 
