@@ -227,7 +227,7 @@ def test_distillation_stages():
     mask[:, :, 30:90, 40:80] = 1
     teacher = malunet.build(TEACHER).eval()
     with torch.no_grad():
-        teacher_out = teacher.features(x)
+        teacher_out = microaunet.FAMILY.teach(teacher, x)
     for stage in (0, 1, 2):
         model.zero_grad()
         batch = {"options": microaunet.MicroAUNetOptions(stage=stage), "mask": mask, "teacher": teacher_out}

@@ -280,6 +280,11 @@ def microaunet_loss(outputs, batch: dict):
     return sum(parts.values()), {k: float(v.detach()) for k, v in parts.items()}
 
 
+def teacher_features(teacher, image):
+    """What the distillation stages read of a teacher: its (logits, encoder skips, last decoder map)."""
+    return teacher.features(image)
+
+
 FAMILY = TorchFamily(
     name="microaunet",
     build=build,
@@ -289,4 +294,5 @@ FAMILY = TorchFamily(
                        pairs=(("input", "output"), ("input_nonsquare", "output_nonsquare")), tolerance=1e-4,
                        probability=True),),
     options=MicroAUNetOptions,
+    teach=teacher_features,
 )
