@@ -6,11 +6,15 @@ runs a private copy of the plan once, step by step, in a thread: that compiles (
 exactly the signatures the plan uses, and Numba saves each kernel to its cache as soon as it is
 compiled. At interpreter exit the thread stops after the kernel in hand, so a short run leaves
 what it compiled in the cache and the next run goes on from there.
+
+Whether the kernels load or compile shows in Numba's cache statistics: a kernel missing from the
+cache is counted as a miss before its compilation starts.
 """
 from __future__ import annotations
 
 import atexit
 import threading
+from functools import partial
 
 
 class BackgroundCompile:
@@ -19,6 +23,8 @@ class BackgroundCompile:
 
     def __init__(self, plan):
         self._steps = list(plan.steps)
+        kernels = (step.func if isinstance(step, partial) else step for step in self._steps)
+        self._kernels = [k for k in kernels if hasattr(k, "stats")]  # Numba dispatchers, not np.dot
         self._stop = threading.Event()
         self.finished = threading.Event()
         self._thread = threading.Thread(target=self._run, name="npseg-compile", daemon=True)
@@ -37,6 +43,15 @@ class BackgroundCompile:
             self._steps = []  # the private plan's buffers
             atexit.unregister(self.stop)
             self.finished.set()
+
+    def compiling(self) -> bool:
+        """True once a kernel was missing from Numba's cache (compiling, not loading)."""
+        return any(k.stats.cache_misses for k in self._kernels)
+
+    def wait_while_loading(self, poll_s: float = 0.005) -> None:
+        """Returns when every kernel is ready, or as soon as one has to be compiled."""
+        while not self.finished.wait(poll_s) and not self.compiling():
+            pass
 
     def stop(self) -> None:
         """Stop after the step in hand and wait for it: a thread left inside the compiler while

@@ -12,9 +12,6 @@ from .ops._jit import numba
 
 F32 = np.float32
 MAX_INPUT_SIDE = 2048  # a network input side; frames of any size are resized to the input
-# how long the first frame waits for the background compile before the reference runs it: loading
-# the kernels from a warm cache takes well under this, so a warm start stays on the compiled plan
-CACHE_LOAD_WAIT_S = 1.5
 
 
 def check_input_size(family, h: int, w: int) -> None:
@@ -83,12 +80,13 @@ class NumbaEngine:
         return plan.run()
 
     def _kernels_ready(self, h: int, w: int) -> bool:
-        """Starts the background compile on a private plan (the first frame waits for it a little);
-        once it is finished every later frame runs the compiled plan."""
+        """Starts the background compile on a private plan; the first frame waits while the kernels
+        load from Numba's cache (a warm start stays on the compiled plan), not while they compile.
+        Once it is finished every later frame runs the compiled plan."""
         if self._compiler is None:
             self._compiler = BackgroundCompile(self.family.build_plan(self.cfg, self.params, h, w))
             self._reference = NumpyEngine(self.family, self.cfg, self.params)
-            self._compiler.finished.wait(CACHE_LOAD_WAIT_S)
+            self._compiler.wait_while_loading()
         if not self._compiler.finished.is_set():
             return False
         self._compiling, self._compiler, self._reference = False, None, None

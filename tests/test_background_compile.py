@@ -20,11 +20,14 @@ pytestmark = pytest.mark.skipif("numba" not in engines.available(), reason="the 
 
 
 class _HeldCompile:
-    """Stands in for BackgroundCompile: finished only when the test says so."""
+    """Stands in for BackgroundCompile: compiling, and finished only when the test says so."""
 
     def __init__(self, plan):
         self.finished = threading.Event()
         _HeldCompile.last = self
+
+    def wait_while_loading(self):
+        pass
 
 
 def _frame():
@@ -33,7 +36,6 @@ def _frame():
 
 def test_reference_until_compiled_then_the_plan(monkeypatch):
     monkeypatch.setattr(engines, "BackgroundCompile", _HeldCompile)
-    monkeypatch.setattr(engines, "CACHE_LOAD_WAIT_S", 0.0)
     frame = _frame()
     seg = npseg.load("ultraseg-108k", size=64, compile_in_background=True)
     reference = npseg.load("ultraseg-108k", backend="numpy", size=64).logits(frame)
@@ -57,14 +59,26 @@ def test_stop_ends_after_the_step_in_hand():
     assert job.finished.is_set() and ran in ([1, 2], [1])
 
 
-def test_a_cold_run_that_ends_early_exits_cleanly(tmp_path):
-    """Empty Numba cache: the frame comes from the reference, the process exits 0 after the kernel in
-    hand, and what was compiled is in the cache."""
-    code = ("import numpy as np, npseg\n"
-            "seg = npseg.load('ultraseg-108k', size=64, compile_in_background=True)\n"
-            "print(seg.predict(np.zeros((64, 64, 3), np.uint8)).shape)\n")
-    env = {**os.environ, "NUMBA_CACHE_DIR": str(tmp_path / "cache"), "PYTHONPATH": str(REPO)}
-    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+_FIRST_FRAME = ("import numpy as np, npseg\n"
+                "seg = npseg.load('ultraseg-108k', size=64, compile_in_background=True)\n"
+                "seg.predict(np.zeros((64, 64, 3), np.uint8))\n"
+                "print('reference' if seg._engine._compiling else 'plan')\n")
+
+
+def _first_frame(env) -> str:
+    proc = subprocess.run([sys.executable, "-c", _FIRST_FRAME], env={**env, "PYTHONPATH": str(REPO)},
+                          capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.strip() == "(64, 64)"
+    return proc.stdout.strip()
+
+
+def test_a_cold_run_that_ends_early_exits_cleanly(tmp_path):
+    """Empty Numba cache: the reference runs the frame, the process exits 0 after the kernel in hand,
+    and what was compiled is in the cache."""
+    assert _first_frame({**os.environ, "NUMBA_CACHE_DIR": str(tmp_path / "cache")}) == "reference"
     assert any((tmp_path / "cache").rglob("*.nbi"))
+
+
+def test_a_warm_cache_keeps_every_frame_on_the_plan():
+    npseg.load("ultraseg-108k", size=64)._engine.plan(64, 64).run()  # every kernel in this run's cache
+    assert _first_frame(dict(os.environ)) == "plan"
