@@ -2,6 +2,7 @@
 
     OPENBLAS_NUM_THREADS=1 python benchmarks/speed.py            # full run (several minutes)
     python benchmarks/speed.py --frames 60 --rounds 2            # quick look
+    python benchmarks/speed.py --cpu-proxy                       # older / low-power x86 CPUs, as a proxy
 
 One row group per model variant that ships a bundled weights file (any family of the
 registry; ONNX Runtime and torch where the trainer has the family). Every measurement runs in its own subprocess pinned to one core (`taskset -c 0`, or --core N)
@@ -92,12 +93,13 @@ def worker_forward(args):
     run = _engine_forward(args.engine, args.weights, args.onnx, args.size)
     for _ in range(args.warmup):
         run()
-    times = []
+    times, cpu = [], []
     for _ in range(args.frames):
-        t = time.perf_counter()
+        t, c = time.perf_counter(), time.thread_time()
         run()
         times.append((time.perf_counter() - t) * 1e3)
-    return {"ms": times}
+        cpu.append((time.thread_time() - c) * 1e3)  # every engine runs on this thread (one thread each)
+    return {"ms": times, "cpu_ms": cpu}
 
 
 def worker_e2e(args):
@@ -200,6 +202,7 @@ def _time_engines(variant, f, size, runs, frames, rounds, numpy_frames) -> dict:
     (engine, environment to set, environment variables to remove)."""
     runs = {k: v for k, v in runs.items() if v[0].startswith("npseg-") or f["onnx"][size]}
     samples = {e: [] for e in runs}
+    cpu_samples = {e: [] for e in runs}
     round_medians = {e: [] for e in runs}
     for r in range(rounds):
         for label, (engine, env, drop) in runs.items():
@@ -209,15 +212,17 @@ def _time_engines(variant, f, size, runs, frames, rounds, numpy_frames) -> dict:
                          onnx=f["onnx"][size], size=size, frames=numpy_frames if engine == "npseg-numpy" else frames,
                          warmup=3 if engine == "npseg-numpy" else 20)
             samples[label] += res["ms"]
+            cpu_samples[label] += res["cpu_ms"]
             round_medians[label].append(float(np.median(res["ms"])))
-            print(f"{variant} {size}x{size} round {r + 1}/{rounds} {label:12s} median {np.median(res['ms']):7.2f} ms",
-                  flush=True)
-    table = {e: _stats(ms) for e, ms in samples.items()}
+            print(f"{variant} {size}x{size} round {r + 1}/{rounds} {label:12s} median {np.median(res['ms']):7.2f} ms, "
+                  f"CPU {np.median(res['cpu_ms']):7.2f} ms", flush=True)
+    table = {e: {**_stats(ms), "cpu_median_ms": float(np.median(cpu_samples[e]))} for e, ms in samples.items()}
     for e in table:
         table[e]["round_medians_ms"] = round_medians[e]
         for ref, key in (("onnxruntime", "vs_onnxruntime"), ("torch-eager", "vs_torch")):
             if ref in table:  # time ratios: below 1 is faster than the reference
                 table[e][key] = table[e]["median_ms"] / table[ref]["median_ms"]
+                table[e][key + "_cpu"] = table[e]["cpu_median_ms"] / table[ref]["cpu_median_ms"]
                 # the same ratio within each round: neighbours in time share the machine's load
                 table[e][key + "_per_round"] = [n / o for n, o in zip(round_medians[e], round_medians[ref])]
     return table
@@ -275,6 +280,59 @@ def run_benchmark(frames: int, rounds: int, numpy_frames: int, tmp: Path) -> dic
     }
 
 
+# Older x86-64 CPUs imitated on this one: Numba's code generated for an older target (NUMBA_CPU_FEATURES
+# empty: the target's own features, not this CPU's) and NumPy's OpenBLAS pinned to an older core.
+_NUMBA_TARGET = {"native": {}, "haswell": {"NUMBA_CPU_NAME": "haswell", "NUMBA_CPU_FEATURES": ""},
+                 "x86-64-v2": {"NUMBA_CPU_NAME": "x86-64-v2", "NUMBA_CPU_FEATURES": ""}}
+_BLAS_CORE = {"native": {}, "Haswell": {"OPENBLAS_CORETYPE": "Haswell"}, "Nehalem": {"OPENBLAS_CORETYPE": "Nehalem"}}
+CPU_PROXIES = (("native", "native", "this CPU"), ("haswell", "native", "AVX2 code, this CPU's BLAS"),
+               ("native", "Haswell", "this CPU's code, AVX2 BLAS"), ("haswell", "Haswell", "AVX2 CPU (Haswell .. Zen 3)"),
+               ("x86-64-v2", "native", "SSE4.2 code, this CPU's BLAS"),
+               ("x86-64-v2", "Nehalem", "SSE4.2 CPU (x86-64-v2: Nehalem .. Atom)"))
+
+
+def run_cpu_proxy(frames: int, rounds: int, tmp: Path) -> dict:
+    """npseg-numba on E2E_MODEL at SIZE with older code targets and BLAS cores, beside ONNX Runtime
+    (which picks its own kernels for this CPU)."""
+    files = _prepare_weights(tmp)
+    model = E2E_MODEL if E2E_MODEL in files else next(iter(files))
+    load_before = os.getloadavg()
+    runs = {f"npseg-numba {target} / BLAS {blas}": ("npseg-numba", {**_NUMBA_TARGET[target], **_BLAS_CORE[blas]},
+                                                      NATIVE_BLAS)
+            for target, blas, _ in CPU_PROXIES}
+    runs["onnxruntime"] = ("onnxruntime", {}, ())
+    table = _time_engines(model, files[model], SIZE, runs, frames, rounds, 0)
+    return {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "machine": _machine(load_before), "model": model, "size": SIZE, "frames_per_round": frames,
+            "rounds": rounds, "table": table}
+
+
+def write_cpu_proxy_markdown(res: dict) -> None:
+    m = res["machine"]
+    lines = ["## Older and low-power x86 CPUs, as a proxy", "",
+             f"`benchmarks/speed.py --cpu-proxy`, {res['date']}, {m['cpu']}; {res['model']}, "
+             f"{res['size']}×{res['size']}, one core, {res['rounds']} alternating rounds of {res['frames_per_round']} "
+             f"frames, load average {m['load_average_before'][0]:.1f} / {m['load_average_after'][0]:.1f}. "
+             "Numba's code generated for an older x86-64 target (`NUMBA_CPU_NAME`, with `NUMBA_CPU_FEATURES` empty "
+             "so the target's own features apply) and NumPy's OpenBLAS pinned to an older core "
+             "(`OPENBLAS_CORETYPE`; native: it and `OPENBLAS_L2_SIZE` unset). ONNX Runtime picks its kernels for "
+             "this CPU whatever the variables say, so its row is this CPU's; on an older CPU it slows down too.", "",
+             CPU_TIME_NOTE, "",
+             "| Numba target | OpenBLAS core | imitates | median ms | min ms | median CPU ms | × native CPU time | "
+             "× ONNX Runtime CPU time |", "|---|---|---|---|---|---|---|---|"]
+    t = res["table"]
+    native = t["npseg-numba native / BLAS native"]["cpu_median_ms"]
+    for target, blas, what in CPU_PROXIES:
+        r = t[f"npseg-numba {target} / BLAS {blas}"]
+        lines.append(f"| {target} | {blas} | {what} | {r['median_ms']:.2f} | {r['min_ms']:.2f} | "
+                     f"{r['cpu_median_ms']:.2f} | {r['cpu_median_ms'] / native:.2f} | "
+                     f"{_ratio(r, 'vs_onnxruntime_cpu')} |")
+    o = t["onnxruntime"]
+    lines.append(f"| ONNX Runtime | – | this CPU | {o['median_ms']:.2f} | {o['min_ms']:.2f} | {o['cpu_median_ms']:.2f} | "
+                 f"{o['cpu_median_ms'] / native:.2f} | 1.00 |")
+    write_part("cpus", "\n".join(lines))
+
+
 def _cpu_name():
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -311,12 +369,16 @@ def _ratio(t: dict, key: str, fmt: str = "{:.2f}") -> str:
 
 def _forward_rows(model: str, size: int, table: dict) -> list[str]:
     return [f"| {model} | {size}×{size} | {engine} | {t['median_ms']:.2f} | {t['p90_ms']:.2f} | {t['min_ms']:.2f} | "
-            f"{t['fps']:.0f} | {_ratio(t, 'vs_onnxruntime')} | {_ratio(t, 'vs_torch')} |"
+            f"{t['fps']:.0f} | {t['cpu_median_ms']:.2f} | {_ratio(t, 'vs_onnxruntime')} | "
+            f"{_ratio(t, 'vs_onnxruntime_cpu')} | {_ratio(t, 'vs_torch_cpu')} |"
             for engine, t in table.items()]
 
 
-FORWARD_HEADER = ["| model | input | engine | median ms | p90 ms | min ms | FPS | × ONNX Runtime time | × torch time |",
-                  "|---|---|---|---|---|---|---|---|---|"]
+FORWARD_HEADER = ["| model | input | engine | median ms | p90 ms | min ms | FPS | median CPU ms | × ONNX Runtime time "
+                  "| × ONNX Runtime CPU time | × torch CPU time |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+CPU_TIME_NOTE = ("CPU ms: the CPU time of the one thread every engine runs on (`time.thread_time`); unlike the wall "
+                 "times it leaves out the time other processes held the core, so on a shared machine its ratios are "
+                 "the steadier comparison.")
 
 
 def write_markdown(res: dict, path: Path):
@@ -333,7 +395,7 @@ def write_markdown(res: dict, path: Path):
         "(shared machine: compare the ratios, not the absolute times).",
         "",
         f"## Forward, {SIZE}×{SIZE}, one core",
-        "", *FORWARD_HEADER,
+        "", CPU_TIME_NOTE, "", *FORWARD_HEADER,
     ]
     for variant, table in res["forward"].items():
         lines += _forward_rows(variant, SIZE, table)
@@ -400,6 +462,7 @@ def main(argv=None):
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--numpy-frames", type=int, default=20)
     ap.add_argument("--core", type=int, default=CORE, help="CPU core to pin every measurement to (default 0)")
+    ap.add_argument("--cpu-proxy", action="store_true", help="time older x86-64 code targets and BLAS cores only")
     ap.add_argument("--worker", choices=["forward", "e2e"], help=argparse.SUPPRESS)
     ap.add_argument("--engine", help=argparse.SUPPRESS)
     ap.add_argument("--weights", help=argparse.SUPPRESS)
@@ -410,6 +473,13 @@ def main(argv=None):
     CORE = args.core
     if args.worker:
         print(json.dumps({"forward": worker_forward, "e2e": worker_e2e}[args.worker](args)))
+        return
+    if args.cpu_proxy:
+        with tempfile.TemporaryDirectory() as tmp:
+            res = run_cpu_proxy(args.frames, args.rounds, Path(tmp))
+        RESULTS.mkdir(exist_ok=True)
+        (RESULTS / "cpus.json").write_text(json.dumps(res, indent=1))
+        write_cpu_proxy_markdown(res)
         return
     with tempfile.TemporaryDirectory() as tmp:
         res = run_benchmark(args.frames, args.rounds, args.numpy_frames, Path(tmp))

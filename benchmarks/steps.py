@@ -4,8 +4,9 @@
     taskset -c 0 python benchmarks/steps.py --weights ultraseg-130k --frames 300
 
 Runs the plan's steps one by one (after warm-up), takes the mean per step, and
-groups the steps by kernel. The per-step sum is a little above the forward time
-(each timer call adds ~0.1 us). Writes benchmarks/results/steps-<model>.json and
+groups the steps by kernel. Times are this thread's CPU time (time.thread_time), so
+preemption by other processes on a shared machine does not count; the per-step sum is a
+little above the forward time (each timer call adds about a microsecond). Writes benchmarks/results/steps-<model>.json and
 prints a table; GFLOP/s is given for the convolution steps whose FLOPs are known
 from their operand shapes.
 """
@@ -61,15 +62,15 @@ def profile(weights: str, size: int, frames: int, warmup: int) -> dict:
     total = np.zeros(len(plan.steps))
     for _ in range(frames):
         for i, step in enumerate(plan.steps):
-            t = time.perf_counter()
+            t = time.thread_time()
             step()
-            total[i] += time.perf_counter() - t
+            total[i] += time.thread_time() - t
     ms = total / frames * 1e3
     forward = []
     for _ in range(frames):
-        t = time.perf_counter()
+        t = time.thread_time()
         engine.run_input(size, size)
-        forward.append((time.perf_counter() - t) * 1e3)
+        forward.append((time.thread_time() - t) * 1e3)
     steps = []
     for i, (step, t) in enumerate(zip(plan.steps, ms)):
         name, shapes = _kernel_name(step), _operands(step)
