@@ -614,7 +614,8 @@ class PolypDataset(torch.utils.data.Dataset):
                 j = self.paste_sources[p][int(rng.integers(len(self.paste_sources[p])))]
                 img, mask = (paste_small_polyp(img, mask, images[j], masks[j], rng) or (img, mask))[:2]
             if self.parts_on is None:
-                img, mask, _ = augment(img, mask, mask, rng, self.augmentation)
+                # no boundary to warp: the family's targets are made from the augmented mask below
+                img, mask = augment(img, mask, mask, rng, self.augmentation)[:2]
             else:
                 img, mask = A.augment(img, mask, rng, self.parts_on)
         mask = np.array(mask, dtype=np.uint8)
