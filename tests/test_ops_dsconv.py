@@ -7,6 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from npseg.ops.activation import gelu_ref
 from npseg.ops.dsconv import (EPILOGUE_GELU, EPILOGUE_RELU, EPILOGUE_RESIDUAL_GELU, depthwise, depthwise_ref,
                               dsconv, dsconv_ref)
 
@@ -83,3 +84,29 @@ def test_references_match_torch():
         _close(dsconv_ref(x, wd, bd, wp, bp, d), y.numpy(), 1e-12)
         _close(dsconv_ref(x, wd, bd, wp, bp, d, EPILOGUE_GELU), F.gelu(y).numpy(), 1e-12)
         _close(dsconv_ref(x, wd, bd, wp, bp, d, EPILOGUE_RESIDUAL_GELU, res), F.gelu(y + t[5]).numpy(), 1e-12)
+
+
+@SETTINGS
+@given(c=st.integers(1, 5), half_h=st.integers(1, 9), half_w=st.integers(1, 150), epilogue=st.sampled_from(
+    [EPILOGUE_RELU, EPILOGUE_GELU]), seed=st.integers(0, 2**31))
+def test_pooled_dsconv_and_apply_are_the_affine_max_pool(c, half_h, half_w, epilogue, seed):
+    """The pooled output (2x2 windows' max and min, never the whole map) and its apply step give
+    act(maxpool(y * scale + shift)), scales of both signs; the statistics are those of y."""
+    pytest.importorskip("numba")
+    from npseg.ops._jit import ACT_GELU
+    from npseg.ops.pool_extremes import pool_extremes_apply
+    from npseg.ops.resize import max_pool2x2_ref
+
+    rng = np.random.default_rng(seed)
+    h, w = 2 * half_h, 2 * half_w
+    x = rng.standard_normal((c, h, w)).astype(F32)
+    wd, bd = rng.standard_normal((c, 1, 3, 3)).astype(F32), rng.standard_normal(c).astype(F32)
+    wp, bp = rng.standard_normal((8, c, 1, 1)).astype(F32), rng.standard_normal(8).astype(F32)
+    top, bottom, out = (np.zeros((8, half_h, half_w), F32) for _ in range(3))
+    stats = np.zeros((8, 2))
+    _run(dsconv(x, wd, bd, wp, bp, None, 1, epilogue, None, stats, pooled=(top, bottom)))
+    scale, shift = rng.standard_normal(8).astype(F32), rng.standard_normal(8).astype(F32)
+    _run(pool_extremes_apply(top, bottom, scale, shift, out, ACT_GELU))
+    y = dsconv_ref(*_f64(x, wd, bd, wp, bp), 1, epilogue)
+    _close(out, gelu_ref(max_pool2x2_ref(y * scale[:, None, None] + shift[:, None, None])))
+    _close(stats, _stats_ref(y), 1e-4)

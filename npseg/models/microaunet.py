@@ -21,6 +21,7 @@ from ..ops.conv import conv2d_ref
 from ..ops.dsconv import EPILOGUE_GELU, EPILOGUE_RELU, EPILOGUE_RESIDUAL_GELU, depthwise_ref, dsconv_ref
 from ..ops.gated_pointwise import gn_pointwise_ref, spatial_gate_pointwise_ref
 from ..ops.norm import batchnorm_scale_shift, fold_scale_shift_after_conv, group_norm_ref
+from ..ops.pool_extremes import pool_extremes_apply
 from ..ops.resize import max_pool2x2_ref, resize_bilinear_ac_ref
 from ..ops.skip_bridge import bridge_ref, channel_gates_ref, spatial_gate_ref
 from ..plan import F32, Plan
@@ -233,11 +234,17 @@ class _Builder:
         return out
 
     def gn_pool_gelu(self, name, x, stats):
-        """GELU(maxpool(GN(x))): the GroupNorm's affine rides on the pool (a negative scale is fine there)."""
-        c = x.shape[0]
-        scale, shift = self.gn_affine(stats, x.shape[1] * x.shape[2], self.ones[c], self.zeros[c],
-                                      self.p[f"{name}.weight"], self.p[f"{name}.bias"])
-        out = self.plan.buffer(c, x.shape[1] // 2, x.shape[2] // 2)
+        """GELU(maxpool(GN(x))): the GroupNorm's affine rides on the pool (a negative scale is fine there).
+        x: a map, or the (max, min) of its 2x2 windows (pool_extremes)."""
+        c, h, w = x[0].shape if isinstance(x, tuple) else x.shape
+        count = h * w * (4 if isinstance(x, tuple) else 1)
+        scale, shift = self.gn_affine(stats, count, self.ones[c], self.zeros[c], self.p[f"{name}.weight"],
+                                      self.p[f"{name}.bias"])
+        if isinstance(x, tuple):
+            out = self.plan.buffer(c, h, w)
+            self.plan.add(pool_extremes_apply(*x, scale, shift, out, ACT_GELU))
+            return out
+        out = self.plan.buffer(c, h // 2, w // 2)
         self.plan.add(ops.max_pool2x2(x, scale, shift, out, ACT_GELU))
         return out
 
@@ -251,7 +258,11 @@ def build_plan(cfg: MicroAUNetConfig, p: dict, h: int, w: int) -> Plan:
     sums, counts = np.zeros(total, np.float64), np.zeros(total, np.float64)
     gates, skips, spatial, offset = np.zeros(total, F32), [], [], 0
     stats = b.stats(np.zeros((cfg.widths[0], 1)))
-    y = b.dsconv("encoder1", plan.input, 1, EPILOGUE_RELU, stats=stats)  # [c0, H, W]
+    # the stem's [c0, H, W] output, the largest map, is never stored: only its 2x2 windows' max and min
+    y = (plan.buffer(cfg.widths[0], h // 2, w // 2), plan.buffer(cfg.widths[0], h // 2, w // 2))
+    plan.add(ops_ds.dsconv(plan.input, p["encoder1.depthwise.weight"], p["encoder1.depthwise.bias"],
+                           p["encoder1.pointwise.weight"], p["encoder1.pointwise.bias"], None, 1, EPILOGUE_RELU,
+                           stats=stats, pooled=y))
     for k in range(1, 6):
         if k > 1:
             x_stats = b.stats(y)

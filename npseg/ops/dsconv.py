@@ -37,6 +37,7 @@ def dsconv_ref(x, w_dw, b_dw, w_pw, b_pw, dilation=1, epilogue=EPILOGUE_RELU, re
 # ---- Numba kernels -------------------------------------------------------------------------
 from ._jit import inline, kernel  # noqa: E402
 from .activation import gelu_fast  # noqa: E402
+from .pool_extremes import pool_extremes_rows  # noqa: E402
 from .steps import _arrays, _need  # noqa: E402
 
 _NO_FLOOR = np.float32(-3.0e38)  # max(v, _NO_FLOOR) == v: "no ReLU" without a branch in the loop
@@ -141,17 +142,21 @@ def depthwise_nb(src, dilation, w, b, out, stats):
 
 
 @kernel
-def dsconv_nb(src, dilation, w_dw, b_dw, w_pw, b_pw, epilogue, residual, out, stats):
+def dsconv_nb(src, dilation, w_dw, b_dw, w_pw, b_pw, epilogue, residual, out, stats, top, bottom):
     """out = relu(w_pw @ relu(depthwise(src)) + b_pw), then the epilogue (EPILOGUE_*), four
-    output channels per pass over a tile's depthwise rows; stats as in depthwise_nb."""
+    output channels per pass over a tile's depthwise rows; stats as in depthwise_nb. With a
+    non-empty `top`, out is not stored: top / bottom [Cout, H/2, W/2] receive its 2x2 windows'
+    max and min (see pool_extremes), and the rows of a tile are even."""
     c_n, h, width = src.shape
-    cout = out.shape[0]
+    cout = b_pw.shape[0]
+    pooled = top.shape[0] > 0
     d = dilation
     tile = max(2, min(h, 8192 // ((c_n + 4) * width)))  # depthwise rows + 4 accumulators: about 32 KB
+    tile -= tile % 2
     pad_rows = np.zeros((tile + 2 * d, width + 2 * d), dtype=np.float32)
     dw = np.empty((c_n, tile * width), dtype=np.float32)
     acc = np.empty((4, tile * width), dtype=np.float32)
-    flat, res = out.reshape(cout, h * width), residual.reshape(residual.shape[0], -1)
+    flat, res = out.reshape(out.shape[0], -1), residual.reshape(residual.shape[0], -1)
     if stats.shape[0] > 0:
         stats[:] = 0.0
     for y0 in range(0, h, tile):
@@ -173,7 +178,8 @@ def dsconv_nb(src, dilation, w_dw, b_dw, w_pw, b_pw, epilogue, residual, out, st
                     a2[p] += p2 * v
                     a3[p] += p3 * v
             for j in range(4):
-                dst, a = flat[co + j, y0 * width:y0 * width + n], acc[j]
+                a = acc[j]
+                dst = a[:n] if pooled else flat[co + j, y0 * width:y0 * width + n]
                 if epilogue == EPILOGUE_GELU:
                     for p in range(n):
                         dst[p] = gelu_fast(max(a[p], np.float32(0.0)))
@@ -186,6 +192,8 @@ def dsconv_nb(src, dilation, w_dw, b_dw, w_pw, b_pw, epilogue, residual, out, st
                         dst[p] = max(a[p], np.float32(0.0))
                 if stats.shape[0] > 0:
                     _add_row_stats(dst, stats, co + j)
+                if pooled:
+                    pool_extremes_rows(dst, rows, width, top[co + j], bottom[co + j], y0 // 2)
 
 
 def _stats_buffer(stats, c):
@@ -208,15 +216,25 @@ def depthwise(src, w, b, out, dilation=1, stats=None):
     return [partial(depthwise_nb, src, int(dilation), w, b, out, _stats_buffer(stats, src.shape[0]))]
 
 
-def dsconv(src, w_dw, b_dw, w_pw, b_pw, out, dilation=1, epilogue=EPILOGUE_RELU, residual=None, stats=None):
+def dsconv(src, w_dw, b_dw, w_pw, b_pw, out, dilation=1, epilogue=EPILOGUE_RELU, residual=None, stats=None,
+           pooled=None):
     """The fused DSConv (see dsconv_nb; 3x3, dilation 1 or 2); w_pw [Cout, C, 1, 1] or [Cout, C], Cout a
-    multiple of 4."""
-    _arrays(src, w_dw, b_dw, b_pw, out)
+    multiple of 4. pooled = (top, bottom) [Cout, H/2, W/2]: store the 2x2 windows' max and min of
+    the output instead of the output (out None; H, W even)."""
     c, h, width = src.shape
     w2 = np.ascontiguousarray(w_pw.reshape(w_pw.shape[0], -1), dtype=np.float32)
     cout = w2.shape[0]
+    if pooled is None:
+        top = bottom = np.zeros((0, 0, 0), np.float32)
+    else:
+        (top, bottom), out = pooled, np.zeros((cout, 0, 0), np.float32)
+        _arrays(top, bottom)
+        _need(h % 2 == 0 and width % 2 == 0 and top.shape == bottom.shape == (cout, h // 2, width // 2),
+              f"dsconv: pooled maps {top.shape} for an output [{cout}, {h}, {width}]")
+    _arrays(src, w_dw, b_dw, b_pw, out)
     _need(w_dw.shape == (c, 1, 3, 3) and b_dw.shape == (c,) and w2.shape == (cout, c) and b_pw.shape == (cout,)
-          and cout % 4 == 0 and out.shape == (cout, h, width), f"dsconv: x {src.shape}, pw {w_pw.shape}, out {out.shape}")
+          and cout % 4 == 0 and out.shape in ((cout, h, width), (cout, 0, 0)) and (out.size > 0 or pooled is not None),
+          f"dsconv: x {src.shape}, pw {w_pw.shape}, out {out.shape}")
     _need(dilation in (1, 2) and epilogue in (EPILOGUE_RELU, EPILOGUE_GELU, EPILOGUE_RESIDUAL_GELU), "dsconv: options")
     _need(not np.shares_memory(src, out), "dsconv: in place is not supported")
     if epilogue == EPILOGUE_RESIDUAL_GELU:
@@ -225,4 +243,4 @@ def dsconv(src, w_dw, b_dw, w_pw, b_pw, out, dilation=1, epilogue=EPILOGUE_RELU,
     else:
         residual = np.zeros((1, 0), np.float32)
     return [partial(dsconv_nb, src, int(dilation), w_dw, b_dw, w2, b_pw, int(epilogue), residual, out,
-                    _stats_buffer(stats, cout))]
+                    _stats_buffer(stats, cout), top, bottom)]
