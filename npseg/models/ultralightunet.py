@@ -248,11 +248,11 @@ def _encoder_steps(plan, cfg, p, h, w):
     image) and its pooling are one kernel; each later block's pooled output is written straight
     into the next block's input slot (cat[E:])."""
     widths = encoder_widths(cfg)
-    cats = [None] + [plan.buffer((EXPANSION + 1) * cin, h >> i, w >> i) for i, (cin, _) in enumerate(widths) if i]
+    cats = {i: plan.buffer((EXPANSION + 1) * cin, h >> i, w >> i) for i, (cin, _) in enumerate(widths) if i > 0}
     pooled = [cats[1][EXPANSION * widths[0][1]:]]
     plan.add(image_block(plan.input, p["encoder1.0.pw1.weight"], p["encoder1.0.pw1.bias"], *_dw(p, "encoder1.0"),
                          p["encoder1.0.project.weight"], p["encoder1.0.project.bias"], pooled[0]))
-    for i, (cin, cout) in list(enumerate(widths))[1:]:
+    for i, (cin, cout) in enumerate(widths[1:], start=1):
         name = f"encoder{i + 1}.0"
         y = plan.buffer(cout, h >> i, w >> i)
         _mkir_steps(plan, p, name, cats[i], y)

@@ -1,7 +1,7 @@
-"""The multi-kernel inverted residual block's depthwise stage: NumPy reference.
-
-Three depthwise branches (1x1, 3x3, 5x5, zero padding k // 2), each + bias (BN folded) and
-ReLU6, summed.
+"""The multi-kernel inverted residual block (UltraLightUNet's MKIR): its depthwise stage (three
+depthwise branches, 1x1, 3x3 and 5x5 with zero padding k // 2, each + bias (BN folded) and ReLU6,
+summed) as a NumPy reference and a Numba kernel; its 1x1 convs as np.dot steps; and the first
+block fused with its max-pool.
 """
 from __future__ import annotations
 
