@@ -51,13 +51,17 @@ def toy_dataset(root: Path, n: int = 8) -> Path:
 
 def test_a_run_folder_holding_a_run_needs_resume_or_overwrite(tmp_path):
     toy_dataset(tmp_path / "toy")
-    run = ["train", "--model", "ultraseg-108k", "--data", "toy", "--size", "48x64", "--epochs", "1",
-           "--batch-size", "4", "--limit", "4", "--cache-dir", "cache", "--out", "run"]
+    (tmp_path / "toy.toml").write_text('model = "ultraseg-108k"\ndata = ["toy"]\nsize = [48, 64]\nepochs = 5\n'
+                                       'batch_size = 4\n')
+    run = ["train", "--recipe", "toy.toml", "--epochs", "1", "--limit", "4", "--cache-dir", "cache", "--out", "run"]
     (tmp_path / "run").mkdir()
     (tmp_path / "run" / "notes.txt").write_text("mine")  # a folder without run files is fine to train into
     first = trainer(*run, cwd=tmp_path)
     assert first.returncode == 0, first.stderr[-3000:]
     log = (tmp_path / "run" / "log.json").read_text()
+    options = json.loads((tmp_path / "run" / "options.json").read_text())
+    assert options["recipe_name"] == "toy" and options["overridden"] == ["epochs"]
+    assert options["recipe"]["epochs"] == 1 and options["recipe"]["size"] == [48, 64]
     one_line_error(trainer(*run, cwd=tmp_path), "run: holds a run already", "--resume", "--overwrite")
     assert (tmp_path / "run" / "log.json").read_text() == log  # untouched
     again = trainer(*run, "--overwrite", cwd=tmp_path)

@@ -110,7 +110,8 @@ def _train_options(args):
     given = {key: getattr(args, key) for key in _RECIPE_FLAGS if getattr(args, key) is not None}
     recipe = recipe_from_dict(given, read_recipe(args.recipe) if args.recipe else Recipe())
     name = Path(args.recipe).stem if args.recipe else None
-    opts = TrainOptions(recipe=recipe, recipe_name=name, out=args.out or f"runs/{name or recipe.model}",
+    opts = TrainOptions(recipe=recipe, recipe_name=name, overridden=tuple(given) if name else (),
+                        out=args.out or f"runs/{name or recipe.model}",
                         device=args.device, threads=args.threads, workers=args.workers, cache_dir=args.cache_dir,
                         skip_bad=args.skip_bad, limit=args.limit)
     return opts, tuple(given)

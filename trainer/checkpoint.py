@@ -53,7 +53,8 @@ def options_from_checkpoint(ckpt: dict) -> TrainOptions:
     saved = ckpt["options"]
     if ckpt["format"] == CHECKPOINT_FORMAT:
         return TrainOptions(recipe=recipe_from_dict(saved["recipe"]), recipe_name=saved["recipe_name"],
-                            out=saved["out"], **{k: saved[k] for k in _RUN_FIELDS})
+                            overridden=tuple(saved.get("overridden", ())), out=saved["out"],
+                            **{k: saved[k] for k in _RUN_FIELDS})
     used = {k: saved[k] for k, off in _RETIRED_OPTIONS.items() if saved.get(k, off) != off}
     if used:
         raise CheckpointError(f"this checkpoint was trained with options this trainer no longer has ({used}); "
@@ -107,7 +108,7 @@ def checkpoint_provenance(ckpt: dict, ckpt_path) -> dict:
         "split_rule": D.SPLIT_RULE,
         "seed": recipe.seed,
         "init": ckpt.get("init") or "random (seeded)",
-        "recipe": {"name": opts.recipe_name, "settings": recipe.to_dict(),
+        "recipe": {"name": opts.recipe_name, "overridden": list(opts.overridden), "settings": recipe.to_dict(),
                    "summary": _recipe_summary(recipe, variant(recipe.model)[0].name)},
         "epochs_planned": recipe.epochs,
         "epochs_run": ckpt["epoch"],

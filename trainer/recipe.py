@@ -132,6 +132,7 @@ class TrainOptions:
 
     recipe: Recipe = field(default_factory=Recipe)
     recipe_name: str | None = None  # the recipe file's stem; None: the defaults and command-line keys
+    overridden: tuple[str, ...] = ()  # the recipe file's keys that the command line changed
     out: str = "runs/ultraseg-130k"  # the run folder
     device: str = "cpu"  # cpu or cuda[:i]
     threads: int = 1  # torch CPU threads per process

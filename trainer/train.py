@@ -67,7 +67,8 @@ def _resumed_options(opts: TrainOptions, resume_overrides) -> tuple[TrainOptions
     saved = options_from_checkpoint(ckpt)
     recipe = dataclasses.replace(saved.recipe, max_minutes=opts.recipe.max_minutes,
                                  **{k: getattr(opts.recipe, k) for k in resume_overrides})
-    return dataclasses.replace(opts, recipe=recipe, recipe_name=saved.recipe_name), ckpt
+    overridden = tuple(dict.fromkeys(saved.overridden + tuple(resume_overrides))) if saved.recipe_name else ()
+    return dataclasses.replace(opts, recipe=recipe, recipe_name=saved.recipe_name, overridden=overridden), ckpt
 
 
 def _clear_run_folder(run_dir: Path, overwrite: bool) -> None:
