@@ -109,6 +109,7 @@ def test_recipe_errors_are_one_line(tmp_path, capsys, monkeypatch):
     assert "missing.toml: cannot read it" in error("train", "--recipe", "missing.toml")
     assert "unknown model variant 'ultraseg-3k'" in error("train", "--model", "ultraseg-3k", "--data", "x")
     assert "nothing to resume" in error("train", "--out", "nothing", "--resume")
+    assert "unknown weights name 'no-such-model'" in error("train", "--data", "x", "--init", "no-such-model")
 
 
 def test_recipe_keys_are_typed_and_bounded():

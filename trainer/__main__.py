@@ -321,7 +321,7 @@ def _usage_errors() -> tuple[type, ...]:
     """Errors that a command line causes and its user can fix: one line, exit code 2. Only modules
     already imported can have raised theirs (so a refusal needs no torch import)."""
     kinds = {"trainer.checkpoint": "CheckpointError", "trainer.data": "DataError", "trainer.recipe": "RecipeError",
-             "trainer.train": "RunExistsError"}
+             "trainer.train": "RunExistsError", "npseg.weights": "WeightsError"}
     return (UsageError, FileNotFoundError,
             *(getattr(sys.modules[module], name) for module, name in kinds.items() if module in sys.modules))
 

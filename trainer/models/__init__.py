@@ -124,9 +124,11 @@ def torch_model_from_weights(path_or_name):
 
 def init_from_weights(model, path_or_name: str) -> dict:
     """Start `model` from an npseg weights file: the same config, or one the family can grow from
-    (TorchFamily.grow); returns what provenance records of the start."""
+    (TorchFamily.grow); returns what provenance records of the start. RecipeError when it cannot."""
     from npseg import weights as weights_file
     from npseg.segmenter import resolve_weights
+
+    from ..recipe import RecipeError
 
     path = resolve_weights(path_or_name)
     w = weights_file.load(path)
@@ -138,7 +140,7 @@ def init_from_weights(model, path_or_name: str) -> dict:
         try:
             load_tensors(model, w.tensors)
         except ValueError as e:
-            raise ValueError(f"--init {path}: {e}") from None
+            raise RecipeError(f"--init {path}: {e}") from None
         return info
     try:
         if grow is None:
@@ -147,6 +149,6 @@ def init_from_weights(model, path_or_name: str) -> dict:
 
         info["grown_from"] = grow(model, w.config, {k: torch.from_numpy(np.array(v)) for k, v in w.tensors.items()})
     except ValueError as e:
-        raise ValueError(f"--init {path}: its model is {w.config.name}, not the {model.cfg.name} being trained "
+        raise RecipeError(f"--init {path}: its model is {w.config.name}, not the {model.cfg.name} being trained "
                          f"({e}); pass --model {w.config.name} or other weights") from None
     return info
