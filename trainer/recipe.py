@@ -23,6 +23,8 @@ class RecipeError(ValueError):
 
 @dataclass(frozen=True)
 class Recipe:
+    """Every hyper-parameter of a run: what a recipe file holds, and what the weights file records."""
+
     model: str = "ultraseg-130k"  # a variant name of npseg.models
     data: tuple[str, ...] = ()  # dataset folders (images/ + masks/); several = mixed training
     size: int | tuple[int, int] = SIZE  # network input: a square side or (H, W), multiples of 16
@@ -39,7 +41,7 @@ class Recipe:
     paste_small: float = 0.0  # probability of a small pasted polyp per train sample
     balanced: int = 0  # samples each epoch draws from every dataset (the smaller repeated); 0: each sample once
     select_on: str | None = None  # select (and stop) on this dataset's validation Dice alone
-    teacher: str | None = None  # weights file whose logits the family's loss receives as batch["teacher"]
+    teacher: str | None = None  # weights file whose outputs (TorchFamily.teach) the loss receives
     options: dict = field(default_factory=dict)  # the family's own keys (TorchFamily.options)
 
     def to_dict(self) -> dict:

@@ -96,6 +96,10 @@ def _device(opts: TrainOptions, distributed: bool, local_rank: int) -> torch.dev
 
 
 def _check_recipe(recipe: Recipe, tfam) -> None:
+    try:
+        D.check_augmentation(recipe.augmentation)
+    except ValueError as e:
+        raise RecipeError(f"recipe key 'augmentation': {e}") from None
     names = [D.dataset_name(r) for r in recipe.data]
     if recipe.select_on is not None and recipe.select_on not in names:
         raise D.DataError(f"--select-on {recipe.select_on}: not a dataset of this run (have {names}); "
