@@ -104,6 +104,27 @@ def test_dual_pointwise_kernel_matches_reference(g, cout, h, w, act, with_stats,
 
 
 @SETTINGS
+@given(cout=st.integers(1, 9), half_h=st.integers(1, 12), half_w=st.integers(1, 40), seed=st.integers(0, 2**31))
+def test_pooled_dual_pointwise_gives_the_windows_extremes(cout, half_h, half_w, seed):
+    """With pooled maps the output is not stored: its 2x2 windows' max and min are, and its statistics."""
+    pytest.importorskip("numba")
+    from npseg.ops.pool_extremes import pool_extremes_ref
+
+    rng = np.random.default_rng(seed)
+    y, x = (rng.standard_normal((GROUPS, 2 * half_h, 2 * half_w)).astype(F32) for _ in range(2))
+    vec = [rng.standard_normal(GROUPS).astype(F32) for _ in range(4)]
+    wy, wx = (rng.standard_normal((cout, GROUPS, 1, 1)).astype(F32) for _ in range(2))
+    b = rng.standard_normal(cout).astype(F32)
+    full, stats = np.zeros((cout, 2 * half_h, 2 * half_w), F32), np.zeros((cout, 2))
+    _run(dual_pointwise(y, x, *vec, wy, wx, b, full))
+    top, bottom = (np.zeros((cout, half_h, half_w), F32) for _ in range(2))
+    _run(dual_pointwise(y, x, *vec, wy, wx, b, None, stats=stats, pooled=(top, bottom)))
+    expected_top, expected_bottom = pool_extremes_ref(full)
+    assert np.array_equal(top, expected_top) and np.array_equal(bottom, expected_bottom)
+    _close(stats, _sums(full), 1e-5)
+
+
+@SETTINGS
 @given(g=st.integers(1, 3), cout=st.integers(1, 12), h=st.integers(2, 30), w=st.integers(1, 30),
        act=st.sampled_from([ACT_NONE, ACT_GELU]), seed=st.integers(0, 2**31))
 def test_gn_pointwise_and_gated_product_match_reference(g, cout, h, w, act, seed):

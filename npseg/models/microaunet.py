@@ -215,8 +215,9 @@ class _Builder:
         self.plan.add(ops_gp.gn_affine(stats, count, GN_GROUPS, pre_scale, pre_shift, gamma, beta, scale, shift, GN_EPS))
         return scale, shift
 
-    def ldga(self, name, x, x_stats, act=ACT_NONE, out_stats=None):
-        """LDGA(x); x_stats: the float64 sums of x (its producer's)."""
+    def ldga(self, name, x, x_stats, act=ACT_NONE, out_stats=None, pooled=False):
+        """LDGA(x); x_stats: the float64 sums of x (its producer's). pooled: return the (max, min) of
+        the output's 2x2 windows instead of the output (see pool_extremes)."""
         p, c, count = self.p, x.shape[0], x.shape[1] * x.shape[2]
         v, v_stats = self.plan.buffer(*x.shape), self.stats(x)
         self.plan.add(ops_ds.depthwise(x, p[f"{name}.dwconv.net.0.weight"], p[f"{name}.dwconv.net.0.bias"], v,
@@ -228,10 +229,12 @@ class _Builder:
         out_w, res_w = f"{name}.output_conv.net.", f"{name}.residual_conv.net."
         sy, ty = self.gn_affine(y_stats, count, p[out_w + "0.weight"].reshape(c), p[out_w + "0.bias"])
         sx, tx = self.gn_affine(x_stats, count, p[res_w + "0.weight"].reshape(c), p[res_w + "0.bias"])
-        out = self.plan.buffer(p[out_w + "2.weight"].shape[0], *x.shape[1:])
+        cout, (h, w) = p[out_w + "2.weight"].shape[0], x.shape[1:]
+        out = (self.plan.buffer(cout, h // 2, w // 2), self.plan.buffer(cout, h // 2, w // 2)) if pooled else None
+        out_map = None if pooled else self.plan.buffer(cout, h, w)
         self.plan.add(ops_gp.dual_pointwise(y, x, sy, ty, sx, tx, p[out_w + "2.weight"], p[res_w + "2.weight"],
-                                            p[out_w + "2.bias"] + p[res_w + "2.bias"], out, act, out_stats))
-        return out
+                                            p[out_w + "2.bias"] + p[res_w + "2.bias"], out_map, act, out_stats, out))
+        return out if pooled else out_map
 
     def gn_pool_gelu(self, name, x, stats):
         """GELU(maxpool(GN(x))): the GroupNorm's affine rides on the pool (a negative scale is fine there).
@@ -268,7 +271,7 @@ def build_plan(cfg: MicroAUNetConfig, p: dict, h: int, w: int) -> Plan:
             x_stats = b.stats(y)
             x = b.dwd(f"encoder{k}.0", y, x_stats)
             stats = b.stats(np.zeros((cfg.widths[k - 1], 1)))
-            y = b.ldga(f"encoder{k}.1", x, x_stats, out_stats=stats)  # [c_{k-1}, H/2^(k-1)]
+            y = b.ldga(f"encoder{k}.1", x, x_stats, out_stats=stats, pooled=True)  # [c_{k-1}, H/2^(k-1)] pooled
         y = b.gn_pool_gelu(f"ebn{k}", y, stats)  # t_k [c_{k-1}, H/2^k]
         s, c = plan.buffer(1, *y.shape[1:])[0], y.shape[0]
         plan.add(ops_sb.spatial_gate(y, p["lscab.satt.shared_conv2d.0.weight"], s, sums[offset:offset + c]))

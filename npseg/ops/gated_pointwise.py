@@ -43,6 +43,7 @@ def spatial_gate_pointwise_ref(u, wg):
 from ._jit import ACT_NONE, inline, kernel  # noqa: E402
 from .activation import activate, gelu_fast, sigmoid_fast  # noqa: E402
 from .norm import group_mean_rstd  # noqa: E402
+from .pool_extremes import pool_extremes_rows  # noqa: E402
 from .steps import _act, _arrays, _need  # noqa: E402
 
 TILE = 1024  # pixels per pass: the tile's C rows stay in L1
@@ -137,22 +138,28 @@ def gate_pointwise_nb(v, scale, shift, w, b, wg, y, stats, w_frame, b_frame):
 
 
 @kernel
-def dual_pointwise_nb(y, x, sy, ty, sx, tx, wy, wx, b, act, out, stats, wy_frame, wx_frame, b_frame):
+def dual_pointwise_nb(y, x, sy, ty, sx, tx, wy, wx, b, act, out, stats, wy_frame, wx_frame, b_frame, top, bottom):
     """out = act(wy (y * sy + ty) + wx (x * sx + tx) + b); stats [Cout, 2] of out when non-empty.
     An x with no channels (and wx with no columns) leaves the single-input form wy (y sy + ty) + b.
-    The frame weights have Cout rounded up to 4 rows (the extra ones zero): four outputs per pass."""
-    cin, cout = y.shape[0], out.shape[0]
-    n_all = y.size // cin
-    ys, xs, dst = y.reshape(cin, n_all), x.reshape(x.shape[0], n_all), out.reshape(cout, n_all)
+    The frame weights have Cout rounded up to 4 rows (the extra ones zero): four outputs per pass,
+    over tiles of whole rows. With a non-empty `top`, out is not stored: top / bottom [Cout, h/2,
+    w/2] receive its 2x2 windows' max and min (see pool_extremes)."""
+    cin, cout = y.shape[0], b.shape[0]
+    h, width = y.shape[1], y.shape[2]
+    pooled = top.shape[0] > 0
+    ys, xs, dst = y.reshape(cin, h * width), x.reshape(x.shape[0], h * width), out.reshape(out.shape[0], -1)
     b_frame[:] = 0.0
     b_frame[:cout] = b
     _fold_input_affine(wy, sy, ty, wy_frame, b_frame)
     _fold_input_affine(wx, sx, tx, wx_frame, b_frame)
-    acc = np.empty((4, TILE), dtype=np.float32)
+    tile = max(2, TILE // width)
+    tile -= tile % 2
+    acc = np.empty((4, tile * width), dtype=np.float32)
     if stats.shape[0] > 0:
         stats[:] = 0.0
-    for p0 in range(0, n_all, TILE):
-        n = min(TILE, n_all - p0)
+    for y0 in range(0, h, tile):
+        rows = min(tile, h - y0)
+        p0, n = y0 * width, rows * width
         for o in range(0, cout, 4):
             for j in range(4):
                 acc[j, :n] = b_frame[o + j]
@@ -160,14 +167,17 @@ def dual_pointwise_nb(y, x, sy, ty, sx, tx, wy, wx, b, act, out, stats, wy_frame
             if xs.shape[0] > 0:
                 _accumulate4(acc[0], acc[1], acc[2], acc[3], xs, wx_frame, o, p0, n)
             for j in range(min(4, cout - o)):
-                d, a = dst[o + j, p0:p0 + n], acc[j]
+                a = acc[j]
+                d = a[:n] if pooled else dst[o + j, p0:p0 + n]
                 if act != ACT_NONE:
                     for p in range(n):
                         d[p] = activate(a[p], act)
-                else:
+                elif not pooled:
                     d[:] = a[:n]
                 if stats.shape[0] > 0:
                     _add_stats(d, stats, o + j)
+                if pooled:
+                    pool_extremes_rows(d, rows, width, top[o + j], bottom[o + j], y0 // 2)
 
 
 @kernel
@@ -215,11 +225,19 @@ def gate_pointwise(v, scale, shift, w, b, wg, y, stats):
     return [partial(gate_pointwise_nb, v, scale, shift, w2, b, wg2, y, stats, np.empty_like(w2), np.empty(c, np.float32))]
 
 
-def dual_pointwise(y, x, sy, ty, sx, tx, wy, wx, b, out, act=ACT_NONE, stats=None):
-    """out = act(wy (y * sy + ty) + wx (x * sx + tx) + b); optional stats [Cout, 2] of out."""
+def dual_pointwise(y, x, sy, ty, sx, tx, wy, wx, b, out, act=ACT_NONE, stats=None, pooled=None):
+    """out = act(wy (y * sy + ty) + wx (x * sx + tx) + b); optional stats [Cout, 2] of out.
+    pooled = (top, bottom) [Cout, h/2, w/2]: store out's 2x2 windows' max and min instead (out None)."""
+    cin, cout, (h, width) = y.shape[0], b.shape[0], y.shape[1:]
+    if pooled is None:
+        top = bottom = np.zeros((0, 0, 0), F32)
+    else:
+        (top, bottom), out = pooled, np.zeros((cout, 0, 0), F32)
+        _arrays(top, bottom)
+        _need(h % 2 == 0 and width % 2 == 0 and top.shape == bottom.shape == (cout, h // 2, width // 2),
+              f"dual_pointwise: pooled maps {top.shape} for an output [{cout}, {h}, {width}]")
     _arrays(y, x, out)
-    cin, cout = y.shape[0], out.shape[0]
-    _need(y.ndim == 3 and x.shape in (y.shape, (0, *y.shape[1:])) and out.shape == (cout, *y.shape[1:]),
+    _need(y.ndim == 3 and x.shape in (y.shape, (0, *y.shape[1:])) and out.shape in ((cout, h, width), (cout, 0, 0)),
           f"dual_pointwise: {y.shape}, {x.shape} -> {out.shape}")
     _need(not (np.shares_memory(out, y) or np.shares_memory(out, x)), "dual_pointwise: in place is not supported")
     _vectors(cin, sy, ty, sx, tx)
@@ -232,7 +250,7 @@ def dual_pointwise(y, x, sy, ty, sx, tx, wy, wx, b, out, act=ACT_NONE, stats=Non
     wy2, wx2 = _matrix(wy, cout, cin), _matrix(wx, cout, xc)
     rows = -(-cout // 4) * 4  # the frame weights' extra rows stay zero
     return [partial(dual_pointwise_nb, y, x, sy, ty, sx, tx, wy2, wx2, b, _act(act), out, stats,
-                    np.zeros((rows, cin), F32), np.zeros((rows, xc), F32), np.zeros(rows, F32))]
+                    np.zeros((rows, cin), F32), np.zeros((rows, xc), F32), np.zeros(rows, F32), top, bottom)]
 
 
 def gn_pointwise(y, sy, ty, wy, b, out, act=ACT_NONE, stats=None):
