@@ -104,6 +104,22 @@ def test_soft_dice_and_losses():
     assert total.item() == pytest.approx(parts["main"] + parts["region"] + parts["boundary"], rel=1e-5)
 
 
+def test_normalise_applies_the_preprocessing_record_per_image():
+    """The loop's normalisation is npseg's: affine with one scale, minmax over each image, BGR planes."""
+    from npseg.preprocessing import affine, minmax
+    from trainer.train import normalise
+
+    pixels = torch.from_numpy(np.random.default_rng(0).uniform(20, 200, (2, 3, 4, 5)).astype(np.float32))
+    pixels[1] *= 0.5
+    out = normalise(pixels, affine(scale=1 / 255, mean=(0.5, 0.4, 0.3), std=(0.2, 0.25, 0.3)))
+    mean, std = torch.tensor([0.5, 0.4, 0.3])[:, None, None], torch.tensor([0.2, 0.25, 0.3])[:, None, None]
+    torch.testing.assert_close(out, (pixels / 255 - mean) / std)
+    out = normalise(pixels, minmax(low=-1.0, high=1.0))
+    for image, x in zip(pixels, out):
+        torch.testing.assert_close(x, -1 + 2 * (image - image.min()) / (image.max() - image.min()))
+    torch.testing.assert_close(normalise(pixels, affine(color_order="BGR")), pixels.flip(1) / 255)
+
+
 def test_cosine_lr():
     assert cosine_lr(3e-4, 1, 10) == pytest.approx(3e-4)
     assert cosine_lr(3e-4, 6, 10) == pytest.approx(1.5e-4)
