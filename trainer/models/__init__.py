@@ -13,6 +13,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+
 @dataclass(frozen=True)
 class GoldenCase:
     """Outputs of the authors' own code that the torch module and npseg must reproduce."""
@@ -125,6 +126,7 @@ def torch_model_from_weights(path_or_name):
 def init_from_weights(model, path_or_name: str) -> dict:
     """Start `model` from an npseg weights file: the same config, or one the family can grow from
     (TorchFamily.grow); returns what provenance records of the start. RecipeError when it cannot."""
+    import torch
     from npseg import weights as weights_file
     from npseg.segmenter import resolve_weights
 
@@ -145,8 +147,6 @@ def init_from_weights(model, path_or_name: str) -> dict:
     try:
         if grow is None:
             raise ValueError("its family grows no model from another")
-        import torch
-
         info["grown_from"] = grow(model, w.config, {k: torch.from_numpy(np.array(v)) for k, v in w.tensors.items()})
     except ValueError as e:
         raise RecipeError(f"--init {path}: its model is {w.config.name}, not the {model.cfg.name} being trained "
