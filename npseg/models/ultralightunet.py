@@ -232,18 +232,19 @@ def _dw(p, name):
     return [p[f"{name}.dw{k}.weight"] for k in KERNELS], [p[f"{name}.dw{k}.bias"] for k in KERNELS]
 
 
-def _mkir_steps(plan, p, name, cat, out):
-    """One MKIR whose input already sits in cat[E:]: expand (1x1), multi-kernel depthwise into
-    cat[:E], then the projection and residual as one 1x1 over cat into `out`, without its bias
-    (the step that reads `out` adds it)."""
+def _mkir_steps(plan, p, name, cat, out, scratch):
+    """One MKIR whose input already sits in cat[E:]: expand (1x1) into `scratch` (shared by
+    every block: its pages stay warm), multi-kernel depthwise into cat[:E], then the projection
+    and residual as one 1x1 over cat into `out`, without its bias (the step that reads `out`
+    adds it)."""
     e, h, w = p[f"{name}.pw1.weight"].shape[0], cat.shape[1], cat.shape[2]
-    expanded = plan.buffer(e, h, w)
+    expanded = scratch[:e * h * w].reshape(e, h, w)
     plan.add(pointwise(cat[e:], p[f"{name}.pw1.weight"], expanded))
     plan.add(multi_kernel_depthwise(expanded, p[f"{name}.pw1.bias"], *_dw(p, name), cat[:e]))
     plan.add(pointwise(cat, p[f"{name}.project.weight"], out))
 
 
-def _encoder_steps(plan, cfg, p, h, w):
+def _encoder_steps(plan, cfg, p, h, w, scratch):
     """The five encoder blocks; returns the pooled outputs t1..t4, b. The first block (on the
     image) and its pooling are one kernel; each later block's pooled output is written straight
     into the next block's input slot (cat[E:])."""
@@ -255,7 +256,7 @@ def _encoder_steps(plan, cfg, p, h, w):
     for i, (cin, cout) in enumerate(widths[1:], start=1):
         name = f"encoder{i + 1}.0"
         y = plan.buffer(cout, h >> i, w >> i)
-        _mkir_steps(plan, p, name, cats[i], y)
+        _mkir_steps(plan, p, name, cats[i], y, scratch)
         t = cats[i + 1][EXPANSION * cout:] if i < 4 else plan.buffer(cout, h >> 5, w >> 5)
         plan.add(max_pool2x2(y, np.ones(cout, np.float32), p[f"{name}.project.bias"], t))  # max, then bias
         pooled.append(t)
@@ -266,13 +267,16 @@ def build_plan(cfg: UltraLightUNetConfig, params: dict, h: int, w: int) -> Plan:
     """The float32 plan for an h x w input (multiples of 32)."""
     p = {k: np.ascontiguousarray(v, np.float32) for k, v in params.items()}
     plan = Plan(h, w)
-    *skips, u = _encoder_steps(plan, cfg, p, h, w)
+    sizes = [EXPANSION * cin * (h >> i) * (w >> i) for i, (cin, _) in enumerate(encoder_widths(cfg))]
+    sizes += [EXPANSION * cin * (h >> (5 - i)) * (w >> (5 - i)) for i, (cin, _) in enumerate(decoder_widths(cfg))]
+    scratch = np.zeros(max(sizes), np.float32)  # every block's expanded map, in turn
+    *skips, u = _encoder_steps(plan, cfg, p, h, w, scratch)
     for i, (cin, cout) in enumerate(decoder_widths(cfg)):
         name, (hi, wi) = f"decoder{i + 1}.0", u.shape[1:]
         gate, cat, y = np.zeros(cin, np.float32), plan.buffer((EXPANSION + 1) * cin, hi, wi), plan.buffer(cout, hi, wi)
         plan.add(channel_attention(u, p[f"CA{i + 1}.fc1.weight"], p[f"CA{i + 1}.fc2.weight"], gate))
         plan.add(spatial_gate(u, gate, p["SA.conv.weight"], cat[EXPANSION * cin:]))  # both gates into the input slot
-        _mkir_steps(plan, p, name, cat, y)
+        _mkir_steps(plan, p, name, cat, y, scratch)
         if i == 4:  # the last upsampling, its ReLU and the output head in one pass
             plan.output = plan.buffer(cfg.num_classes, h, w)
             plan.add(up2_relu_head(y, p[f"{name}.project.bias"], p["out4.weight"], p["out4.bias"], plan.output))
