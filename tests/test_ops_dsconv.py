@@ -52,7 +52,8 @@ def test_depthwise_kernel_matches_reference(c, h, w, kind, seed):
 
 @SETTINGS
 @given(c=st.integers(1, 9), cout=st.sampled_from([4, 8, 12]), h=st.integers(1, 19), w=st.integers(1, 300),
-       dilation=st.sampled_from([1, 2]), epilogue=st.sampled_from([EPILOGUE_RELU, EPILOGUE_GELU, EPILOGUE_RESIDUAL_GELU]),
+       dilation=st.sampled_from([1, 2]),
+       epilogue=st.sampled_from([EPILOGUE_RELU, EPILOGUE_GELU, EPILOGUE_RESIDUAL_GELU]),
        with_stats=st.booleans(), seed=st.integers(0, 2**31))
 def test_dsconv_kernel_matches_reference(c, cout, h, w, dilation, epilogue, with_stats, seed):
     """Widths up to 300 columns: tiles of one row and of several; maps narrower than the dilation."""
@@ -64,7 +65,8 @@ def test_dsconv_kernel_matches_reference(c, cout, h, w, dilation, epilogue, with
     residual = rng.standard_normal((cout, h, w)).astype(F32) if epilogue == EPILOGUE_RESIDUAL_GELU else None
     out, stats = np.zeros((cout, h, w), F32), (np.zeros((cout, 2)) if with_stats else None)
     _run(dsconv(x, wd, bd, wp, bp, out, dilation, epilogue, residual, stats))
-    ref = dsconv_ref(*_f64(x, wd, bd, wp, bp), dilation, epilogue, None if residual is None else residual.astype(np.float64))
+    ref = dsconv_ref(*_f64(x, wd, bd, wp, bp), dilation, epilogue,
+                     None if residual is None else residual.astype(np.float64))
     _close(out, ref)
     if with_stats:
         _close(stats, _stats_ref(ref), 1e-4)
@@ -75,7 +77,8 @@ def test_references_match_torch():
     F = torch.nn.functional
     rng = np.random.default_rng(0)
     x, res = rng.standard_normal((6, 11, 13)), rng.standard_normal((8, 11, 13))
-    wd, bd, wp, bp = rng.standard_normal((6, 1, 3, 3)), rng.standard_normal(6), rng.standard_normal((8, 6, 1, 1)), rng.standard_normal(8)
+    wd, bd = rng.standard_normal((6, 1, 3, 3)), rng.standard_normal(6)
+    wp, bp = rng.standard_normal((8, 6, 1, 1)), rng.standard_normal(8)
     t = [torch.from_numpy(a) for a in (x, wd, bd, wp, bp, res)]
     for d in (1, 2):
         dw = F.conv2d(t[0][None], t[1], t[2], padding=d, dilation=d, groups=6)

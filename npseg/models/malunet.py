@@ -114,7 +114,8 @@ def fold(cfg: MALUNetConfig, tensors: dict) -> dict:
             continue
         gamma, beta = p.pop(f"{norm}.weight"), p.pop(f"{norm}.bias")
         w = p[f"{conv}.weight"]
-        p[f"{conv}.weight"], p[f"{conv}.bias"] = w * gamma[None, :, None, None], p[f"{conv}.bias"] + w[:, :, 0, 0] @ beta
+        p[f"{conv}.weight"] = w * gamma[None, :, None, None]
+        p[f"{conv}.bias"] = p[f"{conv}.bias"] + w[:, :, 0, 0] @ beta
     atts = range(1, 6)
     p["scab.catt.fc.weight"] = np.concatenate([p.pop(f"scab.catt.att{k}.weight") for k in atts])
     p["scab.catt.fc.bias"] = np.concatenate([p.pop(f"scab.catt.att{k}.bias") for k in atts])
@@ -210,7 +211,8 @@ class _Builder:
                                            v[part], d, stats[part]))
         y = self.gn_pointwise(v, stats, f"{name}.conv", self.plan.buffer(*x.shape), ACT_GELU)
         g = self.plan.buffer(*x.shape)
-        self.plan.add(ops_gp.sigmoid_gelu_product(self.dwct(f"{name}.gau.w1.0", y, c), self.dwct(f"{name}.gau.w2.0", y, c), g))
+        gate, value = self.dwct(f"{name}.gau.w1.0", y, c), self.dwct(f"{name}.gau.w2.0", y, c)
+        self.plan.add(ops_gp.sigmoid_gelu_product(gate, value, g))
         out = self.dwct(f"{name}.gau.wo.0", g, cout, ACT_GELU)
         self.plan.add(ops.residual_conv1x1(out, y, self.p[f"{name}.gau.cw.weight"], self.p[f"{name}.gau.cw.bias"],
                                            self.plan.buffer(*out.shape)))
@@ -220,11 +222,13 @@ class _Builder:
         p, (c, h, w) = self.p, x.shape
         slots, z = np.zeros((4 * c, h * w), F32), self.plan.buffer(*x.shape)
         scale, shift = np.zeros(c, F32), np.zeros(c, F32)
-        self.plan.add([partial(np.dot, p[f"{name}.w_in"], x.reshape(c, -1), slots)] + ops_ea.slot_softmax(slots, p[f"{name}.b_in"])
+        self.plan.add([partial(np.dot, p[f"{name}.w_in"], x.reshape(c, -1), slots)]
+                      + ops_ea.slot_softmax(slots, p[f"{name}.b_in"])
                       + [partial(np.dot, p[f"{name}.w_out"], slots, z.reshape(c, -1))])
         self.plan.add(ops.group_norm_coeffs(z, GN_GROUPS, p[f"{name}.norm_layer.weight"], p[f"{name}.norm_layer.bias"],
                                             scale, shift, GN_EPS))
-        self.plan.add(ops.affine_act(z, scale, shift) + ops.add(z, x) + ops.affine_act(z, self.ones[c], self.zeros[c], ACT_GELU))
+        self.plan.add(ops.affine_act(z, scale, shift) + ops.add(z, x)
+                      + ops.affine_act(z, self.ones[c], self.zeros[c], ACT_GELU))
         return z
 
     def conv3x3(self, name, x, cout):
@@ -235,8 +239,8 @@ class _Builder:
     def group_norm(self, name, x):
         c = x.shape[0]
         scale, shift = np.zeros(c, F32), np.zeros(c, F32)
-        self.plan.add(ops.group_norm_coeffs(x, GN_GROUPS, self.p[f"{name}.weight"], self.p[f"{name}.bias"], scale, shift,
-                                            GN_EPS))
+        self.plan.add(ops.group_norm_coeffs(x, GN_GROUPS, self.p[f"{name}.weight"], self.p[f"{name}.bias"], scale,
+                                            shift, GN_EPS))
         return scale, shift
 
 

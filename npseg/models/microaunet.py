@@ -74,7 +74,8 @@ def _dwd_spec(prefix: str, c: int) -> dict:
 
 def _dwc_spec(prefix: str, cin: int, cout: int, k: int) -> dict:
     return {f"{prefix}.net.0.weight": (cin, 1, k, k), f"{prefix}.net.0.bias": (cin,), f"{prefix}.net.1.weight": (cin,),
-            f"{prefix}.net.1.bias": (cin,), f"{prefix}.net.2.weight": (cout, cin, 1, 1), f"{prefix}.net.2.bias": (cout,)}
+            f"{prefix}.net.1.bias": (cin,), f"{prefix}.net.2.weight": (cout, cin, 1, 1),
+            f"{prefix}.net.2.bias": (cout,)}
 
 
 def _ldga_spec(prefix: str, cin: int, cout: int) -> dict:
@@ -193,8 +194,10 @@ class _Builder:
         self.ones = {c: np.ones(c, F32) for c in (*cfg.widths, 1)}
         self.zeros = {c: np.zeros(c, F32) for c in self.ones}
 
-    def stats(self, x):
-        return np.zeros((x.shape[0], 2), np.float64)
+    @staticmethod
+    def stats(c: int):
+        """A float64 [C, 2] buffer a kernel fills with per-channel sums and sums of squares."""
+        return np.zeros((c, 2), np.float64)
 
     def dsconv(self, name, x, dilation, epilogue, residual=None, stats=None):
         p, out = self.p, self.plan.buffer(self.p[f"{name}.pointwise.weight"].shape[0], *x.shape[1:])
@@ -212,18 +215,19 @@ class _Builder:
         scale, shift = np.zeros(c, F32), np.zeros(c, F32)
         gamma = self.ones[c] if gamma is None else gamma
         beta = self.zeros[c] if beta is None else beta
-        self.plan.add(ops_gp.gn_affine(stats, count, GN_GROUPS, pre_scale, pre_shift, gamma, beta, scale, shift, GN_EPS))
+        self.plan.add(ops_gp.gn_affine(stats, count, GN_GROUPS, pre_scale, pre_shift, gamma, beta, scale, shift,
+                                       GN_EPS))
         return scale, shift
 
     def ldga(self, name, x, x_stats, act=ACT_NONE, out_stats=None, pooled=False):
         """LDGA(x); x_stats: the float64 sums of x (its producer's). pooled: return the (max, min) of
         the output's 2x2 windows instead of the output (see pool_extremes)."""
         p, c, count = self.p, x.shape[0], x.shape[1] * x.shape[2]
-        v, v_stats = self.plan.buffer(*x.shape), self.stats(x)
+        v, v_stats = self.plan.buffer(*x.shape), self.stats(c)
         self.plan.add(ops_ds.depthwise(x, p[f"{name}.dwconv.net.0.weight"], p[f"{name}.dwconv.net.0.bias"], v,
                                           stats=v_stats))
         s1, t1 = self.gn_affine(v_stats, count, self.ones[c], self.zeros[c])
-        y, y_stats = self.plan.buffer(*x.shape), self.stats(x)
+        y, y_stats = self.plan.buffer(*x.shape), self.stats(c)
         self.plan.add(ops_gp.gate_pointwise(v, s1, t1, p[f"{name}.dwconv.net.2.weight"], p[f"{name}.dwconv.net.2.bias"],
                                             p[f"{name}.spatial_attention.0.weight"], y, y_stats))
         out_w, res_w = f"{name}.output_conv.net.", f"{name}.residual_conv.net."
@@ -236,20 +240,43 @@ class _Builder:
                                             p[out_w + "2.bias"] + p[res_w + "2.bias"], out_map, act, out_stats, out))
         return out if pooled else out_map
 
-    def gn_pool_gelu(self, name, x, stats):
-        """GELU(maxpool(GN(x))): the GroupNorm's affine rides on the pool (a negative scale is fine there).
-        x: a map, or the (max, min) of its 2x2 windows (pool_extremes)."""
-        c, h, w = x[0].shape if isinstance(x, tuple) else x.shape
-        count = h * w * (4 if isinstance(x, tuple) else 1)
-        scale, shift = self.gn_affine(stats, count, self.ones[c], self.zeros[c], self.p[f"{name}.weight"],
+    def gn_pool_gelu(self, name, pooled, stats):
+        """GELU(maxpool(GN(x))) from the (max, min) of x's 2x2 windows and x's sums (see pool_extremes)."""
+        c, h, w = pooled[0].shape
+        scale, shift = self.gn_affine(stats, 4 * h * w, self.ones[c], self.zeros[c], self.p[f"{name}.weight"],
                                       self.p[f"{name}.bias"])
-        if isinstance(x, tuple):
-            out = self.plan.buffer(c, h, w)
-            self.plan.add(pool_extremes_apply(*x, scale, shift, out, ACT_GELU))
-            return out
-        out = self.plan.buffer(c, h // 2, w // 2)
-        self.plan.add(ops.max_pool2x2(x, scale, shift, out, ACT_GELU))
+        out = self.plan.buffer(c, h, w)
+        self.plan.add(pool_extremes_apply(*pooled, scale, shift, out, ACT_GELU))
         return out
+
+
+def _encoder(b: _Builder, cfg: MicroAUNetConfig, sums, counts):
+    """The encoder's steps: (skips t1..t5, their spatial gates [h, w], bottleneck, its sums). On the
+    way, sums / counts receive every skip channel's float64 sum and size (the channel gates')."""
+    p, plan, (h, w) = b.p, b.plan, b.plan.input.shape[1:]
+    skips, spatial, offset = [], [], 0
+    stats = b.stats(cfg.widths[0])
+    # the stem's [c0, H, W] output, the largest map, is never stored: only its 2x2 windows' max and min
+    y = (plan.buffer(cfg.widths[0], h // 2, w // 2), plan.buffer(cfg.widths[0], h // 2, w // 2))
+    plan.add(ops_ds.dsconv(plan.input, p["encoder1.depthwise.weight"], p["encoder1.depthwise.bias"],
+                           p["encoder1.pointwise.weight"], p["encoder1.pointwise.bias"], None, 1, EPILOGUE_RELU,
+                           stats=stats, pooled=y))
+    for k in range(1, 6):
+        if k > 1:
+            x_stats = b.stats(y.shape[0])
+            x = b.dwd(f"encoder{k}.0", y, x_stats)  # [c_{k-2}, H/2^(k-1)]
+            stats = b.stats(cfg.widths[k - 1])
+            y = b.ldga(f"encoder{k}.1", x, x_stats, out_stats=stats, pooled=True)  # [c_{k-1}, H/2^(k-1)], pooled
+        y = b.gn_pool_gelu(f"ebn{k}", y, stats)  # t_k [c_{k-1}, H/2^k]
+        s, c = plan.buffer(1, *y.shape[1:])[0], y.shape[0]
+        plan.add(ops_sb.spatial_gate(y, p["lscab.satt.shared_conv2d.0.weight"], s, sums[offset:offset + c]))
+        counts[offset:offset + c] = y.shape[1] * y.shape[2]
+        skips.append(y)
+        spatial.append(s)
+        offset += c
+    x_stats, y_stats = b.stats(y.shape[0]), b.stats(cfg.widths[5])
+    y = b.ldga("encoder6.1", b.dwd("encoder6.0", y, x_stats), x_stats, ACT_GELU, y_stats)  # [c5, H/32]
+    return skips, spatial, y, y_stats
 
 
 def build_plan(cfg: MicroAUNetConfig, p: dict, h: int, w: int) -> Plan:
@@ -258,44 +285,19 @@ def build_plan(cfg: MicroAUNetConfig, p: dict, h: int, w: int) -> Plan:
     plan = Plan(h, w)
     b = _Builder(cfg, p, plan)
     total = sum(cfg.widths[:5])
-    sums, counts = np.zeros(total, np.float64), np.zeros(total, np.float64)
-    gates, skips, spatial, offset = np.zeros(total, F32), [], [], 0
-    stats = b.stats(np.zeros((cfg.widths[0], 1)))
-    # the stem's [c0, H, W] output, the largest map, is never stored: only its 2x2 windows' max and min
-    y = (plan.buffer(cfg.widths[0], h // 2, w // 2), plan.buffer(cfg.widths[0], h // 2, w // 2))
-    plan.add(ops_ds.dsconv(plan.input, p["encoder1.depthwise.weight"], p["encoder1.depthwise.bias"],
-                           p["encoder1.pointwise.weight"], p["encoder1.pointwise.bias"], None, 1, EPILOGUE_RELU,
-                           stats=stats, pooled=y))
-    for k in range(1, 6):
-        if k > 1:
-            x_stats = b.stats(y)
-            x = b.dwd(f"encoder{k}.0", y, x_stats)
-            stats = b.stats(np.zeros((cfg.widths[k - 1], 1)))
-            y = b.ldga(f"encoder{k}.1", x, x_stats, out_stats=stats, pooled=True)  # [c_{k-1}, H/2^(k-1)] pooled
-        y = b.gn_pool_gelu(f"ebn{k}", y, stats)  # t_k [c_{k-1}, H/2^k]
-        s, c = plan.buffer(1, *y.shape[1:])[0], y.shape[0]
-        plan.add(ops_sb.spatial_gate(y, p["lscab.satt.shared_conv2d.0.weight"], s, sums[offset:offset + c]))
-        counts[offset:offset + c] = y.shape[1] * y.shape[2]
-        skips.append(y)
-        spatial.append(s)
-        offset += c
-    x_stats = b.stats(y)
-    enc6 = b.dwd("encoder6.0", y, x_stats)
-    y_stats = b.stats(np.zeros((cfg.widths[5], 1)))
-    y = b.ldga("encoder6.1", enc6, x_stats, ACT_GELU, y_stats)  # [c5, H/32]
+    sums, counts, gates = np.zeros(total, np.float64), np.zeros(total, np.float64), np.zeros(total, F32)
+    skips, spatial, y, y_stats = _encoder(b, cfg, sums, counts)
     plan.add(ops_sb.channel_gates(sums, counts, p["lscab.catt.get_all_att.weight"].reshape(3),
                                   p["lscab.catt.shared_fc.weight"], p["lscab.catt.shared_fc.bias"], gates))
     gate_k = np.split(gates, np.cumsum(cfg.widths[:4]))
     coeffs = (1.0, float(p["lscab.alpha"]), float(p["lscab.beta"]), 0.0)  # t (1 + alpha a + beta s)
     taps = {f"t{k}": t for k, t in enumerate(skips, 1)} | {"catt": gates}
-
     for k in range(1, 6):
         skip = skips[5 - k]
-        x_stats = b.stats(np.zeros((skip.shape[0], 1)))
+        x_stats = b.stats(skip.shape[0])
         dec = b.dwd(f"decoder{k}.1", b.ldga(f"decoder{k}.0", y, y_stats), x_stats)  # [c_{5-k}, H/2^(6-k)] or H/32
         taps[f"dec{k}"] = dec
-        c = dec.shape[0]
-        scale, shift = b.gn_affine(x_stats, dec.shape[1] * dec.shape[2], b.ones[c], b.zeros[c],
+        scale, shift = b.gn_affine(x_stats, dec.shape[1] * dec.shape[2], b.ones[dec.shape[0]], b.zeros[dec.shape[0]],
                                    p[f"dbn{k}.weight"], p[f"dbn{k}.bias"])
         if k == 1:
             y = dec
@@ -303,7 +305,7 @@ def build_plan(cfg: MicroAUNetConfig, p: dict, h: int, w: int) -> Plan:
         else:
             y = plan.buffer(*skip.shape)
             plan.add(ops.resize_bilinear(dec, scale, shift, y, ACT_GELU))
-        y_stats = b.stats(y) if k < 5 else None
+        y_stats = b.stats(y.shape[0]) if k < 5 else None
         plan.add(ops_sb.bridge_add(y, skip, gate_k[5 - k], spatial[5 - k], coeffs, y_stats))
     half = taps["final"] = plan.buffer(1, *y.shape[1:])
     plan.add(ops.conv1x1(y, p["final.weight"], p["final.bias"], half))

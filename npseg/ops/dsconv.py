@@ -196,10 +196,12 @@ def dsconv_nb(src, dilation, w_dw, b_dw, w_pw, b_pw, epilogue, residual, out, st
                     pool_extremes_rows(dst, rows, width, top[co + j], bottom[co + j], y0 // 2)
 
 
-def _stats_buffer(stats, c):
+def stats_buffer(stats, c):
+    """A kernel's statistics argument: `stats` checked to be [c, 2] float64, or an empty one for None."""
     if stats is None:
         return np.zeros((0, 2), np.float64)
-    _need(stats.dtype == np.float64 and stats.shape == (c, 2) and stats.flags.c_contiguous, "stats must be [C, 2] float64")
+    _need(stats.dtype == np.float64 and stats.shape == (c, 2) and stats.flags.c_contiguous,
+          "stats must be [C, 2] float64")
     return stats
 
 
@@ -213,7 +215,7 @@ def depthwise(src, w, b, out, dilation=1, stats=None):
     _need((k == 3 and dilation in (1, 2, 5, 7)) or (k == 5 and dilation == 1),
           f"depthwise: 3x3 with dilation 1, 2, 5 or 7, or 5x5; got {k}x{k}, dilation {dilation}")
     _need(not np.shares_memory(src, out), "depthwise: in place is not supported")
-    return [partial(depthwise_nb, src, int(dilation), w, b, out, _stats_buffer(stats, src.shape[0]))]
+    return [partial(depthwise_nb, src, int(dilation), w, b, out, stats_buffer(stats, src.shape[0]))]
 
 
 def dsconv(src, w_dw, b_dw, w_pw, b_pw, out, dilation=1, epilogue=EPILOGUE_RELU, residual=None, stats=None,
@@ -243,4 +245,4 @@ def dsconv(src, w_dw, b_dw, w_pw, b_pw, out, dilation=1, epilogue=EPILOGUE_RELU,
     else:
         residual = np.zeros((1, 0), np.float32)
     return [partial(dsconv_nb, src, int(dilation), w_dw, b_dw, w2, b_pw, int(epilogue), residual, out,
-                    _stats_buffer(stats, cout), top, bottom)]
+                    stats_buffer(stats, cout), top, bottom)]

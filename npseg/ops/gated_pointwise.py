@@ -42,6 +42,7 @@ def spatial_gate_pointwise_ref(u, wg):
 # ---- Numba kernels -------------------------------------------------------------------------
 from ._jit import ACT_NONE, inline, kernel  # noqa: E402
 from .activation import activate, gelu_fast, sigmoid_fast  # noqa: E402
+from .dsconv import stats_buffer  # noqa: E402
 from .norm import group_mean_rstd  # noqa: E402
 from .pool_extremes import pool_extremes_rows  # noqa: E402
 from .steps import _act, _arrays, _need  # noqa: E402
@@ -199,14 +200,10 @@ def _matrix(w, rows, cols):
     return w2
 
 
-def _stats(stats, c):
-    _need(stats.dtype == np.float64 and stats.shape == (c, 2) and stats.flags.c_contiguous, "stats must be [C, 2] float64")
-
-
 def gn_affine(stats, count, groups, pre_scale, pre_shift, gamma, beta, scale, shift, eps=1e-5):
     """scale, shift [C] with GroupNorm(pre_scale v + pre_shift) * gamma + beta = v * scale + shift."""
     c = stats.shape[0]
-    _stats(stats, c)
+    stats_buffer(stats, c)
     _vectors(c, pre_scale, pre_shift, gamma, beta, scale, shift)
     _need(c % groups == 0 and count >= 1, f"gn_affine: {c} channels, {groups} groups, {count} positions")
     return [partial(gn_affine_nb, stats, float(count), int(groups), float(eps), pre_scale, pre_shift, gamma, beta,
@@ -219,10 +216,11 @@ def gate_pointwise(v, scale, shift, w, b, wg, y, stats):
     c = v.shape[0]
     _need(v.ndim == 3 and y.shape == v.shape and not np.shares_memory(v, y), f"gate_pointwise: {v.shape} -> {y.shape}")
     _vectors(c, scale, shift, b)
-    _stats(stats, c)
+    stats_buffer(stats, c)
     _need(c % 4 == 0, f"gate_pointwise: {c} channels, not a multiple of 4")
     w2, wg2 = _matrix(w, c, c), _matrix(wg, 1, c).reshape(c)
-    return [partial(gate_pointwise_nb, v, scale, shift, w2, b, wg2, y, stats, np.empty_like(w2), np.empty(c, np.float32))]
+    return [partial(gate_pointwise_nb, v, scale, shift, w2, b, wg2, y, stats, np.empty_like(w2),
+                    np.empty(c, np.float32))]
 
 
 def dual_pointwise(y, x, sy, ty, sx, tx, wy, wx, b, out, act=ACT_NONE, stats=None, pooled=None):
@@ -243,10 +241,7 @@ def dual_pointwise(y, x, sy, ty, sx, tx, wy, wx, b, out, act=ACT_NONE, stats=Non
     _vectors(cin, sy, ty, sx, tx)
     _vectors(cout, b)
     xc = x.shape[0]
-    if stats is None:
-        stats = np.zeros((0, 2), np.float64)
-    else:
-        _stats(stats, cout)
+    stats = stats_buffer(stats, cout)
     wy2, wx2 = _matrix(wy, cout, cin), _matrix(wx, cout, xc)
     rows = -(-cout // 4) * 4  # the frame weights' extra rows stay zero
     return [partial(dual_pointwise_nb, y, x, sy, ty, sx, tx, wy2, wx2, b, _act(act), out, stats,

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 from functools import partial
 
-import numpy as np
-
 
 def pool_extremes_ref(x):
     """(max, min) over each 2x2 window of [C, H, W] (H, W even)."""

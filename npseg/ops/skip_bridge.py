@@ -221,8 +221,10 @@ def spatial_gate(t, w, gate, sums=None, bias=0.0, dilation=1, reflect=True):
     _arrays(t, w, gate)
     _need(t.ndim == 3 and w.shape == (1, 2, 7, 7) and gate.shape == t.shape[1:], "spatial_gate: shapes")
     sums = np.zeros(0) if sums is None else sums
-    _need(sums.dtype == np.float64 and sums.shape in ((0,), (t.shape[0],)) and sums.flags.writeable, "spatial_gate: sums")
-    _need(dilation in (1, 3) and (not reflect or dilation == 1), "spatial_gate: dilation 1 (reflect or zero padding) or 3")
+    _need(sums.dtype == np.float64 and sums.shape in ((0,), (t.shape[0],)) and sums.flags.writeable,
+          "spatial_gate: sums")
+    _need(dilation in (1, 3) and (not reflect or dilation == 1),
+          "spatial_gate: dilation 1 (reflect or zero padding) or 3")
     _need(not reflect or min(t.shape[1:]) > REFLECT,
           f"spatial_gate: reflect padding {REFLECT} needs maps over {REFLECT}, got {t.shape}")
     return [partial(spatial_gate_nb, t, w, np.float32(bias), int(dilation), bool(reflect), gate, sums)]

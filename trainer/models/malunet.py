@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from npseg.models.malunet import GN_EPS, GN_GROUPS, MALUNetConfig
 
 from . import GoldenCase, TorchFamily
-from .microaunet import init_weights, plain_loss, unet_features, up2
+from .microaunet import init_weights, plain_loss, unet_features
 
 
 def _gn(c: int) -> nn.GroupNorm:
