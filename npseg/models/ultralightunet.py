@@ -233,10 +233,9 @@ def _dw(p, name):
 
 
 def _mkir_steps(plan, p, name, cat, out, scratch):
-    """One MKIR whose input already sits in cat[E:]: expand (1x1) into `scratch` (shared by
-    every block: its pages stay warm), multi-kernel depthwise into cat[:E], then the projection
-    and residual as one 1x1 over cat into `out`, without its bias (the step that reads `out`
-    adds it)."""
+    """One MKIR whose input already sits in cat[E:]: expand (1x1) into `scratch`, multi-kernel
+    depthwise into cat[:E], then the projection and residual as one 1x1 over cat into `out`,
+    without its bias (the step that reads `out` adds it)."""
     e, h, w = p[f"{name}.pw1.weight"].shape[0], cat.shape[1], cat.shape[2]
     expanded = scratch[:e * h * w].reshape(e, h, w)
     plan.add(pointwise(cat[e:], p[f"{name}.pw1.weight"], expanded))
@@ -255,8 +254,8 @@ def _encoder_steps(plan, cfg, p, h, w, scratch):
                          p["encoder1.0.project.weight"], p["encoder1.0.project.bias"], pooled[0]))
     for i, (cin, cout) in enumerate(widths[1:], start=1):
         name = f"encoder{i + 1}.0"
-        y = plan.buffer(cout, h >> i, w >> i)
-        _mkir_steps(plan, p, name, cats[i], y, scratch)
+        y = scratch[1][:cout * (h >> i) * (w >> i)].reshape(cout, h >> i, w >> i)
+        _mkir_steps(plan, p, name, cats[i], y, scratch[0])
         t = cats[i + 1][EXPANSION * cout:] if i < 4 else plan.buffer(cout, h >> 5, w >> 5)
         plan.add(max_pool2x2(y, np.ones(cout, np.float32), p[f"{name}.project.bias"], t))  # max, then bias
         pooled.append(t)
@@ -267,16 +266,20 @@ def build_plan(cfg: UltraLightUNetConfig, params: dict, h: int, w: int) -> Plan:
     """The float32 plan for an h x w input (multiples of 32)."""
     p = {k: np.ascontiguousarray(v, np.float32) for k, v in params.items()}
     plan = Plan(h, w)
-    sizes = [EXPANSION * cin * (h >> i) * (w >> i) for i, (cin, _) in enumerate(encoder_widths(cfg))]
-    sizes += [EXPANSION * cin * (h >> (5 - i)) * (w >> (5 - i)) for i, (cin, _) in enumerate(decoder_widths(cfg))]
-    scratch = np.zeros(max(sizes), np.float32)  # every block's expanded map, in turn
+    # (in, out, log2 of the downscale) of every block; one scratch holds each block's expanded
+    # map in turn and one its projection output (pages that stay warm)
+    blocks = [(cin, cout, i) for i, (cin, cout) in enumerate(encoder_widths(cfg))]
+    blocks += [(cin, cout, 5 - i) for i, (cin, cout) in enumerate(decoder_widths(cfg))]
+    scratch = (np.zeros(max(EXPANSION * cin * (h >> d) * (w >> d) for cin, _, d in blocks), np.float32),
+               np.zeros(max(cout * (h >> d) * (w >> d) for _, cout, d in blocks), np.float32))
     *skips, u = _encoder_steps(plan, cfg, p, h, w, scratch)
     for i, (cin, cout) in enumerate(decoder_widths(cfg)):
         name, (hi, wi) = f"decoder{i + 1}.0", u.shape[1:]
-        gate, cat, y = np.zeros(cin, np.float32), plan.buffer((EXPANSION + 1) * cin, hi, wi), plan.buffer(cout, hi, wi)
+        gate, cat = np.zeros(cin, np.float32), plan.buffer((EXPANSION + 1) * cin, hi, wi)
+        y = scratch[1][:cout * hi * wi].reshape(cout, hi, wi)
         plan.add(channel_attention(u, p[f"CA{i + 1}.fc1.weight"], p[f"CA{i + 1}.fc2.weight"], gate))
         plan.add(spatial_gate(u, gate, p["SA.conv.weight"], cat[EXPANSION * cin:]))  # both gates into the input slot
-        _mkir_steps(plan, p, name, cat, y, scratch)
+        _mkir_steps(plan, p, name, cat, y, scratch[0])
         if i == 4:  # the last upsampling, its ReLU and the output head in one pass
             plan.output = plan.buffer(cfg.num_classes, h, w)
             plan.add(up2_relu_head(y, p[f"{name}.project.bias"], p["out4.weight"], p["out4.bias"], plan.output))
