@@ -24,7 +24,8 @@ def _gate_weights(rng, c, dtype):
 def test_references_match_torch():
     rng = np.random.default_rng(0)
     x, g = rng.standard_normal((6, 9, 10)), rng.standard_normal((6, 9, 10))
-    w1, w2, w_sa = rng.standard_normal((2, 6, 1, 1)), rng.standard_normal((6, 2, 1, 1)), rng.standard_normal((1, 2, 7, 7))
+    w1, w2 = rng.standard_normal((2, 6, 1, 1)), rng.standard_normal((6, 2, 1, 1))
+    w_sa = rng.standard_normal((1, 2, 7, 7))
     t = torch.from_numpy(x)[None]
     mlp = lambda v: F.conv2d(F.relu(F.conv2d(v, torch.from_numpy(w1))), torch.from_numpy(w2))  # noqa: E731
     ca = torch.sigmoid(mlp(F.adaptive_avg_pool2d(t, 1)) + mlp(F.adaptive_max_pool2d(t, 1)))[0, :, 0, 0]
@@ -33,9 +34,11 @@ def test_references_match_torch():
     sa = torch.sigmoid(F.conv2d(desc, torch.from_numpy(w_sa), padding=3))[0]
     assert np.abs(spatial_attention_ref(x, w_sa) - sa.numpy()).max() < 1e-12
     wg, bg, wx, bx, wpsi, bpsi = (torch.from_numpy(a) for a in _gate_weights(rng, 6, np.float64))
-    p = F.relu(F.conv2d(torch.from_numpy(g)[None], wg, bg, padding=1, groups=3) + F.conv2d(t, wx, bx, padding=1, groups=3))
+    p = F.relu(F.conv2d(torch.from_numpy(g)[None], wg, bg, padding=1, groups=3)
+               + F.conv2d(t, wx, bx, padding=1, groups=3))
     psi = torch.sigmoid(F.conv2d(p, wpsi, bpsi))[0]
-    assert np.abs(attention_gate_ref(g, x, *(a.numpy() for a in (wg, bg, wx, bx, wpsi, bpsi))) - psi.numpy()).max() < 1e-12
+    ours = attention_gate_ref(g, x, *(a.numpy() for a in (wg, bg, wx, bx, wpsi, bpsi)))
+    assert np.abs(ours - psi.numpy()).max() < 1e-12
 
 
 @pytest.mark.skipif(numba is None, reason="needs numba")
@@ -46,7 +49,8 @@ def test_kernels_match_references(half, h, w, seed):
     f64 = lambda a: a.astype(np.float64)  # noqa: E731
     x, skip = (3 * rng.standard_normal((c, h, w))).astype(np.float32), rng.standard_normal((c, h, w)).astype(np.float32)
     hidden = max(1, c // 4)
-    w1, w2 = rng.standard_normal((hidden, c, 1, 1)).astype(np.float32), rng.standard_normal((c, hidden, 1, 1)).astype(np.float32)
+    w1 = rng.standard_normal((hidden, c, 1, 1)).astype(np.float32)
+    w2 = rng.standard_normal((c, hidden, 1, 1)).astype(np.float32)
     w_sa = (rng.standard_normal((1, 2, 7, 7)) / 7).astype(np.float32)
     gate, gated, u = np.zeros(c, np.float32), np.zeros_like(x), x.copy()
     weights = _gate_weights(rng, c, np.float32)

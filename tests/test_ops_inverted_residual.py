@@ -16,6 +16,10 @@ torch = pytest.importorskip("torch")
 F = torch.nn.functional
 
 
+def f64(a):
+    return a.astype(np.float64)
+
+
 def _weights(rng, e, dtype):
     return ([rng.standard_normal((e, 1, k, k)).astype(dtype) / k for k in (1, 3, 5)],
             [rng.standard_normal(e).astype(dtype) for _ in range(3)])
@@ -41,7 +45,7 @@ def test_kernel_matches_reference(e, h, w, seed):
     for step in multi_kernel_depthwise(pre, pre_bias, ws, bs, out):
         step()
     expanded = relu6_ref(pre.astype(np.float64) + pre_bias[:, None, None])
-    expected = multi_kernel_depthwise_ref(expanded, [a.astype(np.float64) for a in ws], [a.astype(np.float64) for a in bs])
+    expected = multi_kernel_depthwise_ref(expanded, [f64(a) for a in ws], [f64(a) for a in bs])
     assert np.abs(out - expected).max() <= 1e-5 * max(1.0, np.abs(expected).max())
 
 
@@ -49,7 +53,8 @@ def test_kernel_matches_reference(e, h, w, seed):
 @settings(max_examples=15, deadline=None)
 @given(m=st.integers(1, 9), h=st.integers(1, 10), w=st.integers(1, 10), seed=st.integers(0, 2**31))
 def test_image_block_matches_reference(m, h, w, seed):
-    """The first block fused with its pooling: expand 3 -> 6, depthwise stage, projection over [s; image], max-pool, bias."""
+    """The first block fused with its pooling: expand 3 -> 6, depthwise stage, projection over
+    [s; image], max-pool, bias."""
     rng = np.random.default_rng(seed)
     image = rng.standard_normal((3, 2 * h, 2 * w)).astype(np.float32)
     expand, pre_bias = rng.standard_normal((6, 3, 1, 1)).astype(np.float32), rng.standard_normal(6).astype(np.float32)
@@ -58,7 +63,6 @@ def test_image_block_matches_reference(m, h, w, seed):
     out = np.zeros((m, h, w), np.float32)
     for step in image_block(image, expand, pre_bias, ws, bs, w_proj, b_proj, out):
         step()
-    f64 = lambda a: a.astype(np.float64)  # noqa: E731
     e = relu6_ref(np.einsum("ec,chw->ehw", f64(expand[:, :, 0, 0]), f64(image)) + f64(pre_bias)[:, None, None])
     s = multi_kernel_depthwise_ref(e, [f64(a) for a in ws], [f64(a) for a in bs])
     y = np.einsum("mk,khw->mhw", f64(w_proj[:, :, 0, 0]), np.concatenate([s, f64(image)]))
@@ -67,10 +71,12 @@ def test_image_block_matches_reference(m, h, w, seed):
 
 
 @settings(max_examples=10, deadline=None)
-@given(cin=st.integers(1, 70), cout=st.integers(1, 40), h=st.integers(1, 9), w=st.integers(1, 9), seed=st.integers(0, 99))
+@given(cin=st.integers(1, 70), cout=st.integers(1, 40), h=st.integers(1, 9), w=st.integers(1, 9),
+       seed=st.integers(0, 99))
 def test_pointwise_is_the_matrix_product(cin, cout, h, w, seed):
     rng = np.random.default_rng(seed)
-    x, wt = rng.standard_normal((cin, h, w)).astype(np.float32), rng.standard_normal((cout, cin, 1, 1)).astype(np.float32)
+    x = rng.standard_normal((cin, h, w)).astype(np.float32)
+    wt = rng.standard_normal((cout, cin, 1, 1)).astype(np.float32)
     out = np.zeros((cout, h, w), np.float32)
     for step in pointwise(x, wt, out):
         step()

@@ -40,7 +40,8 @@ def golden(request):
 def test_tensor_spec_is_the_authors_list(golden):
     v, cfg, tensors, _ = golden
     lines = (GOLDEN_DIR / f"keys_ultralightunet_{v}.txt").read_text().splitlines()
-    listed = {name: tuple(int(d) for d in shape.strip("[]").split(", ")) for name, shape in (ln.split("\t") for ln in lines)}
+    listed = {name: tuple(int(d) for d in shape.strip("[]").split(", "))
+              for name, shape in (ln.split("\t") for ln in lines)}
     assert list(expected_tensors(cfg).items()) == list(listed.items())
     assert {k: v.shape for k, v in tensors.items()} == listed
 

@@ -201,7 +201,8 @@ def decoder_stage(p, i, u):
 
 def gated_skip(p, i, u, skip):
     """u + skip * GAG_i(u, skip): [C, h, w]."""
-    gate = attention_gate_ref(u, skip, *(p[f"AG{i}.{n}.{f}"] for n in ("W_g", "W_x", "psi") for f in ("weight", "bias")))
+    weights = (p[f"AG{i}.{n}.{f}"] for n in ("W_g", "W_x", "psi") for f in ("weight", "bias"))
+    gate = attention_gate_ref(u, skip, *weights)  # [1, h, w]
     return u + skip * gate
 
 

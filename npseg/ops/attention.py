@@ -89,11 +89,13 @@ def spatial_gate_nb(x, gate, w, desc, out):
             acc[i] = 0.0
         for d in range(2):
             for ky in range(7):
-                k0, k1, k2, k3, k4, k5, k6 = w[d, ky, 0], w[d, ky, 1], w[d, ky, 2], w[d, ky, 3], w[d, ky, 4], w[d, ky, 5], w[d, ky, 6]
+                k0, k1, k2, k3 = w[d, ky, 0], w[d, ky, 1], w[d, ky, 2], w[d, ky, 3]
+                k4, k5, k6 = w[d, ky, 4], w[d, ky, 5], w[d, ky, 6]
                 r = y + ky
                 for i in range(width):
-                    acc[i] += (k0 * desc[d, r, i] + k1 * desc[d, r, i + 1] + k2 * desc[d, r, i + 2] + k3 * desc[d, r, i + 3]
-                               + k4 * desc[d, r, i + 4] + k5 * desc[d, r, i + 5] + k6 * desc[d, r, i + 6])
+                    acc[i] += (k0 * desc[d, r, i] + k1 * desc[d, r, i + 1] + k2 * desc[d, r, i + 2]
+                               + k3 * desc[d, r, i + 3] + k4 * desc[d, r, i + 4] + k5 * desc[d, r, i + 5]
+                               + k6 * desc[d, r, i + 6])
         for i in range(width):
             acc[i] = sigmoid_fast(acc[i])
         for c in range(c_n):
