@@ -12,7 +12,7 @@ from .conv import _bias_act
 
 @inline
 def _taps3x3(acc, r0, r1, r2, w, co, k, n, d):
-    """acc[p] += all 9 taps of input channel k; d is a literal at every call site, so the
+    """acc[p] += all 9 taps of input channel k; d is a constant of every calling kernel, so the
     offsets are compile-time constants and the loop vectorises without wraparound checks."""
     w00, w01, w02 = w[co, k, 0, 0], w[co, k, 0, 1], w[co, k, 0, 2]
     w10, w11, w12 = w[co, k, 1, 0], w[co, k, 1, 1], w[co, k, 1, 2]
@@ -77,71 +77,66 @@ def _taps3x3_triple(acc, plane0, plane1, plane2, s, wp, w, co, n, d):
                      + c12 * c1[p + 2 * d] + c20 * c2[p] + c21 * c2[p + d] + c22 * c2[p + 2 * d]))
 
 
-@kernel_ordered
-def conv3x3_nb(padded, pad, w, b, dilation, act, out, out_pad, out_padded):
-    """Grouped, dilated 3x3 conv (zero padding = dilation, stride 1) + bias + act, reading the
-    input from pad_nb's buffer (pad >= dilation); with a non-empty `out_padded` (border
-    `out_pad`) the output rows are also written there for the next 3x3 conv.
+def _direct_conv3x3(d: int):
+    """The direct 3x3 conv kernel for dilation d: d is a constant of the compiled code (a closure
+    cell), so every tap offset is a compile-time constant, and a plan compiles only the
+    dilations it uses (one kernel per dilation keeps each compilation short)."""
 
-    The padded rows are treated as one flat vector: output (y, x) accumulates at
-    (y - y0) * Wp + x of a row tile that fits L1, every tap is a constant shift of
-    that index, and the Wp - W padding columns compute values that are dropped.
-    Output channels go four at a time when a group has a multiple of four of them. Compiled
-    without reassociation, each input channel's 9 taps sum first and then join the accumulator:
-    with reassociation the compiler chained all taps through it, and the golden logits sat 2x
-    further from the float64 reference (5.0e-5 vs 2.6e-5 at 256x256, upstream 130K).
-    """
-    cout, h, width = out.shape
-    cin, cin_g = padded.shape[0], w.shape[1]
-    cout_g = cout // (cin // cin_g)
-    block = 4 if cout_g % 4 == 0 else 1
-    d = dilation
-    wp = width + 2 * pad
-    tile = max(1, 2048 // wp)
-    acc = np.empty((4, tile * wp), dtype=np.float32)
-    for y0 in range(0, h, tile):
-        rows = min(tile, h - y0)
-        n = rows * wp
-        s = (y0 + pad - d) * wp + pad - d  # tap (0, 0) of output (y0, 0)
-        for co in range(0, cout, block):
-            acc0 = acc[0]
-            ci0 = (co // cout_g) * cin_g
-            cin_left = cin_g
-            if block == 1 and cin_g == 3:
-                if d == 1:
-                    _taps3x3_triple(acc0, padded[ci0], padded[ci0 + 1], padded[ci0 + 2], s, wp, w, co, n, 1)
-                elif d == 2:
-                    _taps3x3_triple(acc0, padded[ci0], padded[ci0 + 1], padded[ci0 + 2], s, wp, w, co, n, 2)
+    @kernel_ordered
+    def conv3x3_nb(padded, pad, w, b, act, out, out_pad, out_padded):
+        """Grouped 3x3 conv with dilation d (zero padding = d, stride 1) + bias + act, reading the
+        input from pad_nb's buffer (pad >= d); with a non-empty `out_padded` (border `out_pad`)
+        the output rows are also written there for the next 3x3 conv.
+
+        The padded rows are treated as one flat vector: output (y, x) accumulates at
+        (y - y0) * Wp + x of a row tile that fits L1, every tap is a constant shift of
+        that index, and the Wp - W padding columns compute values that are dropped.
+        Output channels go four at a time when a group has a multiple of four of them. Compiled
+        without reassociation, each input channel's 9 taps sum first and then join the accumulator:
+        with reassociation the compiler chained all taps through it, and the golden logits sat 2x
+        further from the float64 reference (5.0e-5 vs 2.6e-5 at 256x256, upstream 130K).
+        """
+        cout, h, width = out.shape
+        cin, cin_g = padded.shape[0], w.shape[1]
+        cout_g = cout // (cin // cin_g)
+        block = 4 if cout_g % 4 == 0 else 1
+        wp = width + 2 * pad
+        tile = max(1, 2048 // wp)
+        acc = np.empty((4, tile * wp), dtype=np.float32)
+        for y0 in range(0, h, tile):
+            rows = min(tile, h - y0)
+            n = rows * wp
+            s = (y0 + pad - d) * wp + pad - d  # tap (0, 0) of output (y0, 0)
+            for co in range(0, cout, block):
+                acc0 = acc[0]
+                ci0 = (co // cout_g) * cin_g
+                cin_left = cin_g
+                if block == 1 and cin_g == 3:
+                    _taps3x3_triple(acc0, padded[ci0], padded[ci0 + 1], padded[ci0 + 2], s, wp, w, co, n, d)
+                    cin_left = 0
                 else:
-                    _taps3x3_triple(acc0, padded[ci0], padded[ci0 + 1], padded[ci0 + 2], s, wp, w, co, n, 3)
-                cin_left = 0
-            else:
-                acc[:block, :n] = 0.0
-            for k in range(cin_left):
-                plane = padded[ci0 + k]
-                r0, r1, r2 = plane[s:], plane[s + d * wp:], plane[s + 2 * d * wp:]
-                if block == 4:
-                    if d == 1:
-                        _taps3x3_quad(acc, r0, r1, r2, w, co, k, n, 1)
-                    elif d == 2:
-                        _taps3x3_quad(acc, r0, r1, r2, w, co, k, n, 2)
+                    acc[:block, :n] = 0.0
+                for k in range(cin_left):
+                    plane = padded[ci0 + k]
+                    r0, r1, r2 = plane[s:], plane[s + d * wp:], plane[s + 2 * d * wp:]
+                    if block == 4:
+                        _taps3x3_quad(acc, r0, r1, r2, w, co, k, n, d)
                     else:
-                        _taps3x3_quad(acc, r0, r1, r2, w, co, k, n, 3)
-                elif d == 1:
-                    _taps3x3(acc0, r0, r1, r2, w, co, k, n, 1)
-                elif d == 2:
-                    _taps3x3(acc0, r0, r1, r2, w, co, k, n, 2)
-                else:
-                    _taps3x3(acc0, r0, r1, r2, w, co, k, n, 3)
-            for j in range(block):
-                for r in range(rows):
-                    row = out[co + j, y0 + r]
-                    _bias_act(row, acc[j, r * wp:r * wp + width], b[co + j], act)
-                    if out_padded.shape[1] > 0:
-                        start = (y0 + r + out_pad) * (width + 2 * out_pad) + out_pad
-                        dst = out_padded[co + j, start:start + width]
-                        for x in range(width):
-                            dst[x] = row[x]
+                        _taps3x3(acc0, r0, r1, r2, w, co, k, n, d)
+                for j in range(block):
+                    for r in range(rows):
+                        row = out[co + j, y0 + r]
+                        _bias_act(row, acc[j, r * wp:r * wp + width], b[co + j], act)
+                        if out_padded.shape[1] > 0:
+                            start = (y0 + r + out_pad) * (width + 2 * out_pad) + out_pad
+                            dst = out_padded[co + j, start:start + width]
+                            for x in range(width):
+                                dst[x] = row[x]
+
+    return conv3x3_nb
+
+
+CONV3X3_DIRECT = {d: _direct_conv3x3(d) for d in (1, 2, 3)}  # dilation -> kernel
 
 
 def winograd_weights(w):

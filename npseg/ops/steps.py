@@ -13,7 +13,7 @@ from ._jit import ACT_GELU, ACT_NONE, ACT_RELU, ACT_RELU6
 from .activation import add_nb, affine_act_nb
 from .conv import pad_nb
 from .conv1x1 import conv1x1_nb
-from .conv3x3 import conv3x3_nb, conv3x3_winograd_nb, im2col3x3_nb, winograd_weights
+from .conv3x3 import CONV3X3_DIRECT, conv3x3_winograd_nb, im2col3x3_nb, winograd_weights
 from .conv_stride2 import conv3x3_stats_nb, conv4x4s2_nb, down2x2_nb, gn_down_fold_nb
 from .gsa import gsa_norm_nb
 from .heads import agf_fuse_nb, gate_head_nb, merge_nb, ssa_nb
@@ -122,7 +122,7 @@ def conv3x3(src, w, b, out, dilation=1, act=ACT_NONE, padded=None, pad_width=Non
     if method == "winograd":
         return prologue + [partial(conv3x3_winograd_nb, padded, int(pad_width), winograd_weights(w), b, _act(act),
                                    out, out_pad_width, out_padded)]
-    return prologue + [partial(conv3x3_nb, padded, int(pad_width), w, b, int(dilation), _act(act), out,
+    return prologue + [partial(CONV3X3_DIRECT[int(dilation)], padded, int(pad_width), w, b, _act(act), out,
                                out_pad_width, out_padded)]
 
 
