@@ -14,9 +14,9 @@ from hypothesis import strategies as st
 pytest.importorskip("numba")
 
 from npseg.ops import steps  # noqa: E402
-from npseg.ops._jit import ACT_GELU, ACT_NONE, ACT_RELU  # noqa: E402
+from npseg.ops._jit import ACT_GELU, ACT_NONE, ACT_RELU, ACT_RELU6  # noqa: E402
 from npseg.ops.activation import (  # noqa: E402
-    gelu_nb, gelu_ref, relu_ref, sigmoid_nb, sigmoid_ref)
+    gelu_nb, gelu_ref, relu6_ref, relu_ref, sigmoid_nb, sigmoid_ref)
 from npseg.ops.conv import conv2d_ref  # noqa: E402
 from npseg.ops.conv1x1 import conv1x1_ref  # noqa: E402
 from npseg.ops.gsa import gsa_norm_ref, shuffle_source  # noqa: E402
@@ -27,8 +27,8 @@ from npseg.ops.resize import max_pool2x2_ref, resize_bilinear_ac_ref  # noqa: E4
 
 TOL = 1e-5
 F32 = np.float32
-ACTS = st.sampled_from([ACT_NONE, ACT_RELU, ACT_GELU])
-REF_ACT = {ACT_NONE: lambda v: v, ACT_RELU: relu_ref, ACT_GELU: gelu_ref}
+ACTS = st.sampled_from([ACT_NONE, ACT_RELU, ACT_GELU, ACT_RELU6])
+REF_ACT = {ACT_NONE: lambda v: v, ACT_RELU: relu_ref, ACT_GELU: gelu_ref, ACT_RELU6: relu6_ref}
 SETTINGS = settings(max_examples=25, deadline=None)
 
 

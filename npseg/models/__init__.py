@@ -53,9 +53,9 @@ class Family:
 
 
 def _families() -> dict[str, Family]:
-    from . import aulunet, ultraseg  # each family module defines FAMILY; add new ones here
+    from . import aulunet, ultralightunet, ultraseg  # each family module defines FAMILY; add new ones here
 
-    return {f.name: f for f in (ultraseg.FAMILY, aulunet.FAMILY)}
+    return {f.name: f for f in (ultraseg.FAMILY, ultralightunet.FAMILY, aulunet.FAMILY)}
 
 
 FAMILIES: dict[str, Family] = _families()

@@ -113,6 +113,9 @@ def affine_act_nb(x, scale, shift, act):
         elif act == ACT_RELU:
             for i in range(n):
                 row[i] = max(row[i] * a + b, _f(0.0))
+        elif act == ACT_RELU6:
+            for i in range(n):
+                row[i] = min(max(row[i] * a + b, _f(0.0)), _f(6.0))
         else:
             for i in range(n):
                 row[i] = row[i] * a + b

@@ -73,9 +73,9 @@ class TorchFamily:
 
 
 def _torch_families() -> dict[str, TorchFamily]:
-    from . import aulunet, ultraseg  # each family module defines FAMILY; add new ones here
+    from . import aulunet, ultralightunet, ultraseg  # each family module defines FAMILY; add new ones here
 
-    return {f.name: f for f in (ultraseg.FAMILY, aulunet.FAMILY)}
+    return {f.name: f for f in (ultraseg.FAMILY, ultralightunet.FAMILY, aulunet.FAMILY)}
 
 
 TORCH_FAMILIES: dict[str, TorchFamily] = _torch_families()
