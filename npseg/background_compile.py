@@ -25,6 +25,7 @@ class BackgroundCompile:
         self._steps = list(plan.steps)
         kernels = (step.func if isinstance(step, partial) else step for step in self._steps)
         self._kernels = [k for k in kernels if hasattr(k, "stats")]  # Numba dispatchers, not np.dot
+        self._misses_before = self._misses()  # earlier compilations in this process do not count
         self._stop = threading.Event()
         self.finished = threading.Event()
         self._thread = threading.Thread(target=self._run, name="npseg-compile", daemon=True)
@@ -44,9 +45,12 @@ class BackgroundCompile:
             atexit.unregister(self.stop)
             self.finished.set()
 
+    def _misses(self) -> int:
+        return sum(sum(k.stats.cache_misses.values()) for k in self._kernels)
+
     def compiling(self) -> bool:
-        """True once a kernel was missing from Numba's cache (compiling, not loading)."""
-        return any(k.stats.cache_misses for k in self._kernels)
+        """True once one of the plan's kernels was missing from Numba's cache (compiling, not loading)."""
+        return self._misses() > self._misses_before
 
     def wait_while_loading(self, poll_s: float = 0.005) -> None:
         """Returns when every kernel is ready, or as soon as one has to be compiled."""
