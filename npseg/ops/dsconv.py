@@ -110,6 +110,36 @@ def _dw_channel(src, c, y0, rows, d, w, b, floor, pad_rows, dst):
 
 
 @inline
+def pointwise4(a0, a1, a2, a3, src, w, o, p0, n):
+    """a_j[:n] += sum_c w[o + j, c] src[c, p0:p0 + n] for j < 4: four outputs from four input rows
+    per pass over the accumulators (each accumulator load and store serves four FMAs, each input
+    load four), then the remaining input rows one at a time."""
+    c_n = src.shape[0]
+    c4 = c_n - c_n % 4
+    for c in range(0, c4, 4):
+        s0, s1, s2, s3 = src[c, p0:p0 + n], src[c + 1, p0:p0 + n], src[c + 2, p0:p0 + n], src[c + 3, p0:p0 + n]
+        w00, w01, w02, w03 = w[o, c], w[o, c + 1], w[o, c + 2], w[o, c + 3]
+        w10, w11, w12, w13 = w[o + 1, c], w[o + 1, c + 1], w[o + 1, c + 2], w[o + 1, c + 3]
+        w20, w21, w22, w23 = w[o + 2, c], w[o + 2, c + 1], w[o + 2, c + 2], w[o + 2, c + 3]
+        w30, w31, w32, w33 = w[o + 3, c], w[o + 3, c + 1], w[o + 3, c + 2], w[o + 3, c + 3]
+        for p in range(n):
+            e0, e1, e2, e3 = s0[p], s1[p], s2[p], s3[p]
+            a0[p] += (w00 * e0 + w01 * e1) + (w02 * e2 + w03 * e3)
+            a1[p] += (w10 * e0 + w11 * e1) + (w12 * e2 + w13 * e3)
+            a2[p] += (w20 * e0 + w21 * e1) + (w22 * e2 + w23 * e3)
+            a3[p] += (w30 * e0 + w31 * e1) + (w32 * e2 + w33 * e3)
+    for c in range(c4, c_n):
+        s = src[c, p0:p0 + n]
+        w0, w1, w2, w3 = w[o, c], w[o + 1, c], w[o + 2, c], w[o + 3, c]
+        for p in range(n):
+            v = s[p]
+            a0[p] += w0 * v
+            a1[p] += w1 * v
+            a2[p] += w2 * v
+            a3[p] += w3 * v
+
+
+@inline
 def _add_row_stats(row, stats, c):
     total, total_sq = 0.0, 0.0
     for x in range(row.size):
@@ -168,15 +198,7 @@ def dsconv_nb(src, dilation, w_dw, b_dw, w_pw, b_pw, epilogue, residual, out, st
             a0, a1, a2, a3 = acc[0], acc[1], acc[2], acc[3]
             for j in range(4):
                 acc[j, :n] = b_pw[co + j]
-            for c in range(c_n):
-                s = dw[c]
-                p0, p1, p2, p3 = w_pw[co, c], w_pw[co + 1, c], w_pw[co + 2, c], w_pw[co + 3, c]
-                for p in range(n):
-                    v = s[p]
-                    a0[p] += p0 * v
-                    a1[p] += p1 * v
-                    a2[p] += p2 * v
-                    a3[p] += p3 * v
+            pointwise4(a0, a1, a2, a3, dw, w_pw, co, 0, n)
             for j in range(4):
                 a = acc[j]
                 dst = a[:n] if pooled else flat[co + j, y0 * width:y0 * width + n]

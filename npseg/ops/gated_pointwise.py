@@ -42,7 +42,7 @@ def spatial_gate_pointwise_ref(u, wg):
 # ---- Numba kernels -------------------------------------------------------------------------
 from ._jit import ACT_NONE, inline, kernel  # noqa: E402
 from .activation import activate, gelu_fast, sigmoid_fast  # noqa: E402
-from .dsconv import stats_buffer  # noqa: E402
+from .dsconv import pointwise4, stats_buffer  # noqa: E402
 from .norm import group_mean_rstd  # noqa: E402
 from .pool_extremes import pool_extremes_rows  # noqa: E402
 from .steps import _act, _arrays, _need  # noqa: E402
@@ -82,20 +82,6 @@ def _fold_input_affine(w, scale, shift, w_out, b_out):
 
 
 @inline
-def _accumulate4(a0, a1, a2, a3, src, w, o, p0, n):
-    """a_j[:n] += sum_c w[o + j, c] src[c, p0:p0 + n], j < 4: each load of src feeds four FMAs."""
-    for c in range(src.shape[0]):
-        s = src[c, p0:p0 + n]
-        w0, w1, w2, w3 = w[o, c], w[o + 1, c], w[o + 2, c], w[o + 3, c]
-        for p in range(n):
-            v = s[p]
-            a0[p] += w0 * v
-            a1[p] += w1 * v
-            a2[p] += w2 * v
-            a3[p] += w3 * v
-
-
-@inline
 def _add_stats(row, stats, o):
     total, total_sq = 0.0, 0.0
     for p in range(row.size):
@@ -124,7 +110,7 @@ def gate_pointwise_nb(v, scale, shift, w, b, wg, y, stats, w_frame, b_frame):
         for o in range(0, c_n, 4):
             for j in range(4):
                 u[o + j, :n] = b_frame[o + j]
-            _accumulate4(u[o], u[o + 1], u[o + 2], u[o + 3], src, w_frame, o, p0, n)
+            pointwise4(u[o], u[o + 1], u[o + 2], u[o + 3], src, w_frame, o, p0, n)
             for j in range(4):
                 uo, wgo = u[o + j], wg[o + j]
                 for p in range(n):
@@ -164,9 +150,9 @@ def dual_pointwise_nb(y, x, sy, ty, sx, tx, wy, wx, b, act, out, stats, wy_frame
         for o in range(0, cout, 4):
             for j in range(4):
                 acc[j, :n] = b_frame[o + j]
-            _accumulate4(acc[0], acc[1], acc[2], acc[3], ys, wy_frame, o, p0, n)
+            pointwise4(acc[0], acc[1], acc[2], acc[3], ys, wy_frame, o, p0, n)
             if xs.shape[0] > 0:
-                _accumulate4(acc[0], acc[1], acc[2], acc[3], xs, wx_frame, o, p0, n)
+                pointwise4(acc[0], acc[1], acc[2], acc[3], xs, wx_frame, o, p0, n)
             for j in range(min(4, cout - o)):
                 a = acc[j]
                 d = a[:n] if pooled else dst[o + j, p0:p0 + n]
