@@ -29,7 +29,8 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
 import npseg  # noqa: E402
-from speed import _cpu_name, bundled_models  # noqa: E402  (benchmarks/ is on sys.path when this script runs)
+from results_md import write_part  # noqa: E402  (benchmarks/ is on sys.path when this script runs)
+from speed import _cpu_name, bundled_models  # noqa: E402
 
 
 def _kernel_name(step) -> str:
@@ -82,7 +83,7 @@ def profile(weights: str, size: int, frames: int, warmup: int) -> dict:
     for s in steps:
         by_kernel[s["kernel"]]["ms"] += s["ms"]
         by_kernel[s["kernel"]]["steps"] += 1
-    return {"weights": weights, "input": f"3x{size}x{size}", "frames": frames, "machine": _cpu_name(),
+    return {"weights": Path(weights).name, "input": f"3x{size}x{size}", "frames": frames, "machine": _cpu_name(),
             "forward_median_ms": float(np.median(forward)), "steps_sum_ms": float(ms.sum()),
             "by_kernel": dict(sorted(by_kernel.items(), key=lambda kv: -kv[1]["ms"])), "steps": steps}
 
@@ -95,8 +96,27 @@ def main(argv=None):
     ap.add_argument("--warmup", type=int, default=30)
     ap.add_argument("--top", type=int, default=12, help="slowest steps to print")
     args = ap.parse_args(argv)
-    for weights in [args.weights] if args.weights else [str(p) for p in bundled_models().values()]:
-        _report(profile(weights, args.size, args.frames, args.warmup), args.top)
+    results = [profile(w, args.size, args.frames, args.warmup)
+               for w in ([args.weights] if args.weights else [str(p) for p in bundled_models().values()])]
+    for res in results:
+        _report(res, args.top)
+    if not args.weights:  # the bundled models' profiles go to RESULTS.md
+        write_part("steps", _markdown(results))
+
+
+def _markdown(results: list[dict]) -> str:
+    lines = ["## Where npseg-numba's forward time goes (`benchmarks/steps.py`)", "",
+             f"Every plan step timed on its own in the CPU time of its thread, {results[0]['frames']} frames after "
+             f"warm-up, {results[0]['input']}, {results[0]['machine']}, load average {os.getloadavg()[0]:.1f} "
+             "(a busy machine also slows a thread's own CPU time: compare the shares). Per step: "
+             "`benchmarks/results/steps-<model>.json`.", ""]
+    for res in results:
+        lines += [f"{Path(res['weights']).stem}: forward median {res['forward_median_ms']:.2f} ms CPU, "
+                  f"{len(res['steps'])} steps.", "", "| kernel | steps | ms | share |", "|---|---|---|---|"]
+        lines += [f"| {name} | {k['steps']} | {k['ms']:.3f} | {k['ms'] / res['steps_sum_ms']:.0%} |"
+                  for name, k in res["by_kernel"].items()]
+        lines.append("")
+    return "\n".join(lines)
 
 
 def _report(res: dict, top: int) -> None:
