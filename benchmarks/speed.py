@@ -5,12 +5,13 @@
     python benchmarks/speed.py --cpu-proxy                       # older / low-power x86 CPUs, as a proxy
 
 One row group per model variant that ships a bundled weights file (any family of the
-registry; ONNX Runtime and torch where the trainer has the family). Every measurement runs in its own subprocess pinned to one core (`taskset -c 0`, or --core N)
-with one thread everywhere, on the same weights and the same input. The shared
-machine is noisy, so engines run in alternating rounds (numba, ORT, torch,
-numba, ...) and are compared as ratios measured in the same run. Writes
-benchmarks/results/speed.json, the table in benchmarks/RESULTS.md (any section
-from "## Soak" on is kept) and benchmarks/speed.png.
+registry; ONNX Runtime and torch where the trainer has the family). Every measurement
+runs in its own subprocess pinned to one core (`taskset -c 0`, or --core N) with one
+thread everywhere, on the same weights and the same input, and is timed in wall time and
+in the CPU time of that thread. The shared machine is noisy, so engines run in alternating
+rounds (numba, ORT, torch, numba, ...) and are compared as ratios measured in the same
+run. Writes benchmarks/results/speed.json, its part of benchmarks/RESULTS.md and
+benchmarks/speed.png (--cpu-proxy: benchmarks/results/cpus.json and its part).
 """
 from __future__ import annotations
 
@@ -272,7 +273,8 @@ def run_benchmark(frames: int, rounds: int, numpy_frames: int, tmp: Path) -> dic
     return {
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "machine": _machine(load_before),
-        "setup": {"input": f"3x{SIZE}x{SIZE}", "pinning": f"taskset -c {CORE}", "threads": 1, "frames_per_round": frames,
+        "setup": {"input": f"3x{SIZE}x{SIZE}", "pinning": f"taskset -c {CORE}", "threads": 1,
+                  "frames_per_round": frames,
                   "openblas_coretype": os.environ.get("OPENBLAS_CORETYPE"),
                   "rounds": rounds, "numpy_reference_frames": numpy_frames,
                   "weights": {v: f"bundled weights/{Path(f['weights']).name}" for v, f in files.items()}},
@@ -286,7 +288,8 @@ _NUMBA_TARGET = {"native": {}, "haswell": {"NUMBA_CPU_NAME": "haswell", "NUMBA_C
                  "x86-64-v2": {"NUMBA_CPU_NAME": "x86-64-v2", "NUMBA_CPU_FEATURES": ""}}
 _BLAS_CORE = {"native": {}, "Haswell": {"OPENBLAS_CORETYPE": "Haswell"}, "Nehalem": {"OPENBLAS_CORETYPE": "Nehalem"}}
 CPU_PROXIES = (("native", "native", "this CPU"), ("haswell", "native", "AVX2 code, this CPU's BLAS"),
-               ("native", "Haswell", "this CPU's code, AVX2 BLAS"), ("haswell", "Haswell", "AVX2 CPU (Haswell .. Zen 3)"),
+               ("native", "Haswell", "this CPU's code, AVX2 BLAS"),
+               ("haswell", "Haswell", "AVX2 CPU (Haswell .. Zen 3)"),
                ("x86-64-v2", "native", "SSE4.2 code, this CPU's BLAS"),
                ("x86-64-v2", "Nehalem", "SSE4.2 CPU (x86-64-v2: Nehalem .. Atom)"))
 
@@ -328,8 +331,8 @@ def write_cpu_proxy_markdown(res: dict) -> None:
                      f"{r['cpu_median_ms']:.2f} | {r['cpu_median_ms'] / native:.2f} | "
                      f"{_ratio(r, 'vs_onnxruntime_cpu')} |")
     o = t["onnxruntime"]
-    lines.append(f"| ONNX Runtime | – | this CPU | {o['median_ms']:.2f} | {o['min_ms']:.2f} | {o['cpu_median_ms']:.2f} | "
-                 f"{o['cpu_median_ms'] / native:.2f} | 1.00 |")
+    lines.append(f"| ONNX Runtime | – | this CPU | {o['median_ms']:.2f} | {o['min_ms']:.2f} | "
+                 f"{o['cpu_median_ms']:.2f} | {o['cpu_median_ms'] / native:.2f} | 1.00 |")
     write_part("cpus", "\n".join(lines))
 
 

@@ -6,9 +6,10 @@
 Runs the plan's steps one by one (after warm-up), takes the mean per step, and
 groups the steps by kernel. Times are this thread's CPU time (time.thread_time), so
 preemption by other processes on a shared machine does not count; the per-step sum is a
-little above the forward time (each timer call adds about a microsecond). Writes benchmarks/results/steps-<model>.json and
-prints a table; GFLOP/s is given for the convolution steps whose FLOPs are known
-from their operand shapes.
+little above the forward time (each timer call adds about a microsecond). Writes
+benchmarks/results/steps-<model>.json, prints a table (GFLOP/s for the convolution steps
+whose FLOPs are known from their operand shapes) and, profiling every bundled model,
+writes its part of benchmarks/RESULTS.md.
 """
 from __future__ import annotations
 
