@@ -171,6 +171,8 @@ def test_parts_all_and_pranet(tmp_path):
     split = {"train": ["1", "2"], "val": ["3"], "test": ["4"]}
     stems, notes = E._frames_to_score(root, "cvc", {"cvc": split}, "pranet-test", pairs)
     assert stems == ["2", "4"] and notes["in_this_model's_train_or_val"] == 1
+    assert E._frames_to_score(root, "cvc", {"kvasir-seg": split}, "pranet-test", pairs)[1][
+        "in_this_model's_train_or_val"] == 0  # splits recorded, none for this dataset: never trained on it
     with pytest.raises(D.DataError, match="--part all"):
         E._frames_to_score(root, "cvc", {}, "test", pairs)
     json.dumps(notes)

@@ -108,10 +108,12 @@ def _frames_to_score(root, name: str, splits: dict | None, part: str, pairs: dic
         if not ids.exists():
             raise D.DataError(f"{ids}: no PraNet test list in this folder (CVC-ClinicDB has one)")
         stems = ids.read_text().split()
-        split = (splits or {}).get(name)
-        seen = sorted(s for s in stems if split and s in set(split["train"]) | set(split["val"]))
-        return stems, {"frames": f"the {len(stems)} PraNet test frames",
-                       "in_this_model's_train_or_val": len(seen) if split else "unknown (no split recorded)",
+        if splits is None:
+            seen = "unknown (no split recorded)"
+        else:  # a dataset the recorded splits do not name is one the model never trained on
+            split = splits.get(name, {"train": [], "val": []})
+            seen = len(set(stems) & (set(split["train"]) | set(split["val"])))
+        return stems, {"frames": f"the {len(stems)} PraNet test frames", "in_this_model's_train_or_val": seen,
                        "note": "PraNet's frames share video sequences with training frames unless their sequences "
                                "are all in the test split: for comparison with the literature only"}
     if splits is None or name not in splits:
