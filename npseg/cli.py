@@ -17,6 +17,7 @@ input file.
 from __future__ import annotations
 
 import argparse
+from concurrent.futures.process import BrokenProcessPool
 import json
 import os
 import signal
@@ -32,6 +33,7 @@ import numpy as np
 from . import __version__, video
 from .engines import MAX_INPUT_SIDE
 from .files import opencv_path, write_bytes
+from .jobs import default_jobs, worker_pool
 from .overlay import draw_overlay
 from .segmenter import bundled_names, default_backend, load, resolve_weights
 from .weights import WeightsError
@@ -40,6 +42,7 @@ from .weights import load as load_weights
 OK, RUNTIME_FAILURE, BAD_INPUT, INTERRUPTED = 0, 1, 2, 130
 IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
 DEFAULT_WEIGHTS = "ultraseg-130k"
+IMAGES_PER_WORKER = 8  # segment's default --jobs starts no more workers than this many images keep busy
 
 
 class CliError(Exception):
@@ -154,9 +157,9 @@ def _seconds(text: str) -> float:
 
 # ---------------------------------------------------------------- shared helpers
 
-def _load_model(args):
+def _load_model(args, compile_in_background: bool = False):
     try:
-        return load(args.weights, backend=args.backend, size=args.size)
+        return load(args.weights, backend=args.backend, size=args.size, compile_in_background=compile_in_background)
     except WeightsError as e:
         raise CliError(str(e)) from None
     except OSError as e:
@@ -269,12 +272,73 @@ def _write_image(path: Path, image: np.ndarray, params=()) -> None:
         raise CliError(f"{path}: could not write ({e.strerror or e})", RUNTIME_FAILURE) from None
 
 
+def _segment_image(model, image_path: Path, name: str, mask_dir: Path, overlay_dir: Path, threshold):
+    """Segments one image and writes its outputs: (model seconds, None), or (None, why it was skipped)."""
+    frame = _read_image(image_path)
+    if frame is None:
+        return None, f"{image_path}: cannot read or decode this image; skipped"
+    t0 = time.perf_counter()
+    try:
+        mask = model.predict(frame, threshold=threshold)
+    except ValueError as e:  # a frame predict refuses (too small or too large): its message says why
+        return None, f"{image_path}: {e}; skipped"
+    seconds = time.perf_counter() - t0
+    _write_image(mask_dir / f"{name}.png", mask * np.uint8(255))
+    _write_image(overlay_dir / f"{name}.jpg", draw_overlay(frame, mask), (cv2.IMWRITE_JPEG_QUALITY, 90))
+    return seconds, None
+
+
+_worker_model: dict = {}  # the model of this worker process (segment --jobs N)
+
+
+def _start_segment_worker(weights: Path, backend: str, size: tuple[int, int]) -> None:
+    if "model" not in _worker_model:  # spawned, not forked from the parent that holds it
+        model = load(weights, backend=backend, size=size)
+        model.predict(np.zeros((64, 64, 3), np.uint8))  # loads the kernels outside the per-frame figures
+        _worker_model["model"] = model
+
+
+def _segment_in_worker(image_path, name, mask_dir, overlay_dir, threshold):
+    """_segment_image in a worker process; a CliError comes back as (message, code)."""
+    try:
+        return _segment_image(_worker_model["model"], image_path, name, mask_dir, overlay_dir, threshold), None
+    except CliError as e:
+        return (None, None), (str(e), e.code)
+
+
+def _segmented(model, images, mask_dir: Path, overlay_dir: Path, threshold, jobs: int):
+    """_segment_image's result for each image in order, here or over `jobs` worker processes."""
+    if jobs == 1:
+        for image_path, name in images:
+            yield _segment_image(model, image_path, name, mask_dir, overlay_dir, threshold)
+        return
+    n = len(images)
+    _worker_model["model"] = model  # what forked workers start with
+    try:
+        with worker_pool(jobs, _start_segment_worker, (model.weights.path, model.backend, model.input_size)) as pool:
+            for result, error in pool.map(_segment_in_worker, [p for p, _ in images], [name for _, name in images],
+                                          [mask_dir] * n, [overlay_dir] * n, [threshold] * n):
+                if error is not None:
+                    raise CliError(*error)
+                yield result
+    except BrokenProcessPool:
+        raise CliError("a worker process ended unexpectedly (out of memory?); try --jobs 1", RUNTIME_FAILURE) from None
+    finally:
+        _worker_model.clear()
+
+
 def cmd_segment(args) -> int:
     out = Path(args.out)
     found = collect_images(args.paths, out)
     _refuse_overwriting_inputs(found, out / "masks", out / "overlays")
     images = found[: args.limit]
-    model = _load_model(args)  # before creating any folder: a failed start leaves nothing behind
+    # default: the CPUs here, but a worker (about a second to start) only for every IMAGES_PER_WORKER images
+    most = len(images) if args.jobs else len(images) // IMAGES_PER_WORKER
+    jobs = max(1, min(args.jobs or default_jobs(), most))
+    # in one process the first images may run on the NumPy reference while the kernels compile
+    # (a first run after an install starts at once); worker processes load the kernels this
+    # process compiles into Numba's cache during the warm-up
+    model = _load_model(args, compile_in_background=jobs == 1)  # before creating any folder
     mask_dir, overlay_dir = _writable_dir(out / "masks"), _writable_dir(out / "overlays")
     t0 = time.perf_counter()
     model.predict(np.zeros((64, 64, 3), np.uint8))  # compile / warm up outside the per-frame figures
@@ -283,38 +347,43 @@ def cmd_segment(args) -> int:
     skipped, done, model_s = [], 0, 0.0
     start = time.perf_counter()
     try:
-        for image_path, name in images:
-            frame = _read_image(image_path)
-            if frame is None:
+        results = _segmented(model, images, mask_dir, overlay_dir, args.threshold, jobs)
+        for (image_path, _), (seconds, problem) in zip(images, results):
+            if problem is not None:
                 skipped.append(image_path)
                 progress.close()
-                warn(f"{image_path}: cannot read or decode this image; skipped")
+                warn(problem)
                 continue
-            t0 = time.perf_counter()
-            try:
-                mask = model.predict(frame, threshold=args.threshold)
-            except ValueError as e:  # a frame predict refuses (too small or too large): its message says why
-                skipped.append(image_path)
-                progress.close()
-                warn(f"{image_path}: {e}; skipped")
-                continue
-            model_s += time.perf_counter() - t0
-            _write_image(mask_dir / f"{name}.png", mask * np.uint8(255))
-            _write_image(overlay_dir / f"{name}.jpg", draw_overlay(frame, mask), (cv2.IMWRITE_JPEG_QUALITY, 90))
+            model_s += seconds
             done += 1
             progress.update(done + len(skipped), f"{1000 * model_s / done:.0f} ms/frame")
     finally:
         progress.close()
     total_s = time.perf_counter() - start
     if done:
-        print(f"segmented {done} image(s) with {_describe(model)}: "
+        processes = "" if jobs == 1 else f" in {jobs} processes"
+        print(f"segmented {done} image(s) with {_describe(model)}{processes}: "
               f"{1000 * model_s / done:.1f} ms/frame model, {1000 * total_s / done:.1f} ms/frame with I/O "
-              f"(+ {warmup_s:.1f} s warm-up)")
+              f"(+ {warmup_s:.1f} s warm-up); {done / total_s:.1f} images/s")
         print(f"masks:    {mask_dir}/  (PNG, 0 = background, 255 = polyp)")
         print(f"overlays: {overlay_dir}/  (JPEG)")
+    if getattr(model._engine, "_compiling", False):  # the run ended before the kernels were compiled
+        print("note: the NumPy reference segmented while the kernels compiled (first runs after an install); "
+              "`npseg warmup` compiles them once for every later run")
     if skipped:
         print(f"skipped {len(skipped)} image(s) that could not be segmented, listed on stderr")
         return RUNTIME_FAILURE
+    return OK
+
+
+def cmd_warmup(args) -> int:
+    """Compiles the kernels of the given models (default: every bundled one) into Numba's cache."""
+    for name in args.models or bundled_names():
+        t0 = time.perf_counter()
+        args.weights = name
+        model = _load_model(args)
+        model.predict(np.zeros((64, 64, 3), np.uint8))
+        print(f"{model.config.name} ({name}): kernels ready in {time.perf_counter() - t0:.1f} s")
     return OK
 
 
@@ -326,7 +395,7 @@ def cmd_video(args) -> int:
         video.check_output(args.output, args.input)
     except video.VideoError as e:
         raise CliError(str(e)) from None
-    model = _load_model(args)
+    model = _load_model(args, compile_in_background=True)  # a first run shows frames at once
     progress = Progress("video", None)
 
     def on_frame(done, total, fps):
@@ -495,8 +564,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("paths", nargs="+", metavar="PATH", help="image files and/or folders")
     p.add_argument("--out", "-o", default="npseg-out", metavar="DIR", help="output folder (default: npseg-out)")
     p.add_argument("--limit", type=_positive, default=None, metavar="N", help="segment only the first N images")
+    p.add_argument("--jobs", "-j", type=_positive, default=None, metavar="N",
+                   help=f"worker processes, one thread each (default: the CPUs here, {default_jobs()}, "
+                        f"at most one per {IMAGES_PER_WORKER} images)")
     _add_model_options(p)
     p.set_defaults(run=cmd_segment)
+
+    p = sub.add_parser(
+        "warmup", formatter_class=fmt, help="compile the models' kernels once, after an install",
+        description="Compile the Numba kernels of the given models (default: every bundled model) into Numba's "
+                    "cache, so that later runs start in about a second. Without it the first run after an "
+                    "install segments its first frames with the slower NumPy reference while the kernels compile.",
+        epilog="example:\n  npseg warmup\n\n" + EXIT_CODES)
+    p.add_argument("models", nargs="*", metavar="NAME|FILE", help="bundled model names or weights files")
+    p.add_argument("--backend", default=None, help=argparse.SUPPRESS)
+    p.add_argument("--size", default=None, help=argparse.SUPPRESS)
+    p.set_defaults(run=cmd_warmup)
 
     p = sub.add_parser(
         "video", formatter_class=fmt, help="video file or camera -> overlay video",
