@@ -19,6 +19,7 @@ test: install
 # DATA: the shared data folder, a dataset folder with images/, or any folder of frames.
 # One OpenBLAS thread: npseg runs on one core, and spare BLAS threads only contend.
 demo: install-runtime
+	$(PY) -m npseg warmup  # compiles the bundled models' kernels once, so every later run starts in about a second
 	@for dir in "$(DATA)/kvasir-seg/images" "$(DATA)/images" "$(DATA)"; do \
 	  if [ -d "$$dir" ]; then \
 	    OPENBLAS_NUM_THREADS=1 $(PY) -m npseg segment "$$dir" --limit 12 --out "$(OUT)" || exit $$?; \
