@@ -346,8 +346,8 @@ def cmd_segment(args) -> int:
     progress = Progress("segment", len(images))
     skipped, done, model_s = [], 0, 0.0
     start = time.perf_counter()
+    results = _segmented(model, images, mask_dir, overlay_dir, args.threshold, jobs)
     try:
-        results = _segmented(model, images, mask_dir, overlay_dir, args.threshold, jobs)
         for (image_path, _), (seconds, problem) in zip(images, results):
             if problem is not None:
                 skipped.append(image_path)
@@ -358,6 +358,7 @@ def cmd_segment(args) -> int:
             done += 1
             progress.update(done + len(skipped), f"{1000 * model_s / done:.0f} ms/frame")
     finally:
+        results.close()  # an interrupted run stops its workers after the images in hand
         progress.close()
     total_s = time.perf_counter() - start
     if done:
