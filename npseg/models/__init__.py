@@ -53,9 +53,11 @@ class Family:
 
 
 def _families() -> dict[str, Family]:
-    from . import aulunet, ultralightunet, ultraseg  # each family module defines FAMILY; add new ones here
+    # each family module defines FAMILY; add new ones here
+    from . import aulunet, malunet, microaunet, ultralightunet, ultraseg
 
-    return {f.name: f for f in (ultraseg.FAMILY, ultralightunet.FAMILY, aulunet.FAMILY)}
+    return {f.name: f for f in (ultraseg.FAMILY, ultralightunet.FAMILY, microaunet.FAMILY, malunet.FAMILY,
+                                aulunet.FAMILY)}
 
 
 FAMILIES: dict[str, Family] = _families()

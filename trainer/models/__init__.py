@@ -73,9 +73,11 @@ class TorchFamily:
 
 
 def _torch_families() -> dict[str, TorchFamily]:
-    from . import aulunet, ultralightunet, ultraseg  # each family module defines FAMILY; add new ones here
+    # each family module defines FAMILY; add new ones here
+    from . import aulunet, malunet, microaunet, ultralightunet, ultraseg
 
-    return {f.name: f for f in (ultraseg.FAMILY, ultralightunet.FAMILY, aulunet.FAMILY)}
+    return {f.name: f for f in (ultraseg.FAMILY, ultralightunet.FAMILY, microaunet.FAMILY, malunet.FAMILY,
+                                aulunet.FAMILY)}
 
 
 TORCH_FAMILIES: dict[str, TorchFamily] = _torch_families()
