@@ -237,3 +237,31 @@ def test_distillation_stages():
     with pytest.raises(ValueError, match="skips"):
         microaunet.microaunet_loss(model(x), {"options": microaunet.MicroAUNetOptions(stage=1), "mask": mask,
                                               "teacher": teacher_out[0]})
+
+
+def test_teacher_then_both_distillation_stages_train_and_export(tmp_path):
+    """The recipes' chain on a toy dataset, one epoch each: the MALUNet teacher, then MicroAUNet's
+    imitation stage (the teacher's skips reach the loss), then its preference stage from that
+    export; every export loads in npseg with the min-max record and predicts."""
+    import npseg
+    from test_trainer import make_dataset
+    from trainer.checkpoint import export_checkpoint
+    from trainer.recipe import Recipe, TrainOptions
+    from trainer.train import train
+
+    data = make_dataset(tmp_path / "toy", n=8, size=(128, 128))
+
+    def run(name, **keys):
+        recipe = Recipe(**{"data": (str(data),), "epochs": 1, "batch_size": 2, "lr": 1e-3, "size": 128, **keys})
+        train(TrainOptions(recipe=recipe, out=str(tmp_path / name), cache_dir=str(tmp_path / "cache"), threads=1))
+        return export_checkpoint(tmp_path / name / "best.pt", tmp_path / f"{name}.safetensors")
+
+    teacher = run("teacher", model="malunet")
+    stage1 = run("stage1", model="microaunet", teacher=str(teacher), options={"stage": 1})
+    stage2 = run("stage2", model="microaunet", teacher=str(teacher), init=str(stage1), options={"stage": 2})
+    frame = np.full((100, 140, 3), 90, np.uint8)
+    frame[30:70, 40:90] = (60, 60, 170)
+    for path in (teacher, stage2):
+        seg = npseg.load(str(path))
+        assert seg.weights.preprocessing["normalize"]["kind"] == "minmax"
+        assert seg.predict_proba(frame).shape == (100, 140)
