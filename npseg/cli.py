@@ -556,6 +556,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"npseg {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
+    _add_segment_command(sub, fmt)
+    _add_warmup_command(sub, fmt)
+    _add_video_command(sub, fmt)
+    _add_info_command(sub, fmt)
+    _add_bench_command(sub, fmt)
+    return parser
+
+
+def _add_segment_command(sub, fmt) -> None:
     p = sub.add_parser(
         "segment", formatter_class=fmt, help="images or folders -> masks and overlays",
         description="Segment images (files, or folders searched recursively) into OUT/masks/NAME.png "
@@ -571,6 +580,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_options(p)
     p.set_defaults(run=cmd_segment)
 
+
+def _add_warmup_command(sub, fmt) -> None:
     p = sub.add_parser(
         "warmup", formatter_class=fmt, help="compile the models' kernels once, after an install",
         description="Compile the Numba kernels of the given models (default: every bundled model) into Numba's "
@@ -582,6 +593,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--size", default=None, help=argparse.SUPPRESS)
     p.set_defaults(run=cmd_warmup)
 
+
+def _add_video_command(sub, fmt) -> None:
     p = sub.add_parser(
         "video", formatter_class=fmt, help="video file or camera -> overlay video",
         description="Segment every frame of a video file (or a camera, by index) and write a video of overlays "
@@ -602,6 +615,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_options(p)
     p.set_defaults(run=cmd_video, display=False)
 
+
+def _add_info_command(sub, fmt) -> None:
     p = sub.add_parser(
         "info", formatter_class=fmt, help="what a weights file holds",
         description="Architecture, parameter count, config, preprocessing, provenance and metrics recorded in a "
@@ -612,6 +627,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(run=cmd_info)
 
+
+def _add_bench_command(sub, fmt) -> None:
     p = sub.add_parser(
         "bench", formatter_class=fmt, help="quick single-core speed check",
         description="Time predict() on a synthetic frame with this machine's engine on one CPU core (Linux: "
@@ -626,7 +643,6 @@ def build_parser() -> argparse.ArgumentParser:
                    help="run in this process on whatever CPUs it may use")
     _add_model_options(p, threshold=False)
     p.set_defaults(run=cmd_bench)
-    return parser
 
 
 def _interrupt(signum, frame):
