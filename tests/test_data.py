@@ -58,14 +58,14 @@ def test_sequence_split_keeps_each_sequence_on_one_side(seed):
 
 
 def test_sequence_file_is_read_and_used(tmp_path):
-    root = _dataset(tmp_path / "video", [str(i) for i in range(1, 13)], sequences="1-4\n5-8\n9-10\n11-12\n")
+    root = _dataset(tmp_path / "video", [str(i) for i in range(1, 13)], sequences="1-4\n5-8\n\n9-10\n11-12\n")
     split = D.load_or_make_split(root, seed=0)
     where = {s: part for part, v in split.items() for s in v}
     for first, last in ((1, 4), (5, 8), (9, 10), (11, 12)):
         assert len({where[str(i)] for i in range(first, last + 1)}) == 1
     assert all(split[k] for k in ("train", "val", "test"))
-    (root / D.SEQUENCES_FILE).write_text("1-4\nfive-8\n")
-    with pytest.raises(D.DataError, match="sequences.txt:2"):
+    (root / D.SEQUENCES_FILE).write_text("1-4\n\nfive-8\n")
+    with pytest.raises(D.DataError, match="sequences.txt:3"):
         D.load_or_make_split(root, seed=0)
 
 

@@ -196,6 +196,8 @@ def read_sequences(path) -> list[list[str]]:
     """The stems of each sequence of a SEQUENCES_FILE ("first-last", inclusive integer ids)."""
     sequences = []
     for n, line in enumerate(Path(path).read_text().splitlines(), 1):
+        if not line.strip():
+            continue
         first, sep, last = line.strip().partition("-")
         if not (sep and first.isdigit() and last.isdigit() and int(first) <= int(last)):
             raise DataError(f"{path}:{n}: {line!r} is not a sequence 'first-last' of integer frame ids")
