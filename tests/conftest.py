@@ -19,6 +19,17 @@ def data_dir() -> Path:
     return DATA
 
 
+@pytest.fixture
+def one_torch_thread():
+    """torch on one thread: its kernels' summation order is fixed, and on a busy machine threads only contend."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def upstream_dir() -> Path:
     if not (UPSTREAM / "best-ultraseg-130K.pth").is_file():

@@ -24,15 +24,7 @@ def upstream_model(upstream_dir):
     return torch_family("ultraseg").import_upstream(upstream_dir / "best-ultraseg-130K.pth")
 
 
-@pytest.fixture
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)  # one thread: the kernels' summation order is fixed
-    yield
-    torch.set_num_threads(before)
-
-
-def test_torch_model_reproduces_golden_logits(upstream_model, golden, one_thread):
+def test_torch_model_reproduces_golden_logits(upstream_model, golden, one_torch_thread):
     with torch.no_grad():
         for key in ("256", "320x384"):
             for x, ref in zip(golden[f"inputs_{key}"], golden[f"logits_{key}"]):

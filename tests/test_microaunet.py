@@ -25,12 +25,7 @@ TEACHER = npseg_malunet.VARIANTS["malunet"]
 TOL = 1e-4
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)  # a busy machine: threads only contend
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _golden(name):

@@ -20,12 +20,7 @@ TAPS = {"tap_t1_corner": ("t1", np.s_[:, :8, :8]), "tap_t3_corner": ("t3", np.s_
         "tap_b": ("b", np.s_[:]), "tap_d1_corner": ("d1", np.s_[:, :8, :8]), "tap_d4_corner": ("d4", np.s_[:, :8, :8])}
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)  # a busy machine: threads only contend
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module", params="tsb")
