@@ -37,6 +37,7 @@ def dsconv_ref(x, w_dw, b_dw, w_pw, b_pw, dilation=1, epilogue=EPILOGUE_RELU, re
 # ---- Numba kernels -------------------------------------------------------------------------
 from ._jit import inline, kernel  # noqa: E402
 from .activation import gelu_fast  # noqa: E402
+from .norm import add_row_stats  # noqa: E402
 from .pool_extremes import pool_extremes_rows  # noqa: E402
 from .steps import _arrays, _need  # noqa: E402
 
@@ -139,17 +140,6 @@ def pointwise4(a0, a1, a2, a3, src, w, o, p0, n):
             a3[p] += w3 * v
 
 
-@inline
-def _add_row_stats(row, stats, c):
-    total, total_sq = 0.0, 0.0
-    for x in range(row.size):
-        v = np.float64(row[x])
-        total += v
-        total_sq += v * v
-    stats[c, 0] += total
-    stats[c, 1] += total_sq
-
-
 @kernel
 def depthwise_nb(src, dilation, w, b, out, stats):
     """out = depthwise(src) + b (w [C, 1, k, k]: see _dw_channel); with a non-empty stats [C, 2],
@@ -168,7 +158,7 @@ def depthwise_nb(src, dilation, w, b, out, stats):
             dst = flat[c, y0 * width:(y0 + rows) * width]
             _dw_channel(src, c, y0, rows, d, w, b, _NO_FLOOR, pad_rows, dst)
             if stats.shape[0] > 0:
-                _add_row_stats(dst, stats, c)
+                add_row_stats(dst, stats, c)
 
 
 @kernel
@@ -213,7 +203,7 @@ def dsconv_nb(src, dilation, w_dw, b_dw, w_pw, b_pw, epilogue, residual, out, st
                     for p in range(n):
                         dst[p] = max(a[p], np.float32(0.0))
                 if stats.shape[0] > 0:
-                    _add_row_stats(dst, stats, co + j)
+                    add_row_stats(dst, stats, co + j)
                 if pooled:
                     pool_extremes_rows(dst, rows, width, top[co + j], bottom[co + j], y0 // 2)
 

@@ -40,9 +40,10 @@ def spatial_gate_pointwise_ref(u, wg):
 
 
 # ---- Numba kernels -------------------------------------------------------------------------
-from ._jit import ACT_NONE, inline, kernel  # noqa: E402
+from ._jit import ACT_NONE, kernel  # noqa: E402
 from .activation import activate, gelu_fast, sigmoid_fast  # noqa: E402
 from .dsconv import pointwise4, stats_buffer  # noqa: E402
+from .norm import add_row_stats  # noqa: E402
 from .norm import group_mean_rstd  # noqa: E402
 from .pool_extremes import pool_extremes_rows  # noqa: E402
 from .steps import _act, _arrays, _need  # noqa: E402
@@ -81,17 +82,6 @@ def _fold_input_affine(w, scale, shift, w_out, b_out):
         b_out[o] += acc
 
 
-@inline
-def _add_stats(row, stats, o):
-    total, total_sq = 0.0, 0.0
-    for p in range(row.size):
-        val = np.float64(row[p])
-        total += val
-        total_sq += val * val
-    stats[o, 0] += total
-    stats[o, 1] += total_sq
-
-
 @kernel
 def gate_pointwise_nb(v, scale, shift, w, b, wg, y, stats, w_frame, b_frame):
     """u = w (v * scale + shift) + b; y = u * sigmoid(wg . u); stats [C, 2] of y (float64).
@@ -121,7 +111,7 @@ def gate_pointwise_nb(v, scale, shift, w, b, wg, y, stats, w_frame, b_frame):
             uo, d = u[o], dst[o, p0:p0 + n]
             for p in range(n):
                 d[p] = uo[p] * logit[p]
-            _add_stats(d, stats, o)
+            add_row_stats(d, stats, o)
 
 
 @kernel
@@ -162,7 +152,7 @@ def dual_pointwise_nb(y, x, sy, ty, sx, tx, wy, wx, b, act, out, stats, wy_frame
                 elif not pooled:
                     d[:] = a[:n]
                 if stats.shape[0] > 0:
-                    _add_stats(d, stats, o + j)
+                    add_row_stats(d, stats, o + j)
                 if pooled:
                     pool_extremes_rows(d, rows, width, top[o + j], bottom[o + j], y0 // 2)
 

@@ -46,6 +46,19 @@ from ._jit import inline, kernel  # noqa: E402
 
 
 @inline
+def add_row_stats(row, stats, c):
+    """stats[c] += (sum, sum of squares) of a row, accumulated in float64: the statistics a
+    GroupNorm of the row's map needs, gathered by the kernel that produced the row."""
+    total, total_sq = 0.0, 0.0
+    for x in range(row.size):
+        v = np.float64(row[x])
+        total += v
+        total_sq += v * v
+    stats[c, 0] += total
+    stats[c, 1] += total_sq
+
+
+@inline
 def group_mean_rstd(total, total_sq, count, eps):
     """A group's mean and 1/std from its float64 sum and sum of squares over `count` values
     (biased variance, as GroupNorm); float64 makes E[x^2] - E[x]^2 safe at these sizes."""
