@@ -4,7 +4,7 @@ PIP = $(PY) -m pip install -q --disable-pip-version-check
 DATA ?= ../shared/data
 OUT ?= out/demo
 
-.PHONY: install-runtime install test demo bench bench-accuracy
+.PHONY: install-runtime install test demo bench bench-accuracy pareto
 
 install-runtime:
 	$(PIP) -e .
@@ -34,3 +34,8 @@ bench: install
 
 bench-accuracy: install
 	taskset -c 0 $(PY) benchmarks/accuracy.py --data $(DATA)
+
+# every shipped model: test Dice against one-core ms (benchmarks/PARETO.md); PARETO_ARGS="--quick", "--weights FILE ..."
+PARETO_ARGS ?=
+pareto: install
+	OPENBLAS_NUM_THREADS=1 $(PY) benchmarks/pareto.py $(PARETO_ARGS)

@@ -1,8 +1,10 @@
 """The accuracy benchmark on a few real test images: every engine scores the shipped model alike,
-and the report and plot are written."""
+and the report and plot are written. The accuracy-against-speed map: its dominance arithmetic, and
+a quick run on one bundled file whose JSON, Markdown page and plot parse."""
 from __future__ import annotations
 
 import importlib.util
+import json
 
 import pytest
 
@@ -12,15 +14,15 @@ pytest.importorskip("torch")
 pytest.importorskip("onnxruntime")
 
 
-def _accuracy_script():
-    spec = importlib.util.spec_from_file_location("accuracy", REPO / "benchmarks" / "accuracy.py")
+def _benchmark_script(name: str):
+    spec = importlib.util.spec_from_file_location(name, REPO / "benchmarks" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
 
 
 def test_accuracy_benchmark_engines_agree(data_dir, tmp_path):
-    acc = _accuracy_script()
+    acc = _benchmark_script("accuracy")
     model = acc.evaluate_model("ultraseg-130k-kvasir", data_dir, limit=2, tmp=tmp_path)
     r = model["datasets"]["kvasir-seg"]
     assert r["n"] == 2 and r["paper_dice"] == acc.PAPER_DICE[("ultraseg-130k", "kvasir-seg")]
@@ -33,3 +35,32 @@ def test_accuracy_benchmark_engines_agree(data_dir, tmp_path):
     text = (tmp_path / "ACCURACY.md").read_text()
     assert "`ultraseg-130k-kvasir` | kvasir-seg | 2 |" in text
     assert (tmp_path / "accuracy.png").stat().st_size > 1000
+
+
+def test_pareto_front_and_dominance():
+    pareto = _benchmark_script("pareto")
+    dice = {"fast": 0.70, "slow-better": 0.80, "slow-worse": 0.65, "same-speed-worse": 0.69}
+    ms = {"fast": 5.0, "slow-better": 10.0, "slow-worse": 20.0, "same-speed-worse": 5.0}
+    res = pareto.pareto_map(dice, ms)
+    assert res["front"] == ["fast", "slow-better"]
+    assert [d["by"] for d in res["dominated"]["slow-worse"]] == ["fast", "slow-better"]
+    by_fast = res["dominated"]["slow-worse"][0]
+    assert by_fast["times_faster"] == pytest.approx(4.0) and by_fast["dice_gain"] == pytest.approx(0.05)
+    assert res["dominated"]["same-speed-worse"] == [{"by": "fast", "times_faster": 1.0,
+                                                     "dice_gain": pytest.approx(0.01)}]
+
+
+def test_quick_map_of_one_bundled_file(tmp_path):
+    """npseg only and 3 frames: the smallest run through every part (workers, FLOPs, outputs)."""
+    pareto = _benchmark_script("pareto")
+    pareto.main(["--quick", "--bundled", "ultraseg-108k", "--frames", "3", "--engines", "npseg-numba",
+                 "--out", str(tmp_path)])
+    res = json.loads((tmp_path / "pareto.json").read_text())
+    m = res["models"]["ultraseg-108k"]
+    assert m["parameters"] > 100_000 and 0 < m["gflops_256"] < m["gflops_own"]
+    assert m["ms_256"]["npseg-numba"] > 0 and m["end_to_end"]["predict_median_ms"] > 0
+    assert set(res["panels"]) == {"kvasir-seg", "polypgen"}
+    assert res["pareto"]["kvasir-seg"]["front"] == ["ultraseg-108k"]
+    page = (tmp_path / "PARETO.md").read_text()
+    assert "| `ultraseg-108k` | kvasir-seg | test split | 200 |" in page and "Pareto front" in page
+    assert (tmp_path / "pareto.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
