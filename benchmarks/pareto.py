@@ -42,7 +42,7 @@ FLOPS_NOTE = ("GFLOPs: convolutions and matrix products counted by `torch.utils.
               "the torch module, one multiply-add = 2 FLOPs; norms, activations, resizes and gates are not counted.")
 QUICK_NOTE = ("**Quick run** (`--quick`): one round of few frames, so the times are indicative only; "
               "`make pareto` times every engine in three alternating rounds.")
-MODES = {"full": {"frames": 100, "rounds": 3, "e2e_frames": 50, "e2e_warmup": 10},
+MODES = {"full": {"frames": 100, "rounds": 3, "e2e_frames": 60, "e2e_warmup": 10},
          "quick": {"frames": 20, "rounds": 1, "e2e_frames": 10, "e2e_warmup": 3}}
 
 
@@ -135,19 +135,19 @@ def time_forward(models: dict, engines: list[str], frames: int, rounds: int, tmp
     return tables
 
 
-def time_end_to_end(models: dict, frames: int, warmup: int) -> dict:
-    """(architecture, input size) -> npseg predict() on a FRAME-sized BGR frame, at the file's own size."""
-    out = {}
-    for label, m in models.items():
-        key = json.dumps([architecture(m), m["input_size"]])
-        if key in out:
-            continue
-        d = speed._spawn("e2e", weights=m["file"], frames=frames, warmup=warmup)[f"{FRAME[1]}x{FRAME[0]}"]
-        out[key] = {"predict_median_ms": float(np.median(d["predict_ms"])),
-                    "predict_p90_ms": float(np.percentile(d["predict_ms"], 90)),
-                    "forward_own_size_median_ms": float(np.median(d["forward_ms"]))}
-        print(f"{label} predict {out[key]['predict_median_ms']:.2f} ms per {FRAME[1]}x{FRAME[0]} frame", flush=True)
-    return out
+def time_end_to_end(models: dict, frames: int, warmup: int, rounds: int) -> dict:
+    """(architecture, input size) -> npseg predict() on a FRAME-sized BGR frame at the file's own size,
+    the architectures alternating in `rounds` rounds (neighbours in time share the machine's load)."""
+    files = {json.dumps([architecture(m), m["input_size"]]): (label, m["file"]) for label, m in models.items()}
+    samples = {key: [] for key in files}
+    for r in range(rounds):
+        for key, (label, path) in files.items():
+            d = speed._spawn("e2e", weights=path, frames=max(frames // rounds, 1), warmup=warmup)
+            samples[key] += d[f"{FRAME[1]}x{FRAME[0]}"]["predict_ms"]
+            print(f"{label} round {r + 1}/{rounds} predict {np.median(samples[key]):.2f} ms per "
+                  f"{FRAME[1]}x{FRAME[0]} frame", flush=True)
+    return {key: {"predict_median_ms": float(np.median(ms)), "predict_p90_ms": float(np.percentile(ms, 90)),
+                  "frames": len(ms)} for key, ms in samples.items()}
 
 
 def attach_timings(models: dict, forward: dict, e2e: dict) -> None:
@@ -211,9 +211,9 @@ def _num(v, fmt="{:.3f}") -> str:
 
 
 def _speed_rows(res: dict) -> list[str]:
-    lines = [f"| model | family / variant | input | parameters | GFLOPs {SIZE}² | GFLOPs own size | npseg ms {SIZE}² | "
-             f"ONNX Runtime ms {SIZE}² | torch ms {SIZE}² | npseg / ONNX Runtime | npseg `predict` ms "
-             f"{FRAME[1]}×{FRAME[0]} (p90) | trained on |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = [f"| model | family / variant | input | parameters | GFLOPs {SIZE}² | GFLOPs own size | "
+             f"npseg ms {SIZE}² | ONNX Runtime ms {SIZE}² | torch ms {SIZE}² | npseg / ONNX Runtime | npseg `predict` ms "
+             f"{FRAME[1]}×{FRAME[0]} (p90) | trained on | held-out Dice |", "|---" * 13 + "|"]
     for label, m in res["models"].items():
         ms, h, w = m["ms_256"], *m["input_size"]
         e = m["end_to_end"]
@@ -222,7 +222,8 @@ def _speed_rows(res: dict) -> list[str]:
             f"{_num(m['gflops_256'])} | {_num(m['gflops_own'])} | {ms['npseg-numba']:.2f} | "
             f"{_num(ms.get('onnxruntime'), '{:.2f}')} | {_num(ms.get('torch-eager'), '{:.2f}')} | "
             f"{_num(m['npseg_vs_onnxruntime_256'], '{:.2f}')} | {e['predict_median_ms']:.2f} "
-            f"({e['predict_p90_ms']:.2f}) | {', '.join(m['trained_on']) or '—'} |")
+            f"({e['predict_p90_ms']:.2f}) | {', '.join(m['trained_on']) or '—'} | "
+            f"{_num(res['panels'].get(HELD_OUT, {}).get(label), '{:.4f}')} |")
     return lines
 
 
@@ -231,7 +232,8 @@ def _accuracy_rows(res: dict) -> list[str]:
              "|---|---|---|---|---|---|" + "---|" * len(SIZE_BUCKETS)]
     for label, m in res["models"].items():
         if not m["accuracy"]:
-            lines.append(f"| `{label}` | — | no metrics recorded | — | — | — |" + " — |" * len(SIZE_BUCKETS))
+            lines.append(f"| `{label}` | — | no metrics recorded: not on the map | — | — | — |"
+                         + " — |" * len(SIZE_BUCKETS))
         for dataset, r in m["accuracy"].items():
             sizes = r["by_size"] or {}
             lines.append(f"| `{label}` | {dataset} | {'held out' if r['held_out'] else 'test split'} | {r['n']} | "
@@ -255,8 +257,9 @@ def _dominance_lines(res: dict) -> list[str]:
 
 def _held_out_note(res: dict) -> str:
     if HELD_OUT in res["panels"]:
-        return (f"Held-out figures: the panel `{HELD_OUT}` is each file's mean Dice over the datasets it recorded "
-                "but did not train on; files without one show — there.")
+        return (f"Held-out (leave-one-dataset-out) figures: the panel `{HELD_OUT}` and the held-out column are "
+                "each file's mean Dice over the datasets it records but did not train on; a file that records none "
+                "shows — and is not in that panel.")
     return ("No file on this map records a leave-one-dataset-out figure: every held-out column and panel is — here. "
             "Such figures exist only for the UltraSeg-108K recipe runs in `docs/lab/generalisation.md`, "
             "which are not shipped files.")
@@ -274,7 +277,8 @@ def write_markdown(res: dict, path: Path) -> None:
         f"Speed: every measurement in its own process pinned to one core (`{s['pinning']}`), one thread everywhere, "
         f"{s['warmup_frames']} warm-up frames; at {SIZE}×{SIZE} the engines alternate in {s['rounds']} round(s) of "
         f"{s['frames_per_round']} frames (medians); npseg `predict` on a {FRAME[1]}×{FRAME[0]} BGR frame (resize, "
-        f"normalise, forward at the file's own input size, upsample, threshold) over {s['e2e_frames']} frames. "
+        f"normalise, forward at the file's own input size, upsample, threshold) over {s['e2e_frames']} frames, "
+        "the files alternating in the same number of rounds. "
         "Files sharing an architecture and input size share one timing (speed depends on the graph, not the "
         "weight values). On a shared machine compare ratios rather than absolute times.", "",
         FLOPS_NOTE, "",
@@ -301,11 +305,15 @@ def plot(res: dict, path: Path) -> None:
     from matplotlib.ticker import FormatStrFormatter
 
     names = list(res["panels"])
-    fig, axes = plt.subplots(1, len(names), figsize=(6 * len(names), 5), squeeze=False)
+    cols = min(len(names), 3)
+    rows = -(-len(names) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(6 * cols, 5 * rows), squeeze=False, sharex=True)
+    for ax in axes.flat[len(names):]:
+        ax.remove()
     families = sorted({m["family"] for m in res["models"].values()})
     colour = {f: plt.get_cmap("tab10")(i) for i, f in enumerate(families)}
     x = res["x_ms"]
-    for ax, panel in zip(axes[0], names):
+    for ax, panel in zip(axes.flat, names):
         dice, front = res["panels"][panel], res["pareto"][panel]["front"]
         for label, d in dice.items():
             on_front = label in front
@@ -323,7 +331,8 @@ def plot(res: dict, path: Path) -> None:
         ax.set_title(panel)
         ax.grid(True, which="both", alpha=0.3)
     handles = [plt.Line2D([], [], marker="o", ls="", color=colour[f], label=f) for f in families]
-    axes[0][-1].legend(handles=handles + [plt.Line2D([], [], color="grey", label="Pareto front")], fontsize=8)
+    handles.append(plt.Line2D([], [], color="grey", label="Pareto front"))
+    axes.flat[len(names) - 1].legend(handles=handles, fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -333,11 +342,13 @@ def run(files: dict, mode: dict, engines: list[str], tmp: Path) -> dict:
     start, load_before = time.perf_counter(), os.getloadavg()
     models = {label: describe(label, path) for label, path in files.items()}
     forward = time_forward(models, engines, mode["frames"], mode["rounds"], tmp)
-    attach_timings(models, forward, time_end_to_end(models, mode["e2e_frames"], mode["e2e_warmup"]))
+    e2e = time_end_to_end(models, mode["e2e_frames"], mode["e2e_warmup"], mode["rounds"])
+    attach_timings(models, forward, e2e)
     dice, x = panels(models), end_to_end_ms(models)
     maps = {panel: pareto_map(d, x) for panel, d in dice.items()}
     return {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-            "machine": {**speed._machine(load_before), "logical_cpus": os.cpu_count()}, "wall_s": time.perf_counter() - start,
+            "machine": {**speed._machine(load_before), "logical_cpus": os.cpu_count()},
+            "wall_s": time.perf_counter() - start,
             "setup": {"mode": mode["name"], "pinning": f"taskset -c {speed.CORE}", "threads": 1,
                       "frames_per_round": mode["frames"], "rounds": mode["rounds"], "warmup_frames": 20,
                       "e2e_frames": mode["e2e_frames"], "flops": FLOPS_NOTE, "x": "npseg predict median ms, "

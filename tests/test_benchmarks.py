@@ -50,7 +50,7 @@ def test_pareto_front_and_dominance():
                                                      "dice_gain": pytest.approx(0.01)}]
 
 
-def test_quick_map_of_one_bundled_file(tmp_path):
+def test_pareto_quick_map_of_one_bundled_file(tmp_path):
     """npseg only and 3 frames: the smallest run through every part (workers, FLOPs, outputs)."""
     pareto = _benchmark_script("pareto")
     pareto.main(["--quick", "--bundled", "ultraseg-108k", "--frames", "3", "--engines", "npseg-numba",
@@ -64,3 +64,26 @@ def test_quick_map_of_one_bundled_file(tmp_path):
     page = (tmp_path / "PARETO.md").read_text()
     assert "| `ultraseg-108k` | kvasir-seg | test split | 200 |" in page and "Pareto front" in page
     assert (tmp_path / "pareto.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_pareto_reads_test_and_held_out_figures():
+    """A dataset the file did not train on is a held-out figure (its own panel, a mean per file);
+    files without size buckets show none; a file without metrics is on no panel."""
+    from types import SimpleNamespace
+
+    pareto = _benchmark_script("pareto")
+    buckets = {b: {"n": 1, "dice": 0.5} for b in pareto.SIZE_BUCKETS}
+
+    def scores(dice, sizes=None):
+        return {"n": 10, "dice": {"mean": dice}, "iou": {"mean": dice - 0.1},
+                **({"by_polyp_size": sizes} if sizes else {})}
+
+    loo = SimpleNamespace(provenance={"datasets": {"kvasir-seg": "", "polypgen": ""}},
+                          metrics={"part": "all", "datasets": {"cvc-clinicdb": scores(0.6, buckets)}})
+    old = SimpleNamespace(provenance={"datasets": {"kvasir-seg": ""}},
+                          metrics={"part": "test", "datasets": {"kvasir-seg": scores(0.8)}})
+    acc = {name: pareto.recorded_accuracy(w) for name, w in (("loo", loo), ("old", old))}
+    assert acc["loo"]["cvc-clinicdb"]["held_out"] and acc["loo"]["cvc-clinicdb"]["by_size"]["<1%"] == 0.5
+    assert not acc["old"]["kvasir-seg"]["held_out"] and acc["old"]["kvasir-seg"]["by_size"] is None
+    models = {name: {"accuracy": a} for name, a in acc.items()} | {"unscored": {"accuracy": {}}}
+    assert pareto.panels(models) == {"kvasir-seg": {"old": 0.8}, pareto.HELD_OUT: {"loo": 0.6}}
