@@ -138,7 +138,9 @@ def time_forward(models: dict, engines: list[str], frames: int, rounds: int, tmp
 def time_end_to_end(models: dict, frames: int, warmup: int, rounds: int) -> dict:
     """(architecture, input size) -> npseg predict() on a FRAME-sized BGR frame at the file's own size,
     the architectures alternating in `rounds` rounds (neighbours in time share the machine's load)."""
-    files = {json.dumps([architecture(m), m["input_size"]]): (label, m["file"]) for label, m in models.items()}
+    files: dict[str, tuple[str, str]] = {}
+    for label, m in models.items():  # the first file of each architecture and size stands for the others
+        files.setdefault(json.dumps([architecture(m), m["input_size"]]), (label, m["file"]))
     samples = {key: [] for key in files}
     for r in range(rounds):
         for key, (label, path) in files.items():
@@ -212,8 +214,8 @@ def _num(v, fmt="{:.3f}") -> str:
 
 def _speed_rows(res: dict) -> list[str]:
     lines = [f"| model | family / variant | input | parameters | GFLOPs {SIZE}² | GFLOPs own size | "
-             f"npseg ms {SIZE}² | ONNX Runtime ms {SIZE}² | torch ms {SIZE}² | npseg / ONNX Runtime | npseg `predict` ms "
-             f"{FRAME[1]}×{FRAME[0]} (p90) | trained on | held-out Dice |", "|---" * 13 + "|"]
+             f"npseg ms {SIZE}² | ONNX Runtime ms {SIZE}² | torch ms {SIZE}² | npseg / ONNX Runtime | "
+             f"npseg `predict` ms {FRAME[1]}×{FRAME[0]} (p90) | trained on | held-out Dice |", "|---" * 13 + "|"]
     for label, m in res["models"].items():
         ms, h, w = m["ms_256"], *m["input_size"]
         e = m["end_to_end"]
@@ -242,15 +244,32 @@ def _accuracy_rows(res: dict) -> list[str]:
     return lines
 
 
+def _speed_gain(times_faster: float) -> str:
+    return "the same timing" if times_faster == 1.0 else f"{times_faster:.2f}× as fast"
+
+
+def _split_line(res: dict, panel: str) -> list[str]:
+    """Whether the files of a test panel were scored on the same recorded test split."""
+    if panel == HELD_OUT:
+        return []
+    splits: dict[str, list[str]] = {}
+    for label in res["panels"][panel]:
+        splits.setdefault(res["models"][label]["accuracy"][panel]["split_sha256"] or "not recorded", []).append(label)
+    if len(splits) == 1:
+        return [f"Every file here was scored on the same test split (split SHA-256 `{next(iter(splits))}`).", ""]
+    return ["The files here were scored on different test splits, so compare them with care: " + "; ".join(
+        f"`{sha}`: " + ", ".join(f"`{k}`" for k in labels) for sha, labels in splits.items()) + ".", ""]
+
+
 def _dominance_lines(res: dict) -> list[str]:
     lines = []
     for panel, pm in res["pareto"].items():
         dice = res["panels"][panel]
-        lines += [f"### {panel}", "", "Pareto front, fastest first: " + ", ".join(
+        lines += [f"### {panel}", "", *_split_line(res, panel), "Pareto front, fastest first: " + ", ".join(
             f"`{k}` ({res['x_ms'][k]:.2f} ms, Dice {dice[k]:.4f})" for k in pm["front"]) + "."]
         for a, by in pm["dominated"].items():
             lines.append(f"- `{a}` ({res['x_ms'][a]:.2f} ms, Dice {dice[a]:.4f}) is dominated by " + "; ".join(
-                f"`{d['by']}` ({d['times_faster']:.2f}× as fast, Dice {d['dice_gain']:+.4f})" for d in by) + ".")
+                f"`{d['by']}` ({_speed_gain(d['times_faster'])}, Dice {d['dice_gain']:+.4f})" for d in by) + ".")
         lines.append("")
     return lines
 
