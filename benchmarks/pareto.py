@@ -59,7 +59,10 @@ def weights_files(bundled: list[str] | None, extra: list[str]) -> dict[str, Path
     for p in map(Path, extra):
         if not p.is_file():
             raise SystemExit(f"{p}: no such weights file")
-        files[f"{p.resolve().parent.name}/{p.stem}"] = p.resolve()
+        label = f"{p.resolve().parent.name}/{p.stem}"
+        if label in files:
+            raise SystemExit(f"{p}: a second file labelled {label}; give each file its own folder or name")
+        files[label] = p.resolve()
     return files
 
 
@@ -104,7 +107,8 @@ def describe(label: str, path: Path) -> dict:
     return {"file": str(path), "family": w.family.name, "variant": w.config.name, "config": w.config.to_dict(),
             "input_size": list(own), "trained_on": sorted(w.provenance.get("datasets", {})),
             "parameters": sum(int(t.size) for k, t in w.tensors.items() if not k.endswith(stats)),
-            "gflops_256": model and gflops(model, SIZE), "gflops_own": model and gflops(model, own[0]),
+            "gflops_256": None if model is None else gflops(model, SIZE),
+            "gflops_own": None if model is None else gflops(model, own[0]),
             "accuracy": recorded_accuracy(w)}
 
 
