@@ -145,15 +145,17 @@ def time_end_to_end(models: dict, frames: int, warmup: int, rounds: int) -> dict
     files: dict[str, tuple[str, str]] = {}
     for label, m in models.items():  # the first file of each architecture and size stands for the others
         files.setdefault(json.dumps([architecture(m), m["input_size"]]), (label, m["file"]))
-    samples = {key: [] for key in files}
+    wall, cpu = {key: [] for key in files}, {key: [] for key in files}
     for r in range(rounds):
         for key, (label, path) in files.items():
             d = speed._spawn("e2e", weights=path, frames=max(frames // rounds, 1), warmup=warmup)
-            samples[key] += d[f"{FRAME[1]}x{FRAME[0]}"]["predict_ms"]
-            print(f"{label} round {r + 1}/{rounds} predict {np.median(samples[key]):.2f} ms per "
-                  f"{FRAME[1]}x{FRAME[0]} frame", flush=True)
-    return {key: {"predict_median_ms": float(np.median(ms)), "predict_p90_ms": float(np.percentile(ms, 90)),
-                  "frames": len(ms)} for key, ms in samples.items()}
+            wall[key] += d[f"{FRAME[1]}x{FRAME[0]}"]["predict_ms"]
+            cpu[key] += d[f"{FRAME[1]}x{FRAME[0]}"]["predict_cpu_ms"]
+            print(f"{label} round {r + 1}/{rounds} predict {np.median(wall[key]):.2f} ms, CPU "
+                  f"{np.median(cpu[key]):.2f} ms per {FRAME[1]}x{FRAME[0]} frame", flush=True)
+    return {key: {"predict_median_ms": float(np.median(wall[key])),
+                  "predict_p90_ms": float(np.percentile(wall[key], 90)),
+                  "predict_cpu_median_ms": float(np.median(cpu[key])), "frames": len(wall[key])} for key in files}
 
 
 def attach_timings(models: dict, forward: dict, e2e: dict) -> None:
@@ -195,7 +197,7 @@ def pareto_map(dice: dict, ms: dict) -> dict:
 
 
 def end_to_end_ms(models: dict) -> dict:
-    return {label: m["end_to_end"]["predict_median_ms"] for label, m in models.items()}
+    return {label: m["end_to_end"]["predict_cpu_median_ms"] for label, m in models.items()}
 
 
 def choice_sentence(maps: dict, dice: dict, ms: dict) -> str:
@@ -204,7 +206,8 @@ def choice_sentence(maps: dict, dice: dict, ms: dict) -> str:
     for panel, pm in maps.items():
         steps = [f"from {ms[k]:.1f} ms `{k}` (Dice {dice[panel][k]:.3f})" for k in pm["front"]]
         parts.append(f"on {panel} " + ", ".join(steps))
-    return ("Which model for which time budget (npseg `predict` on a 1280×1024 frame, one core of this machine; "
+    return ("Which model for which time budget (CPU ms of npseg `predict` on a 1280×1024 frame, one core of this "
+            "machine; "
             "each step is the most accurate model within that budget, the rest are dominated): "
             + "; ".join(parts) + ".")
 
@@ -219,7 +222,8 @@ def _num(v, fmt="{:.3f}") -> str:
 def _speed_rows(res: dict) -> list[str]:
     lines = [f"| model | family / variant | input | parameters | GFLOPs {SIZE}² | GFLOPs own size | "
              f"npseg ms {SIZE}² | ONNX Runtime ms {SIZE}² | torch ms {SIZE}² | npseg / ONNX Runtime | "
-             f"npseg `predict` ms {FRAME[1]}×{FRAME[0]} (p90) | trained on | held-out Dice |", "|---" * 13 + "|"]
+             f"npseg `predict` ms {FRAME[1]}×{FRAME[0]} (p90) | `predict` CPU ms | trained on | held-out Dice |",
+             "|---" * 14 + "|"]
     for label, m in res["models"].items():
         ms, h, w = m["ms_256"], *m["input_size"]
         e = m["end_to_end"]
@@ -228,7 +232,7 @@ def _speed_rows(res: dict) -> list[str]:
             f"{_num(m['gflops_256'])} | {_num(m['gflops_own'])} | {ms['npseg-numba']:.2f} | "
             f"{_num(ms.get('onnxruntime'), '{:.2f}')} | {_num(ms.get('torch-eager'), '{:.2f}')} | "
             f"{_num(m['npseg_vs_onnxruntime_256'], '{:.2f}')} | {e['predict_median_ms']:.2f} "
-            f"({e['predict_p90_ms']:.2f}) | {', '.join(m['trained_on']) or '—'} | "
+            f"({e['predict_p90_ms']:.2f}) | {e['predict_cpu_median_ms']:.2f} | {', '.join(m['trained_on']) or '—'} | "
             f"{_num(res['panels'].get(HELD_OUT, {}).get(label), '{:.4f}')} |")
     return lines
 
@@ -303,7 +307,9 @@ def write_markdown(res: dict, path: Path) -> None:
         f"normalise, forward at the file's own input size, upsample, threshold) over {s['e2e_frames']} frames, "
         "the files alternating in the same number of rounds. "
         "Files sharing an architecture and input size share one timing (speed depends on the graph, not the "
-        "weight values). On a shared machine compare ratios rather than absolute times.", "",
+        "weight values). The map's time axis is the CPU time of the `predict` process (all its threads), which "
+        "leaves out the time other processes held the core: on a shared machine the steadier figure, and on a "
+        "core of its own the same as the wall time. Compare ratios rather than absolute times.", "",
         FLOPS_NOTE, "",
         "Accuracy: as each file records it (`metrics`, written by `python -m trainer export --evaluate`): mean "
         "test-split Dice and IoU through npseg at the file's own input size, at the original mask resolution; "
@@ -312,7 +318,7 @@ def write_markdown(res: dict, path: Path) -> None:
         "![accuracy against speed](pareto.png)", "",
         "## Speed and size", "", *_speed_rows(res), "",
         "## Recorded accuracy", "", *_accuracy_rows(res), "",
-        f"## Where each model is dominated (x: npseg `predict` ms per {FRAME[1]}×{FRAME[0]} frame)", "",
+        f"## Where each model is dominated (x: CPU ms of npseg `predict` per {FRAME[1]}×{FRAME[0]} frame)", "",
         "A model is dominated when another is no slower and no less accurate on that panel, and better in one; "
         "each model of the front that dominates it is given with how many times as fast it is and its Dice "
         "difference.", "",
@@ -349,7 +355,7 @@ def plot(res: dict, path: Path) -> None:
         ax.xaxis.set_major_formatter(FormatStrFormatter("%g"))
         ax.xaxis.set_minor_formatter(FormatStrFormatter("%g"))  # a narrow range has no major tick inside
         ax.tick_params(axis="x", which="minor", labelsize=7)
-        ax.set_xlabel(f"npseg predict ms per {FRAME[1]}x{FRAME[0]} frame, one core (log)")
+        ax.set_xlabel(f"npseg predict, CPU ms per {FRAME[1]}x{FRAME[0]} frame, one core (log)")
         ax.set_ylabel("mean Dice" + (" (held-out datasets)" if panel == HELD_OUT else " (test split)"))
         ax.set_title(panel)
         ax.grid(True, which="both", alpha=0.3)
@@ -374,8 +380,9 @@ def run(files: dict, mode: dict, engines: list[str], tmp: Path) -> dict:
             "wall_s": time.perf_counter() - start,
             "setup": {"mode": mode["name"], "pinning": f"taskset -c {speed.CORE}", "threads": 1,
                       "frames_per_round": mode["frames"], "rounds": mode["rounds"], "warmup_frames": 20,
-                      "e2e_frames": mode["e2e_frames"], "flops": FLOPS_NOTE, "x": "npseg predict median ms, "
-                      f"{FRAME[1]}x{FRAME[0]} BGR frame, the file's own input size"},
+                      "e2e_frames": mode["e2e_frames"], "flops": FLOPS_NOTE,
+                      "x": f"npseg predict median CPU ms (the process's), {FRAME[1]}x{FRAME[0]} BGR frame, the file's "
+                           "own input size"},
             "models": models, "panels": dice, "x_ms": x, "pareto": maps,
             "choice": choice_sentence({p: m for p, m in maps.items() if p != HELD_OUT}, dice, x)}
 
