@@ -40,7 +40,7 @@ SIZE_BUCKETS = ("<1%", "1-5%", "5-20%", ">20%")  # trainer.evaluate.SIZE_BUCKETS
 HELD_OUT = "held out (mean)"  # the panel of datasets a file never trained on
 FLOPS_NOTE = ("GFLOPs: convolutions and matrix products counted by `torch.utils.flop_counter.FlopCounterMode` on "
               "the torch module, one multiply-add = 2 FLOPs; norms, activations, resizes and gates are not counted.")
-QUICK_NOTE = ("**Quick run** (`--quick`): one round of few frames, so the times are indicative only; "
+QUICK_NOTE = ("**Quick run** (`--quick`): few frames and rounds, so the times are indicative only; "
               "`make pareto` times every engine in three alternating rounds.")
 MODES = {"full": {"frames": 100, "rounds": 3, "e2e_frames": 60, "e2e_warmup": 10},
          "quick": {"frames": 20, "rounds": 1, "e2e_frames": 10, "e2e_warmup": 3}}
@@ -145,17 +145,19 @@ def time_end_to_end(models: dict, frames: int, warmup: int, rounds: int) -> dict
     files: dict[str, tuple[str, str]] = {}
     for label, m in models.items():  # the first file of each architecture and size stands for the others
         files.setdefault(json.dumps([architecture(m), m["input_size"]]), (label, m["file"]))
-    wall, cpu = {key: [] for key in files}, {key: [] for key in files}
+    wall, cpu, round_cpu = ({key: [] for key in files} for _ in range(3))
     for r in range(rounds):
         for key, (label, path) in files.items():
             d = speed._spawn("e2e", weights=path, frames=max(frames // rounds, 1), warmup=warmup)
             wall[key] += d[f"{FRAME[1]}x{FRAME[0]}"]["predict_ms"]
             cpu[key] += d[f"{FRAME[1]}x{FRAME[0]}"]["predict_cpu_ms"]
+            round_cpu[key].append(float(np.median(d[f"{FRAME[1]}x{FRAME[0]}"]["predict_cpu_ms"])))
             print(f"{label} round {r + 1}/{rounds} predict {np.median(wall[key]):.2f} ms, CPU "
                   f"{np.median(cpu[key]):.2f} ms per {FRAME[1]}x{FRAME[0]} frame", flush=True)
     return {key: {"predict_median_ms": float(np.median(wall[key])),
                   "predict_p90_ms": float(np.percentile(wall[key], 90)),
-                  "predict_cpu_median_ms": float(np.median(cpu[key])), "frames": len(wall[key])} for key in files}
+                  "predict_cpu_median_ms": float(np.median(cpu[key])), "round_cpu_medians_ms": round_cpu[key],
+                  "frames": len(wall[key])} for key in files}
 
 
 def attach_timings(models: dict, forward: dict, e2e: dict) -> None:
@@ -194,6 +196,13 @@ def pareto_map(dice: dict, ms: dict) -> dict:
     dominated = {a: [{"by": b, "times_faster": ms[a] / ms[b], "dice_gain": dice[b] - dice[a]}
                      for b in front if dominates(b, a)] for a in dice if a not in front}
     return {"front": front, "dominated": dominated}
+
+
+def round_spread(models: dict) -> float | None:
+    """The largest round-to-round spread (max / min - 1) of a file's predict CPU median; None with one round."""
+    spreads = [max(r) / min(r) - 1 for r in (m["end_to_end"]["round_cpu_medians_ms"] for m in models.values())
+               if len(r) > 1]
+    return max(spreads) if spreads else None
 
 
 def end_to_end_ms(models: dict) -> dict:
@@ -252,8 +261,19 @@ def _accuracy_rows(res: dict) -> list[str]:
     return lines
 
 
-def _speed_gain(times_faster: float) -> str:
-    return "the same timing" if times_faster == 1.0 else f"{times_faster:.2f}× as fast"
+def _speed_gain(times_faster: float, spread: float | None) -> str:
+    if times_faster == 1.0:
+        return "the same timing"
+    noise = spread is None or times_faster - 1 <= spread
+    return f"{times_faster:.2f}× as fast" + (", within the timing noise" if noise else "")
+
+
+def _spread_text(spread: float | None) -> str:
+    if spread is None:
+        return ("One round, so the timing noise is not measured: every speed difference between files of different "
+                "architectures counts as within it below.")
+    return (f"Timing noise: the largest round-to-round spread of a file's `predict` CPU median is {spread:.1%}; "
+            "speed differences no larger are marked as within it below.")
 
 
 def _split_line(res: dict, panel: str) -> list[str]:
@@ -277,7 +297,8 @@ def _dominance_lines(res: dict) -> list[str]:
             f"`{k}` ({res['x_ms'][k]:.2f} ms, Dice {dice[k]:.4f})" for k in pm["front"]) + "."]
         for a, by in pm["dominated"].items():
             lines.append(f"- `{a}` ({res['x_ms'][a]:.2f} ms, Dice {dice[a]:.4f}) is dominated by " + "; ".join(
-                f"`{d['by']}` ({_speed_gain(d['times_faster'])}, Dice {d['dice_gain']:+.4f})" for d in by) + ".")
+                f"`{d['by']}` ({_speed_gain(d['times_faster'], res['round_spread'])}, Dice {d['dice_gain']:+.4f})"
+                for d in by) + ".")
         lines.append("")
     return lines
 
@@ -309,7 +330,8 @@ def write_markdown(res: dict, path: Path) -> None:
         "Files sharing an architecture and input size share one timing (speed depends on the graph, not the "
         "weight values). The map's time axis is the CPU time of the `predict` process (all its threads), which "
         "leaves out the time other processes held the core: on a shared machine the steadier figure, and on a "
-        "core of its own the same as the wall time. Compare ratios rather than absolute times.", "",
+        "core of its own the same as the wall time. Compare ratios rather than absolute times. "
+        + _spread_text(res["round_spread"]), "",
         FLOPS_NOTE, "",
         "Accuracy: as each file records it (`metrics`, written by `python -m trainer export --evaluate`): mean "
         "test-split Dice and IoU through npseg at the file's own input size, at the original mask resolution; "
@@ -383,7 +405,7 @@ def run(files: dict, mode: dict, engines: list[str], tmp: Path) -> dict:
                       "e2e_frames": mode["e2e_frames"], "flops": FLOPS_NOTE,
                       "x": f"npseg predict median CPU ms (the process's), {FRAME[1]}x{FRAME[0]} BGR frame, the file's "
                            "own input size"},
-            "models": models, "panels": dice, "x_ms": x, "pareto": maps,
+            "models": models, "panels": dice, "x_ms": x, "pareto": maps, "round_spread": round_spread(models),
             "choice": choice_sentence({p: m for p, m in maps.items() if p != HELD_OUT}, dice, x)}
 
 
@@ -396,6 +418,7 @@ def main(argv=None) -> None:
     ap.add_argument("--engines", nargs="+", choices=speed.DEPLOYABLE, default=list(speed.DEPLOYABLE),
                     help="engines timed at 256x256 (default: all three; npseg-numba is always timed)")
     ap.add_argument("--frames", type=int, help="timed frames per engine per round (default: the mode's)")
+    ap.add_argument("--rounds", type=int, help="alternating rounds (default: the mode's)")
     ap.add_argument("--core", type=int, default=speed.CORE, help="CPU core to pin every measurement to")
     ap.add_argument("--out", type=Path, help="write pareto.json, PARETO.md and pareto.png here (README untouched)")
     args = ap.parse_args(argv)
@@ -404,6 +427,8 @@ def main(argv=None) -> None:
     mode = {**MODES[name], "name": name}
     if args.frames:
         mode.update(frames=args.frames, e2e_frames=args.frames)
+    if args.rounds:
+        mode.update(rounds=args.rounds)
     files = weights_files(args.bundled, args.weights)
     if not files:
         raise SystemExit("no weights files to map")
