@@ -308,9 +308,9 @@ def _held_out_note(res: dict) -> str:
         return (f"Held-out (leave-one-dataset-out) figures: the panel `{HELD_OUT}` and the held-out column are "
                 "each file's mean Dice over the datasets it records but did not train on; a file that records none "
                 "shows — and is not in that panel.")
-    return ("No file on this map records a leave-one-dataset-out figure: every held-out column and panel is — here. "
-            "Such figures exist only for the UltraSeg-108K recipe runs in `docs/lab/generalisation.md`, "
-            "which are not shipped files.")
+    return ("No file on this map records a leave-one-dataset-out figure, so the held-out column shows — for every "
+            "file and there is no held-out panel. Such figures exist only for the UltraSeg-108K recipe runs in "
+            "`docs/lab/generalisation.md`, which are not shipped files.")
 
 
 def write_markdown(res: dict, path: Path) -> None:
