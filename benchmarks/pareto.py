@@ -83,12 +83,12 @@ def recorded_accuracy(w) -> dict:
     return out
 
 
-def gflops(model, size: int) -> float:
+def gflops(model, size: tuple[int, int]) -> float:
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
     with torch.no_grad(), FlopCounterMode(display=False) as counter:
-        model(torch.zeros(1, 3, size, size))
+        model(torch.zeros(1, 3, *size))
     return counter.get_total_flops() / 1e9
 
 
@@ -107,8 +107,8 @@ def describe(label: str, path: Path) -> dict:
     return {"file": str(path), "family": w.family.name, "variant": w.config.name, "config": w.config.to_dict(),
             "input_size": list(own), "trained_on": sorted(w.provenance.get("datasets", {})),
             "parameters": sum(int(t.size) for k, t in w.tensors.items() if not k.endswith(stats)),
-            "gflops_256": None if model is None else gflops(model, SIZE),
-            "gflops_own": None if model is None else gflops(model, own[0]),
+            "gflops_256": None if model is None else gflops(model, (SIZE, SIZE)),
+            "gflops_own": None if model is None else gflops(model, own),
             "accuracy": recorded_accuracy(w)}
 
 
