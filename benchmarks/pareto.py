@@ -165,7 +165,7 @@ def attach_timings(models: dict, forward: dict, e2e: dict) -> None:
         table = forward[architecture(m)]
         m["ms_256"] = {e: t["median_ms"] for e, t in table.items()}
         m["cpu_ms_256"] = {e: t["cpu_median_ms"] for e, t in table.items()}
-        m["npseg_vs_onnxruntime_256"] = table["npseg-numba"].get("vs_onnxruntime")
+        m["npseg_vs_onnxruntime_cpu_256"] = table["npseg-numba"].get("vs_onnxruntime_cpu")
         m["end_to_end"] = e2e[json.dumps([architecture(m), m["input_size"]])]
 
 
@@ -230,17 +230,17 @@ def _num(v, fmt="{:.3f}") -> str:
 
 def _speed_rows(res: dict) -> list[str]:
     lines = [f"| model | family / variant | input | parameters | GFLOPs {SIZE}² | GFLOPs own size | "
-             f"npseg ms {SIZE}² | ONNX Runtime ms {SIZE}² | torch ms {SIZE}² | npseg / ONNX Runtime | "
-             f"npseg `predict` ms {FRAME[1]}×{FRAME[0]} (p90) | `predict` CPU ms | trained on | held-out Dice |",
+             f"npseg CPU ms {SIZE}² | ONNX Runtime CPU ms {SIZE}² | torch CPU ms {SIZE}² | npseg / ONNX Runtime | "
+             f"npseg `predict` {FRAME[1]}×{FRAME[0]}: wall ms (p90) | `predict` CPU ms | trained on | held-out Dice |",
              "|---" * 14 + "|"]
     for label, m in res["models"].items():
-        ms, h, w = m["ms_256"], *m["input_size"]
+        ms, h, w = m["cpu_ms_256"], *m["input_size"]
         e = m["end_to_end"]
         lines.append(
             f"| `{label}` | {m['family']} / {m['variant']} | {w}×{h} | {m['parameters']:,} | "
             f"{_num(m['gflops_256'])} | {_num(m['gflops_own'])} | {ms['npseg-numba']:.2f} | "
             f"{_num(ms.get('onnxruntime'), '{:.2f}')} | {_num(ms.get('torch-eager'), '{:.2f}')} | "
-            f"{_num(m['npseg_vs_onnxruntime_256'], '{:.2f}')} | {e['predict_median_ms']:.2f} "
+            f"{_num(m['npseg_vs_onnxruntime_cpu_256'], '{:.2f}')} | {e['predict_median_ms']:.2f} "
             f"({e['predict_p90_ms']:.2f}) | {e['predict_cpu_median_ms']:.2f} | {', '.join(m['trained_on']) or '—'} | "
             f"{_num(res['panels'].get(HELD_OUT, {}).get(label), '{:.4f}')} |")
     return lines
@@ -328,9 +328,11 @@ def write_markdown(res: dict, path: Path) -> None:
         f"normalise, forward at the file's own input size, upsample, threshold) over {s['e2e_frames']} frames, "
         "the files alternating in the same number of rounds. "
         "Files sharing an architecture and input size share one timing (speed depends on the graph, not the "
-        "weight values). The map's time axis is the CPU time of the `predict` process (all its threads), which "
-        "leaves out the time other processes held the core: on a shared machine the steadier figure, and on a "
-        "core of its own the same as the wall time. Compare ratios rather than absolute times. "
+        "weight values). CPU ms: at 256×256 the CPU time of the one thread each engine runs on, as "
+        "`benchmarks/speed.py` measures it; for `predict` that of its process (all threads). Unlike wall time it "
+        "leaves out the time other processes held the core: on a shared machine the steadier figure, on a core of "
+        "its own the same (wall-time medians are in the JSON). The map's time axis is `predict`'s CPU ms. "
+        "Compare ratios rather than absolute times. "
         + _spread_text(res["round_spread"]), "",
         FLOPS_NOTE, "",
         "Accuracy: as each file records it (`metrics`, written by `python -m trainer export --evaluate`): mean "
