@@ -350,6 +350,26 @@ def write_markdown(res: dict, path: Path) -> None:
     path.write_text("\n".join(lines).rstrip("\n") + "\n")
 
 
+def _label_points(ax, points: dict) -> None:
+    """Each point's label to its right; labels of points near in x are stacked away from the nearer edge
+    (down in the upper half, up in the lower), joined to their point by a line, so that none overlaps
+    another (files of one architecture share an x)."""
+    (x0, x1), (y0, y1) = ax.get_xlim(), ax.get_ylim()
+    frac = {k: (np.log(xv / x0) / np.log(x1 / x0), (yv - y0) / (y1 - y0)) for k, (xv, yv) in points.items()}
+    upper = sorted((k for k in frac if frac[k][1] >= 0.5), key=lambda k: -frac[k][1])
+    lower = sorted((k for k in frac if frac[k][1] < 0.5), key=lambda k: frac[k][1])
+    placed: list[tuple[float, float]] = []  # label positions, in axes fractions
+    for label in upper + lower:
+        (fx, fy), step = frac[label], -0.045 if label in upper else 0.045
+        ty = fy + 0.01
+        while any(abs(fx - px) < 0.3 and abs(ty - py) < 0.045 for px, py in placed):
+            ty += step
+        placed.append((fx, ty))
+        ax.annotate(label, points[label], xytext=(fx + 0.02, ty), textcoords="axes fraction", fontsize=7,
+                    va="center", arrowprops={"arrowstyle": "-", "lw": 0.5, "color": "grey"} if abs(ty - fy) > 0.04
+                    else None)
+
+
 def plot(res: dict, path: Path) -> None:
     import matplotlib
 
@@ -372,10 +392,10 @@ def plot(res: dict, path: Path) -> None:
             on_front = label in front
             ax.scatter(x[label], d, s=60 if on_front else 35, color=colour[res["models"][label]["family"]],
                        edgecolor="black" if on_front else "none", zorder=3)
-            ax.annotate(label, (x[label], d), textcoords="offset points", xytext=(4, 4), fontsize=7)
         ax.step([x[k] for k in front], [dice[k] for k in front], where="post", color="grey", lw=1, zorder=2)
         ax.set_xscale("log")
         ax.margins(x=0.2, y=0.1)  # room for the labels
+        _label_points(ax, {label: (x[label], d) for label, d in dice.items()})
         ax.xaxis.set_major_formatter(FormatStrFormatter("%g"))
         ax.xaxis.set_minor_formatter(FormatStrFormatter("%g"))  # a narrow range has no major tick inside
         ax.tick_params(axis="x", which="minor", labelsize=7)
@@ -385,8 +405,8 @@ def plot(res: dict, path: Path) -> None:
         ax.grid(True, which="both", alpha=0.3)
     handles = [plt.Line2D([], [], marker="o", ls="", color=colour[f], label=f) for f in families]
     handles.append(plt.Line2D([], [], color="grey", label="Pareto front"))
-    axes.flat[len(names) - 1].legend(handles=handles, fontsize=8)
-    fig.tight_layout()
+    fig.legend(handles=handles, fontsize=8, loc="lower center", ncol=len(handles))  # below: never over a label
+    fig.tight_layout(rect=(0, 0.05 / rows, 1, 1))
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
