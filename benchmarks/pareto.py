@@ -423,7 +423,8 @@ def run(files: dict, mode: dict, engines: list[str], tmp: Path) -> dict:
             "machine": {**speed._machine(load_before), "logical_cpus": os.cpu_count()},
             "wall_s": time.perf_counter() - start,
             "setup": {"mode": mode["name"], "pinning": f"taskset -c {speed.CORE}", "threads": 1,
-                      "frames_per_round": mode["frames"], "rounds": mode["rounds"], "warmup_frames": 20,
+                      "frames_per_round": mode["frames"], "rounds": mode["rounds"],
+                      "warmup_frames": 20,  # speed._time_engines' warm-up
                       "e2e_frames": mode["e2e_frames"], "flops": FLOPS_NOTE,
                       "x": f"npseg predict median CPU ms (the process's), {FRAME[1]}x{FRAME[0]} BGR frame, the file's "
                            "own input size"},
