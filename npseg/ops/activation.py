@@ -145,3 +145,20 @@ def add_nb(acc, other, bias):
         a, o, b = af[c], of[c], bias[c]
         for i in range(n):
             a[i] += o[i] + b
+
+
+@kernel_ordered
+def add_pad_nb(acc, other, bias, pad, padded):
+    """add_nb for [C, H, W] arrays that also writes the sums into the interior of pad_nb's buffer
+    (border `pad`): the next 3x3 conv's padded input without a pad pass over the result."""
+    c_n, h, width = acc.shape
+    wp = width + 2 * pad
+    for c in range(c_n):
+        b = bias[c]
+        for y in range(h):
+            a, o = acc[c, y], other[c, y]
+            start = (y + pad) * wp + pad
+            dst = padded[c, start:start + width]
+            for x in range(width):
+                a[x] += o[x] + b
+                dst[x] = a[x]
