@@ -108,7 +108,7 @@ def measure(weights: Path, image: Path, tmp: Path, repeats: int, core: int, tree
 
 START_UP_NOTES = (
     "Where a cold start goes (UltraSeg-130K, CPU seconds measured on this machine under load): importing npseg "
-    "about 0.6 s (most of it Numba), then the first frame compiles the 21 kernels its plan uses plus the frame "
+    "about 0.4 s (most of it Numba), then the first frame compiles the 21 kernels its plan uses plus the frame "
     "conversion, about 28 s. Nothing is compiled at import (Numba compiles on the first call) and every kernel "
     "has one signature. The largest: the direct 3x3 conv, 9.3 s while one kernel held its three dilations, now "
     "one kernel per dilation of about 3.5 s each (a plan compiles only the dilations it uses); the 4x4 stride-2 "
@@ -116,14 +116,30 @@ START_UP_NOTES = (
     "under 1.8 s each. Measured and not adopted: Numba's optimisation level (NUMBA_OPT=2 25.3 s, 1 26.8 s "
     "against 3's 29.2 s: Numba's own typing and lowering dominate, not LLVM), eager compilation of exactly the "
     "plan's signatures (the same work, earlier). Adopted: `npseg segment` in one process and `npseg video` load "
-    "the model with `compile_in_background=True`: a thread runs a private copy of the plan once, which loads "
-    "each kernel from Numba's cache or compiles it (saved as soon as it is compiled); the first frame waits "
-    "while kernels load (a warm start runs the compiled plan) and goes to the float64 NumPy reference as soon "
-    "as one must be compiled (0.2-0.3 s per 320x320 frame here); at exit the thread stops after the kernel in "
-    "hand, so a short run keeps what it compiled and the next run goes on from there (a few one-image runs "
-    "complete the cache). `npseg warmup` compiles every bundled model once, after an install (`make demo` "
-    "runs it). A warm start is import (about 0.6 s), loading the cached kernels (about 0.6 s, most of it "
-    "Numba's first-call set-up) and the frame.")
+    "the model with `compile_in_background=True`: a thread runs the plan once, which loads each kernel from "
+    "Numba's cache or compiles it (saved as soon as it is compiled), while frames run on the float64 NumPy "
+    "reference with its own buffers; the first frame waits while kernels load (a warm start runs the compiled "
+    "plan) and goes to the reference as soon as one must be compiled (0.2-0.3 s per 320x320 frame here); at "
+    "exit the thread stops after the kernel in hand, so a short run keeps what it compiled and the next run goes "
+    "on from there (a few one-image runs complete the cache). `npseg warmup` compiles every bundled model once, "
+    "after an install (`make demo` runs it).\n\n"
+    "Where a warm start goes now (UltraSeg-130K at 320x320, CPU seconds, load average about 6, garbage "
+    "collector off): the interpreter 0.07 (this machine's site packages included), NumPy 0.08, Numba 0.2, "
+    "OpenCV 0.02, npseg with the weights file 0.08, Numba's CPU target 0.15, the plan 0.045 (most of it "
+    "UltraSeg's GSA gates, exact float64 GELU through math.erf), the 22 kernels loaded from the cache and the "
+    "first frame 0.16-0.22 (about 7 ms a kernel: Numba parses each kernel's LLVM bitcode and lists its "
+    "symbols), the image's own I/O 0.03. What the before/after rows measure: the command starts with the "
+    "cyclic garbage collector off and turns it on, with the start-up's objects frozen out of later "
+    "collections, once its model is warm (the collections cost about 0.15 s, traversing objects that live "
+    "until exit); it ends with os._exit after flushing its output and running the exit handlers (the "
+    "interpreter's teardown freed every module's, Numba's and LLVM's objects: 0.1-0.3 s); it loads Numba's "
+    "CPU target itself with SciPy's linalg and cffi hidden (Numba imports SciPy's BLAS bindings, about 0.2 s, "
+    "only for np.dot-like calls in jitted code, and cffi, 0.02 s, for cffi functions; npseg's kernels use "
+    "neither; a library user's process keeps Numba's full target); a weights file imports only its own "
+    "family's module (the families' modules define their kernels: 0.04 s for the four others); the background "
+    "compile runs the engine's own plan instead of building a second one (0.04 s); the video and worker-pool "
+    "modules import when used. Not changeable from npseg: Numba's import and target (0.35 s together) and "
+    "its per-kernel loading.")
 
 
 def _family_files(extra: list[Path]) -> dict[str, Path]:
