@@ -10,7 +10,7 @@ from functools import partial
 import numpy as np
 
 from ._jit import ACT_GELU, ACT_NONE, ACT_RELU, ACT_RELU6
-from .activation import add_nb, add_pad_nb, affine_act_nb
+from .activation import add_nb, affine_act_nb
 from .conv import pad_nb
 from .conv1x1 import conv1x1_nb
 from .conv3x3 import CONV3X3_DIRECT, conv3x3_winograd_nb, im2col3x3_nb, winograd_weights
@@ -58,19 +58,15 @@ def affine_act(x, scale, shift, act=ACT_NONE):
 
 
 def add(acc, other, bias=None, padded=None, pad_width=None):
-    """In place acc[c] += other[c] + bias[c] (same shapes; no bias: zeros); with `padded`, a pad
-    buffer of acc [C, H, W] with border `pad_width`, the sums are also written there."""
+    """In place acc[c] += other[c] + bias[c] for [C, H, W] arrays (no bias: zeros); with `padded`, a
+    pad buffer of acc with border `pad_width`, the sums are also written there."""
     bias = np.zeros(acc.shape[0], F32) if bias is None else bias
     _arrays(acc, other, bias)
-    _need(acc.shape == other.shape and acc.ndim >= 2 and bias.shape == (acc.shape[0],),
+    _need(acc.shape == other.shape and acc.ndim == 3 and bias.shape == (acc.shape[0],),
           f"add: {acc.shape} += {other.shape} + bias {bias.shape}")
     _need(not np.shares_memory(acc, other), "add: operands overlap")
-    if padded is None:
-        return [partial(add_nb, acc, other, bias)]
-    _arrays(padded)
-    _need(acc.ndim == 3 and isinstance(pad_width, int) and pad_width >= 0
-          and padded.shape == padded_buffer(acc, pad_width).shape, "add: padded buffer does not fit")
-    return [partial(add_pad_nb, acc, other, bias, int(pad_width), padded)]
+    pad_width, padded = _padded_out(acc, padded, pad_width)
+    return [partial(add_nb, acc, other, bias, pad_width, padded)]
 
 
 def padded_buffer(src, pad):
