@@ -105,6 +105,15 @@ def main(argv=None):
         write_part("steps", _markdown(results))
 
 
+STEPS_NOTES = (
+    "Where the remaining time goes: the convolutions are at or near their arithmetic bound under the fixed "
+    "summation order the numerical budget asks for (`benchmarks/RESULTS.md`, speed part: Winograd's row "
+    "filters now three FMAs per three taps, the direct and stride-2 convs one more operation per tap group); "
+    "the GEMMs are OpenBLAS's single-thread sgemm at these small shapes; the first layer is a statistics pass "
+    "and a folded 4x4 stride-2 conv; about a fifth are memory passes (pads, GroupNorm statistics, GSA norms, "
+    "resizes, gate heads, merges, adds), each a few percent at most.")
+
+
 def _markdown(results: list[dict]) -> str:
     lines = ["## Where npseg-numba's forward time goes (`benchmarks/steps.py`)", "",
              f"Every plan step timed on its own in the CPU time of its thread, {results[0]['frames']} frames after "
@@ -117,7 +126,7 @@ def _markdown(results: list[dict]) -> str:
         lines += [f"| {name} | {k['steps']} | {k['ms']:.3f} | {k['ms'] / res['steps_sum_ms']:.0%} |"
                   for name, k in res["by_kernel"].items()]
         lines.append("")
-    return "\n".join(lines)
+    return "\n".join(lines + [STEPS_NOTES])
 
 
 def _report(res: dict, top: int) -> None:

@@ -2,7 +2,8 @@
 
 The first run after an install compiles every kernel a plan uses (about 20 s of one core for
 UltraSeg); later runs load them from Numba's cache in well under a second. A BackgroundCompile
-runs a private copy of the plan once, step by step, in a thread: that compiles (or loads)
+runs the plan once, step by step, in a thread (the engine leaves the plan's buffers to it until it
+is finished): that compiles (or loads)
 exactly the signatures the plan uses, and Numba saves each kernel to its cache as soon as it is
 compiled. At interpreter exit the thread stops after the kernel in hand, so a short run leaves
 what it compiled in the cache and the next run goes on from there.
@@ -41,7 +42,7 @@ class BackgroundCompile:
         except Exception:  # noqa: BLE001 - the engine's own run of the plan raises it again
             pass
         finally:
-            self._steps = []  # the private plan's buffers
+            self._steps = []
             atexit.unregister(self.stop)
             self.finished.set()
 

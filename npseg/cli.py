@@ -17,7 +17,7 @@ input file.
 from __future__ import annotations
 
 import argparse
-from concurrent.futures.process import BrokenProcessPool
+import gc
 import json
 import os
 import signal
@@ -30,10 +30,11 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from . import __version__, video
+from . import __version__
 from .engines import MAX_INPUT_SIDE
 from .files import opencv_path, write_bytes
 from .jobs import default_jobs, worker_pool
+from .ops._jit import load_target_for_kernels
 from .overlay import draw_overlay
 from .segmenter import bundled_names, default_backend, load, resolve_weights
 from .weights import WeightsError
@@ -159,7 +160,10 @@ def _seconds(text: str) -> float:
 
 def _load_model(args, compile_in_background: bool = False):
     try:
-        return load(args.weights, backend=args.backend, size=args.size, compile_in_background=compile_in_background)
+        model = load(args.weights, backend=args.backend, size=args.size, compile_in_background=compile_in_background)
+        if model.backend == "numba":
+            load_target_for_kernels()
+        return model
     except WeightsError as e:
         raise CliError(str(e)) from None
     except OSError as e:
@@ -168,6 +172,15 @@ def _load_model(args, compile_in_background: bool = False):
         raise CliError(str(e)) from None
     except MemoryError:
         raise CliError(f"{args.weights}: not enough memory to build the model at this input size") from None
+
+
+def end_of_start_up() -> None:
+    """The command's entry point (npseg.__main__) starts with the cyclic garbage collector off; from
+    here on it collects again, without the start-up's long-lived objects (frozen: never traversed
+    again). Called once the model is warm, or before anything that allocates much (compiling)."""
+    if not gc.isenabled():
+        gc.freeze()
+        gc.enable()
 
 
 def _describe(model) -> str:
@@ -312,6 +325,8 @@ def _segmented(model, images, mask_dir: Path, overlay_dir: Path, threshold, jobs
         for image_path, name in images:
             yield _segment_image(model, image_path, name, mask_dir, overlay_dir, threshold)
         return
+    from concurrent.futures.process import BrokenProcessPool
+
     n = len(images)
     _worker_model["model"] = model  # what forked workers start with
     try:
@@ -340,9 +355,12 @@ def cmd_segment(args) -> int:
     # process compiles into Numba's cache during the warm-up
     model = _load_model(args, compile_in_background=jobs == 1)  # before creating any folder
     mask_dir, overlay_dir = _writable_dir(out / "masks"), _writable_dir(out / "overlays")
+    if jobs > 1:  # the warm-up compiles here if the cache lacks the kernels
+        end_of_start_up()
     t0 = time.perf_counter()
     model.predict(np.zeros((64, 64, 3), np.uint8))  # compile / warm up outside the per-frame figures
     warmup_s = time.perf_counter() - t0
+    end_of_start_up()
     progress = Progress("segment", len(images))
     skipped, done, model_s = [], 0, 0.0
     start = time.perf_counter()
@@ -391,6 +409,8 @@ def cmd_warmup(args) -> int:
 # ---------------------------------------------------------------- video
 
 def cmd_video(args) -> int:
+    from . import video
+
     try:  # everything that can be checked before the model loads
         video.check_input(args.input)
         video.check_output(args.output, args.input)
@@ -673,6 +693,8 @@ def main(argv: list[str] | None = None) -> int:
         return BAD_INPUT
     on_main_thread = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGTERM, _interrupt) if on_main_thread else None
+    if args.command != "segment":  # segment ends its start-up once its model is warm
+        end_of_start_up()
     try:
         return args.run(args)
     except CliError as e:

@@ -49,7 +49,8 @@ class NumbaEngine:
     """The family's plan of Numba kernels and single-thread GEMMs in float32, one plan per input size.
 
     With compile_in_background, the first frame starts compiling the plan's kernels in a thread
-    (npseg.background_compile) and frames run on the float64 reference until they are ready."""
+    (npseg.background_compile) that runs the plan once; until it is done, frames run on the float64
+    reference with the reference's own buffers (the thread's run of the plan writes the plan's)."""
 
     name = "numba"
 
@@ -61,6 +62,7 @@ class NumbaEngine:
         self._compiling = compile_in_background
         self._compiler: BackgroundCompile | None = None
         self._reference: NumpyEngine | None = None
+        self._on_reference = False  # the input handed out last is the reference's
 
     def plan(self, h: int, w: int):
         if (h, w) not in self._plans:
@@ -69,22 +71,23 @@ class NumbaEngine:
         return self._plans[(h, w)]
 
     def input_buffer(self, h: int, w: int) -> np.ndarray:
-        return self.plan(h, w).input
+        """Where the caller writes the next input of this size; run_input runs the engine that owns it."""
+        self._on_reference = self._compiling and not self._kernels_ready(h, w)
+        return self._reference.input_buffer(h, w) if self._on_reference else self.plan(h, w).input
 
     def run_input(self, h: int, w: int) -> np.ndarray:
-        """Runs the plan on its input buffer; returns its logits buffer (overwritten by the next run)."""
-        plan = self.plan(h, w)
-        if self._compiling and not self._kernels_ready(h, w):
-            np.copyto(plan.output, self._reference.forward(plan.input))
-            return plan.output
-        return plan.run()
+        """Runs the plan (or while it compiles the reference) on the buffer input_buffer handed out;
+        returns the logits buffer (overwritten by the next run)."""
+        if self._on_reference:
+            return self._reference.run_input(h, w)
+        return self.plan(h, w).run()
 
     def _kernels_ready(self, h: int, w: int) -> bool:
-        """Starts the background compile on a private plan; the first frame waits while the kernels
-        load from Numba's cache (a warm start stays on the compiled plan), not while they compile.
+        """Starts the background compile on the plan; the first frame waits while the kernels load
+        from Numba's cache (a warm start stays on the compiled plan), not while they compile.
         Once it is finished every later frame runs the compiled plan."""
         if self._compiler is None:
-            self._compiler = BackgroundCompile(self.family.build_plan(self.cfg, self.params, h, w))
+            self._compiler = BackgroundCompile(self.plan(h, w))
             self._reference = NumpyEngine(self.family, self.cfg, self.params)
             self._compiler.wait_while_loading()
         if not self._compiler.finished.is_set():

@@ -8,11 +8,9 @@ interpreter) and load the kernels from Numba's cache.
 from __future__ import annotations
 
 import contextlib
-import multiprocessing
 import os
 import signal
 import sys
-from concurrent.futures import ProcessPoolExecutor
 
 # read by NumPy's OpenBLAS and by Numba when a worker imports them
 ONE_THREAD = {name: "1" for name in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS",
@@ -40,6 +38,9 @@ def worker_pool(jobs: int, initializer, initargs=()):
     """A ProcessPoolExecutor of `jobs` single-thread workers, each running initializer(*initargs)
     first (a forked worker already holds what the parent held). Leaving the block by an exception
     cancels the work not yet started."""
+    import multiprocessing  # imported here: a one-process run does without them
+    from concurrent.futures import ProcessPoolExecutor
+
     saved = {name: os.environ.get(name) for name in ONE_THREAD}
     os.environ.update(ONE_THREAD)  # inherited by the workers, which start on demand inside the block
     method = "fork" if sys.platform.startswith("linux") else "spawn"

@@ -60,8 +60,8 @@ class WeightsError(ValueError):
 
 
 def family_of(config) -> Family:
-    """The registered family whose config type `config` is."""
-    for fam in FAMILIES.values():
+    """The registered family whose config type `config` is (its module is imported: it defines the type)."""
+    for fam in FAMILIES.imported():
         if isinstance(config, fam.config_type):
             return fam
     raise WeightsError(f"config {config!r} belongs to no registered model family")

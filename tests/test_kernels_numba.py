@@ -274,14 +274,21 @@ def test_agf_fuse_and_ssa(c, h, w, alpha, seed):
 
 
 @SETTINGS
-@given(c=st.integers(1, 8), n=st.integers(1, 500), seed=st.integers(0, 2**31))
-def test_add_in_place(c, n, seed):
+@given(c=st.integers(1, 8), h=st.integers(1, 20), w=st.integers(1, 30), pad=st.integers(1, 3),
+       seed=st.integers(0, 2**31))
+def test_add_in_place(c, h, w, pad, seed):
+    """acc += other (+ bias), and with a pad buffer the sums also fill its interior (border stays 0)."""
     rng = np.random.default_rng(seed)
-    a, b, bias = rand(rng, c, n), rand(rng, c, n), rand(rng, c)
-    ours, with_bias = a.copy(), a.copy()
-    run(steps.add(ours, b) + steps.add(with_bias, b, bias))
+    a, b, bias = rand(rng, c, h, w), rand(rng, c, h, w), rand(rng, c)
+    ours, with_bias, padded_sum = a.copy(), a.copy(), a.copy()
+    padded = steps.padded_buffer(a, pad)
+    run(steps.add(ours, b) + steps.add(with_bias, b, bias) + steps.add(padded_sum, b, bias, padded, pad))
     assert_close(ours, a.astype(np.float64) + b)
-    assert_close(with_bias, a.astype(np.float64) + b + bias[:, None])
+    assert_close(with_bias, a.astype(np.float64) + b + bias[:, None, None])
+    np.testing.assert_array_equal(padded_sum, with_bias)
+    expected = np.zeros_like(padded)
+    run(steps.pad(with_bias, pad, expected))
+    np.testing.assert_array_equal(padded, expected)
 
 
 @SETTINGS

@@ -2,13 +2,16 @@
 
 A family is one file in this folder (config dataclass + variant table, tensor
 spec, exact load-time folds, readable NumPy reference forward, fast-plan
-builder) and one entry in FAMILIES below. Generic code (weights, engines,
+builder) and one name in the registry's NAMES below. Generic code (weights, engines,
 segmenter, CLI) looks families up here and never names one.
 """
 from __future__ import annotations
 
+import sys
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping
+from importlib import import_module
+from typing import Any, Callable
 
 
 @dataclass(frozen=True)
@@ -52,15 +55,32 @@ class Family:
         return self.variants[variant]
 
 
-def _families() -> dict[str, Family]:
-    # each family module defines FAMILY; add new ones here
-    from . import aulunet, malunet, microaunet, ultralightunet, ultraseg
+class _Registry(Mapping):
+    """Family name -> Family, importing a family's module on first use: a run imports only the
+    family of the file it loads (each family module defines its kernels, ~10-40 ms of start-up)."""
 
-    return {f.name: f for f in (ultraseg.FAMILY, ultralightunet.FAMILY, microaunet.FAMILY, malunet.FAMILY,
-                                aulunet.FAMILY)}
+    NAMES = ("ultraseg", "ultralightunet", "microaunet", "malunet", "aulunet")  # add new families here
+
+    def __getitem__(self, name: str) -> Family:
+        if name not in self.NAMES:
+            raise KeyError(name)
+        return import_module(f"{__name__}.{name}").FAMILY  # each family module defines FAMILY
+
+    def __contains__(self, name) -> bool:  # without importing
+        return name in self.NAMES
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.NAMES)
+
+    def __len__(self) -> int:
+        return len(self.NAMES)
+
+    def imported(self) -> list[Family]:
+        """The families whose module is imported already (without importing the others)."""
+        return [self[name] for name in self.NAMES if f"{__name__}.{name}" in sys.modules]
 
 
-FAMILIES: dict[str, Family] = _families()
+FAMILIES = _Registry()
 
 
 def family(name: str) -> Family:

@@ -10,6 +10,8 @@ NumPy engine runs).
 """
 from __future__ import annotations
 
+import sys
+
 try:
     import numba
 except ImportError:  # pragma: no cover - exercised only where Numba is missing
@@ -40,3 +42,30 @@ def inline(fn):
     if numba is None:
         return fn
     return numba.njit(inline="always")(fn)
+
+
+# what Numba's CPU target imports only for features npseg's kernels do not use: SciPy's BLAS
+# bindings (np.dot-like calls in jitted code, ~0.2 s) and cffi (calling C through cffi, ~0.02 s)
+NOT_FOR_KERNELS = ("scipy.linalg", "cffi")
+
+
+def load_target_for_kernels() -> None:
+    """Loads Numba's CPU target (a process's first compiled call does otherwise, about half of a
+    warm start) with NOT_FOR_KERNELS hidden, for the `npseg` command's own process.
+
+    Numba then notes for the rest of the process that BLAS is missing for np.convolve and
+    np.correlate (np.dot and np.linalg still import SciPy when they compile) and that cffi
+    functions are not supported; a library user's process keeps Numba's full target. Call it
+    where no other thread imports (the modules are hidden from the whole process meanwhile).
+    """
+    if numba is None:
+        return
+    from numba.core.registry import cpu_target
+
+    hidden = [name for name in NOT_FOR_KERNELS if name not in sys.modules]
+    sys.modules.update(dict.fromkeys(hidden))  # None: `import name...` raises ImportError
+    try:
+        cpu_target.target_context.refresh()
+    finally:
+        for name in hidden:
+            del sys.modules[name]

@@ -135,13 +135,21 @@ def sigmoid_nb(src, out):
 
 
 @kernel_ordered
-def add_nb(acc, other, bias):
-    """acc[c] += other[c] + bias[c] for [C, ...] arrays of equal shapes (in that order: the bias
-    joins `other` first, as when it was a separate pass)."""
-    c_n = acc.shape[0]
-    n = acc.size // c_n
-    af, of = acc.reshape(c_n, n), other.reshape(c_n, n)
+def add_nb(acc, other, bias, pad, padded):
+    """acc[c] += other[c] + bias[c] for [C, H, W] arrays of equal shapes (in that order: the bias
+    joins `other` first, as when it was a separate pass); with a non-empty `padded` (pad_nb's
+    layout, border `pad`) the sums are also written there: the next 3x3 conv's padded input
+    without a pad pass over the result."""
+    c_n, h, width = acc.shape
+    wp = width + 2 * pad
     for c in range(c_n):
-        a, o, b = af[c], of[c], bias[c]
-        for i in range(n):
-            a[i] += o[i] + b
+        b = bias[c]
+        for y in range(h):
+            a, o = acc[c, y], other[c, y]
+            for x in range(width):
+                a[x] += o[x] + b
+            if padded.shape[1] > 0:
+                start = (y + pad) * wp + pad
+                dst = padded[c, start:start + width]
+                for x in range(width):
+                    dst[x] = a[x]

@@ -159,6 +159,12 @@ def conv3x3_winograd_nb(padded, pad, u, b, act, out, out_pad, out_padded):
 
     Measured here: 16->48 at 64x64 0.29 vs 0.51 ms direct, 8->16 at 128x128 0.19 vs 0.32, with
     the same error against a float64 reference (the transforms add and subtract only).
+
+    Each row filter's three taps chain through the accumulator in the written order (three FMAs;
+    summing them first and then adding took a fourth operation): the kernel 6-10 % faster, and on
+    the upstream golden inputs the logits 2.5e-5 (256x256) and 2.4e-5 (320x384) from the float64
+    reference against 3.9e-5 and 1.9e-5. The same change in the stride-2 convs put the 256x256
+    logits 7.3e-5 from it, past the golden test's budget: they sum their taps first.
     """
     cout, h, width = out.shape
     cin = padded.shape[0]
@@ -200,10 +206,10 @@ def conv3x3_winograd_nb(padded, pad, u, b, act, out, out_pad, out_padded):
                     p3, q3, s3 = u[co + 3, ci, 0, k], u[co + 3, ci, 1, k], u[co + 3, ci, 2, k]
                     for p in range(n):
                         v0, v1, v2 = r0[p], r1[p], r2[p]
-                        a0[p] += (p0 * v0 + q0 * v1) + s0 * v2
-                        a1[p] += (p1 * v0 + q1 * v1) + s1 * v2
-                        a2[p] += (p2 * v0 + q2 * v1) + s2 * v2
-                        a3[p] += (p3 * v0 + q3 * v1) + s3 * v2
+                        a0[p] = ((a0[p] + p0 * v0) + q0 * v1) + s0 * v2
+                        a1[p] = ((a1[p] + p1 * v0) + q1 * v1) + s1 * v2
+                        a2[p] = ((a2[p] + p2 * v0) + q2 * v1) + s2 * v2
+                        a3[p] = ((a3[p] + p3 * v0) + q3 * v1) + s3 * v2
             for j in range(4):
                 m0, m1, m2, m3 = acc[j, 0], acc[j, 1], acc[j, 2], acc[j, 3]
                 bias = b[co + j]

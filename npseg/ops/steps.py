@@ -57,14 +57,16 @@ def affine_act(x, scale, shift, act=ACT_NONE):
     return [partial(affine_act_nb, x, scale, shift, _act(act))]
 
 
-def add(acc, other, bias=None):
-    """In place acc[c] += other[c] + bias[c] (same shapes; no bias: zeros)."""
+def add(acc, other, bias=None, padded=None, pad_width=None):
+    """In place acc[c] += other[c] + bias[c] for [C, H, W] arrays (no bias: zeros); with `padded`, a
+    pad buffer of acc with border `pad_width`, the sums are also written there."""
     bias = np.zeros(acc.shape[0], F32) if bias is None else bias
     _arrays(acc, other, bias)
-    _need(acc.shape == other.shape and acc.ndim >= 2 and bias.shape == (acc.shape[0],),
+    _need(acc.shape == other.shape and acc.ndim == 3 and bias.shape == (acc.shape[0],),
           f"add: {acc.shape} += {other.shape} + bias {bias.shape}")
     _need(not np.shares_memory(acc, other), "add: operands overlap")
-    return [partial(add_nb, acc, other, bias)]
+    pad_width, padded = _padded_out(acc, padded, pad_width)
+    return [partial(add_nb, acc, other, bias, pad_width, padded)]
 
 
 def padded_buffer(src, pad):
@@ -126,15 +128,16 @@ def conv3x3(src, w, b, out, dilation=1, act=ACT_NONE, padded=None, pad_width=Non
                                out_pad_width, out_padded)]
 
 
-def residual_conv1x1(x, src, w, b, scratch):
+def residual_conv1x1(x, src, w, b, scratch, out_padded=None, out_pad_width=None):
     """In place x += conv1x1(src) + b; a wide one is a GEMM into `scratch` (x's shape) and one
-    pass that adds it and the bias (no separate bias pass)."""
+    pass that adds it and the bias (no separate bias pass). With `out_padded`, the new x also
+    fills that pad buffer (border `out_pad_width`)."""
     _arrays(x, scratch)
     _need(scratch.shape == x.shape, f"residual_conv1x1: scratch {scratch.shape} for x {x.shape}")
     w2 = _pointwise_weight(src, w, b, scratch)
     if src.shape[0] < GEMM_MIN_CIN:
-        return conv1x1(src, w, b, scratch) + add(x, scratch)
-    return [_dot1x1(src, w2, scratch)] + add(x, scratch, b)
+        return conv1x1(src, w, b, scratch) + add(x, scratch, padded=out_padded, pad_width=out_pad_width)
+    return [_dot1x1(src, w2, scratch)] + add(x, scratch, b, out_padded, out_pad_width)
 
 
 def _pointwise_weight(src, w, b, out):
