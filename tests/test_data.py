@@ -107,7 +107,7 @@ def test_file_names_that_are_not_utf8(tmp_path):
     split = D.load_or_make_split(root, seed=0, split_file=tmp_path / "splits" / "odd.json")
     assert odd in sum(split.values(), [])
     assert D.read_split_file(tmp_path / "splits" / "odd.json") == split
-    stems, images, _, _ = D.cached_arrays(root, sorted(pairs), tmp_path / "cache", progress=False, size=32)
+    stems, images, _ = D.cached_arrays(root, sorted(pairs), tmp_path / "cache", progress=False, size=32)
     assert odd in stems and images.shape == (4, 32, 32, 3)
     again = D.cached_arrays(root, sorted(pairs), tmp_path / "cache", progress=False, size=32)
     assert list(again[0]) == list(stems)
@@ -117,7 +117,7 @@ def _part(n: int, h: int = 32, w: int = 32):
     masks = np.zeros((n, h, w), np.uint8)
     masks[:, 8:20, 8:20] = 1
     images = np.full((n, h, w, 3), 200, np.uint8)
-    return [f"s{i}" for i in range(n)], images, masks, masks.copy()
+    return [f"s{i}" for i in range(n)], images, masks
 
 
 def test_samples_are_pixels_with_the_family_targets():
@@ -125,7 +125,7 @@ def test_samples_are_pixels_with_the_family_targets():
 
     def targets(mask01):
         seen.append(mask01.copy())
-        return {"edge": D.boundary_target(mask01)}
+        return {"edge": 1 - mask01}
 
     ds = D.PolypDataset([_part(3)], seed=1, augmentation="domain-shift", targets=targets)
     item = ds[0]

@@ -163,12 +163,11 @@ def test_augment_is_seeded_and_keeps_masks_binary(mode):
     rng = np.random.default_rng(0)
     img = rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)
     m = square(64, 10, 10, 30)
-    b = D.boundary_target(m)
-    out1 = D.augment(img, m, b, np.random.default_rng(5), mode)
-    out2 = D.augment(img, m, b, np.random.default_rng(5), mode)
+    out1 = D.augment(img, m, np.random.default_rng(5), mode)
+    out2 = D.augment(img, m, np.random.default_rng(5), mode)
     for a1, a2 in zip(out1, out2):
         np.testing.assert_array_equal(a1, a2)
-    assert set(np.unique(out1[1])) <= {0, 1} and set(np.unique(out1[2])) <= {0, 1}
+    assert set(np.unique(out1[1])) <= {0, 1}
     assert out1[0].shape == img.shape
 
 
@@ -202,9 +201,9 @@ def test_cached_sample_matches_npseg_preprocessing(toy, tmp_path):
     from trainer.train import normalise
 
     _, data = toy
-    stems, images, masks, bounds = D.cached_arrays(data, ["img00", "img01"], tmp_path, progress=False)
+    stems, images, masks = D.cached_arrays(data, ["img00", "img01"], tmp_path, progress=False)
     frame = cv2.imread(str(data / "images" / "img00.jpg"))
-    ds = D.PolypDataset([(stems, images, masks, bounds)])
+    ds = D.PolypDataset([(stems, images, masks)])
     x = normalise(ds[0]["image"][None], family("ultraseg").preprocessing)[0].numpy()  # as the loop does
     size = images.shape[1]  # the cache's (the recipe's 256); the default file may predict at another
     ref = npseg.load("ultraseg-130k", backend="numpy", size=size).preprocess(frame)  # the deployed preprocessing
@@ -233,7 +232,7 @@ def test_corrupt_image_and_mask_size_name_the_file(tmp_path):
         D.cached_arrays(data, ["img03"], tmp_path / "c", progress=False)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        kept, images, _, _ = D.cached_arrays(data, stems, tmp_path / "c", skip_bad=True, progress=False)
+        kept, images, _ = D.cached_arrays(data, stems, tmp_path / "c", skip_bad=True, progress=False)
     assert kept == ["img00", "img02"] and images.shape == (2, 256, 256, 3)
     assert any("img01" in str(w.message) for w in caught) and any("img03" in str(w.message) for w in caught)
 
@@ -429,8 +428,8 @@ def test_input_size_is_trained_cached_and_exported(toy, tmp_path):
     seg = npseg.load(out)
     assert seg.input_size == (96, 96)
     assert "96x96" in seg.weights.provenance["recipe"]["summary"]
-    stems, images, masks, bounds = D.cached_arrays(data, ["img00"], tmp / "cache", progress=False, size=96)
-    assert images.shape == (1, 96, 96, 3) and masks.shape == bounds.shape == (1, 96, 96)
+    stems, images, masks = D.cached_arrays(data, ["img00"], tmp / "cache", progress=False, size=96)
+    assert images.shape == (1, 96, 96, 3) and masks.shape == (1, 96, 96)
     frame = cv2.imread(str(data / "images" / "img00.jpg"))
     assert seg.predict(frame).shape == frame.shape[:2]
 
@@ -447,8 +446,8 @@ def test_a_non_square_input_size_is_trained_cached_and_exported(toy, tmp_path):
     out = export_checkpoint(tmp / "size48x80" / "best.pt", tmp_path / "wide.safetensors")
     seg = npseg.load(out, backend="numpy")
     assert seg.input_size == (48, 80) and "48x80" in seg.weights.provenance["recipe"]["summary"]
-    stems, images, masks, bounds = D.cached_arrays(data, ["img00"], tmp / "cache", progress=False, size=[48, 80])
-    assert images.shape == (1, 48, 80, 3) and masks.shape == bounds.shape == (1, 48, 80)
+    stems, images, masks = D.cached_arrays(data, ["img00"], tmp / "cache", progress=False, size=[48, 80])
+    assert images.shape == (1, 48, 80, 3) and masks.shape == (1, 48, 80)
     frame = cv2.imread(str(data / "images" / "img00.jpg"))
     with torch.no_grad():
         ref = torch_model_from_weights(out)[0](torch.from_numpy(seg.preprocess(frame))[None])[0].numpy()
@@ -549,11 +548,10 @@ def test_paste_small_adds_one_small_polyp_on_the_mucosa():
         np.testing.assert_array_equal(mask, mask0)
         if pasted is None:  # no place on the mucosa clear of the polyp: the sample stays as it is
             continue
-        out, new_mask, bound = pasted
+        out, new_mask = pasted
         added = (new_mask > 0) & (mask0 == 0)
         assert new_mask.dtype == np.uint8 and set(np.unique(new_mask)) <= {0, 1}
         assert not ((mask0 > 0) & (new_mask == 0)).any()  # the sample's own polyp stays
-        np.testing.assert_array_equal(bound, D.boundary_target(new_mask))
         if added.any():
             assert img0[added].max(axis=1).min() > 40  # on the mucosa, not the black surround
             assert (out[added].astype(int) != img0[added]).any()
@@ -566,7 +564,7 @@ def test_paste_small_adds_one_small_polyp_on_the_mucosa():
 def test_paste_small_is_seeded_per_sample_and_off_by_default():
     images, masks = zip(*(_mucosa_with_polyp((30 + 5 * i, 30), 12) for i in range(4)))
     masks = np.stack(masks)
-    part = ([f"s{i}" for i in range(4)], np.stack(images), masks, np.stack([D.boundary_target(m) for m in masks]))
+    part = ([f"s{i}" for i in range(4)], np.stack(images), masks)
     pasted = D.PolypDataset([part], seed=3, augmentation="strong", paste_small=1.0)
     again = D.PolypDataset([part], seed=3, augmentation="strong", paste_small=1.0)
     plain = D.PolypDataset([part], seed=3, augmentation="strong")
@@ -576,7 +574,7 @@ def test_paste_small_is_seeded_per_sample_and_off_by_default():
         assert a.keys() == b.keys() and all(torch.equal(a[key], b[key]) for key in a)
         grew += cv2.connectedComponents(a["mask"][0].numpy().astype(np.uint8))[0] - 1 == 2  # its polyp and one pasted
         # without --paste-small the sample is what augment alone gives, as before the option existed
-        _, mask, _ = D.augment(part[1][k], part[2][k], part[3][k], np.random.default_rng((3, 0, k)), "strong")
+        _, mask = D.augment(part[1][k], part[2][k], np.random.default_rng((3, 0, k)), "strong")
         np.testing.assert_array_equal(c["mask"][0].numpy(), mask)
     assert grew >= 3
 
@@ -614,10 +612,9 @@ def test_pack_copies_train_and_val_frames_and_trains_and_evaluates_on_the_source
     assert sorted(p.stem for p in (packed / "images").iterdir()) == sorted(recorded["train"] + recorded["val"])
     assert D.pack_info(packed)["split"] == recorded and D.pack_info(packed)["size"] == [64, 64]
     stems = recorded["val"]
-    _, img_src, mask_src, bound_src = D.cached_arrays(data, stems, tmp_path / "cache", progress=False, size=64)
-    _, img_pk, mask_pk, bound_pk = D.cached_arrays(packed, stems, tmp_path / "cache", progress=False, size=64)
+    _, img_src, mask_src = D.cached_arrays(data, stems, tmp_path / "cache", progress=False, size=64)
+    _, img_pk, mask_pk = D.cached_arrays(packed, stems, tmp_path / "cache", progress=False, size=64)
     np.testing.assert_array_equal(mask_pk, mask_src)
-    np.testing.assert_array_equal(bound_pk, bound_src)
     jpeg_95_444 = [cv2.IMWRITE_JPEG_QUALITY, 95, cv2.IMWRITE_JPEG_SAMPLING_FACTOR, cv2.IMWRITE_JPEG_SAMPLING_FACTOR_444]
     for frame_pk, frame_src in zip(img_pk, img_src):  # the source's cached frame through JPEG, chroma not halved
         jpeg = cv2.imencode(".jpg", np.ascontiguousarray(frame_src[:, :, ::-1]), jpeg_95_444)[1]

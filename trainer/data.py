@@ -115,11 +115,6 @@ def read_pair(pair: Pair) -> tuple[np.ndarray, np.ndarray]:
     return img, mask
 
 
-def boundary_target(mask01: np.ndarray) -> np.ndarray:
-    """The recipe's boundary label: Canny(mask*255, 30, 90), dilated once by a 5x5 ellipse, {0,1}."""
-    edges = cv2.Canny(mask01.astype(np.uint8) * 255, 30, 90)
-    kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (5, 5))
-    return (cv2.dilate(edges, kernel, iterations=1) > 0).astype(np.uint8)
 
 
 def size_hw(size) -> tuple[int, int]:
@@ -405,8 +400,7 @@ def _cache_key(root: Path, stems: list[str], pairs: dict[str, Pair], size) -> st
 
 def cached_arrays(root, stems: list[str], cache_dir, skip_bad: bool = False, progress: bool = True,
                   size=SIZE):
-    """(stems kept, images [N,H,W,3] RGB uint8, masks [N,H,W] {0,1}, boundaries [N,H,W] {0,1}) at `size`
-    (a square side or [H, W]),
+    """(stems kept, images [N,H,W,3] RGB uint8, masks [N,H,W] {0,1}) at `size` (a square side or [H, W]),
     decoded once and memory-mapped from `cache_dir` afterwards. Bad files stop with DataError
     (or are dropped with a warning under `skip_bad`)."""
     root = Path(root)
@@ -415,19 +409,18 @@ def cached_arrays(root, stems: list[str], cache_dir, skip_bad: bool = False, pro
     d = Path(cache_dir) / f"{dataset_name(root)}-{_cache_key(root, stems, pairs, size)}"
     if (d / "done").exists():
         return _load_cache(d)
-    imgs, masks, bounds, kept = [], [], [], []
+    imgs, masks, kept = [], [], []
     samples = _resized_samples(pairs, stems, size, skip_bad,
                                f"caching {dataset_name(root)} ({len(stems)} samples)" if progress else None)
     for s, img, mask in samples:
         imgs.append(img)
         masks.append(mask)
-        bounds.append(boundary_target(mask))
         kept.append(s)
     if not kept:
         raise DataError(f"{root}: no usable samples in this split")
     tmp = d.with_name(d.name + f".tmp{os.getpid()}")
     tmp.mkdir(parents=True, exist_ok=True)
-    for name, arr in (("images", imgs), ("masks", masks), ("boundaries", bounds)):
+    for name, arr in (("images", imgs), ("masks", masks)):
         np.save(tmp / f"{name}.npy", np.stack(arr))
     (tmp / "stems.json").write_text(json.dumps(kept))
     (tmp / "done").write_text("")
@@ -440,7 +433,7 @@ def cached_arrays(root, stems: list[str], cache_dir, skip_bad: bool = False, pro
 
 def _load_cache(d: Path):
     kept = json.loads((d / "stems.json").read_text())
-    return (kept, *(np.load(d / f"{k}.npy", mmap_mode="r") for k in ("images", "masks", "boundaries")))
+    return (kept, *(np.load(d / f"{k}.npy", mmap_mode="r") for k in ("images", "masks")))
 
 
 # ---------------------------------------------------------------- torch dataset
@@ -467,8 +460,7 @@ def check_augmentation(name: str) -> None:
         raise ValueError(f"{e}; or one of {list(AUGMENTATIONS)}") from None
 
 
-def augment(img: np.ndarray, mask: np.ndarray, bound: np.ndarray, rng: np.random.Generator,
-            mode: str = "recipe"):
+def augment(img: np.ndarray, mask: np.ndarray, rng: np.random.Generator, mode: str = "recipe"):
     """"recipe": horizontal flip (p 0.5) and rotation in [-10, 10] degrees, the image bilinear with
     reflected border, masks nearest with zero border. "strong" adds, for multi-centre data whose
     colour and scale vary by centre: vertical flip (p 0.5), zoom in [0.8, 1.25] in the same warp,
@@ -477,9 +469,9 @@ def augment(img: np.ndarray, mask: np.ndarray, bound: np.ndarray, rng: np.random
         raise ValueError(f"augment: mode {mode!r} is 'recipe' or 'strong' (trainer.augment applies the others)")
     strong = mode == "strong"
     if rng.random() < 0.5:
-        img, mask, bound = img[:, ::-1], mask[:, ::-1], bound[:, ::-1]
+        img, mask = img[:, ::-1], mask[:, ::-1]
     if strong and rng.random() < 0.5:
-        img, mask, bound = img[::-1], mask[::-1], bound[::-1]
+        img, mask = img[::-1], mask[::-1]
     angle = rng.uniform(-10.0, 10.0)
     scale = float(np.exp(rng.uniform(np.log(0.8), np.log(1.25)))) if strong else 1.0
     h, w = mask.shape
@@ -488,11 +480,9 @@ def augment(img: np.ndarray, mask: np.ndarray, bound: np.ndarray, rng: np.random
                          borderMode=cv2.BORDER_REFLECT_101)
     mask = cv2.warpAffine(np.ascontiguousarray(mask), rot, (w, h), flags=cv2.INTER_NEAREST,
                           borderMode=cv2.BORDER_CONSTANT, borderValue=0)
-    bound = cv2.warpAffine(np.ascontiguousarray(bound), rot, (w, h), flags=cv2.INTER_NEAREST,
-                           borderMode=cv2.BORDER_CONSTANT, borderValue=0)
     if strong:
         img = _jitter_colour(img, *rng.uniform(0.8, 1.2, size=3))
-    return img, mask, bound
+    return img, mask
 
 
 def _jitter_colour(img: np.ndarray, brightness: float, contrast: float, saturation: float) -> np.ndarray:
@@ -510,11 +500,11 @@ PASTE_AREA = (0.001, 0.01)  # image fraction a pasted polyp covers: the small po
 
 
 def paste_small_polyp(img: np.ndarray, mask: np.ndarray, src_img: np.ndarray, src_mask: np.ndarray,
-                      rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+                      rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray] | None:
     """Copy-paste for small polyps: the polyp of (src_img, src_mask), with a margin, shrunk so that it
     covers a log-uniform PASTE_AREA fraction of the image, is blended into `img` at a random place
-    (a feathered edge, so that no seam marks it) and added to `mask`. Returns image, mask and the
-    boundary label recomputed from the new mask, or None when no place fits (the sample stays as it is)."""
+    (a feathered edge, so that no seam marks it) and added to `mask`. Returns the image and mask, or
+    None when no place fits (the sample stays as it is)."""
     h, w = mask.shape
     ys, xs = np.nonzero(src_mask)
     y0, y1, x0, x1 = ys.min(), ys.max() + 1, xs.min(), xs.max() + 1
@@ -546,7 +536,7 @@ def paste_small_polyp(img: np.ndarray, mask: np.ndarray, src_img: np.ndarray, sr
     img[top:top + ph, left:left + pw] = np.clip(alpha * patch + (1 - alpha) * region + 0.5, 0, 255).astype(np.uint8)
     mask = np.array(mask)
     mask[top:top + ph, left:left + pw] |= (soft >= 0.5).astype(np.uint8)
-    return img, mask, boundary_target(mask)
+    return img, mask
 
 
 def _pasteable(mask: np.ndarray) -> bool:
@@ -575,7 +565,7 @@ class PolypDataset(torch.utils.data.Dataset):
                  paste_small: float = 0.0, balanced: int = 0,
                  targets=_no_targets):
         check_augmentation(augmentation)
-        self.parts = parts  # (stems, images, masks, boundaries) per dataset
+        self.parts = parts  # (stems, images, masks) per dataset
         self.per_part = [[(p, i) for i in range(len(part[0]))] for p, part in enumerate(parts)]
         self.index = [k for ix in self.per_part for k in ix]
         self.balanced = balanced  # samples per dataset and epoch; 0: each sample once
@@ -608,16 +598,15 @@ class PolypDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, k):
         p, i = self._sample(k)
-        _, images, masks, _ = self.parts[p]
+        _, images, masks = self.parts[p]
         img, mask = images[i], masks[i]
         if self.seed is not None:
             rng = np.random.default_rng((self.seed, self.epoch, k))
             if self.paste_small > 0 and self.paste_sources[p] and rng.random() < self.paste_small:
                 j = self.paste_sources[p][int(rng.integers(len(self.paste_sources[p])))]
-                img, mask = (paste_small_polyp(img, mask, images[j], masks[j], rng) or (img, mask))[:2]
+                img, mask = paste_small_polyp(img, mask, images[j], masks[j], rng) or (img, mask)
             if self.parts_on is None:
-                # no boundary to warp: the family's targets are made from the augmented mask below
-                img, mask = augment(img, mask, mask, rng, self.augmentation)[:2]
+                img, mask = augment(img, mask, rng, self.augmentation)
             else:
                 img, mask = A.augment(img, mask, rng, self.parts_on)
         mask = np.array(mask, dtype=np.uint8)
