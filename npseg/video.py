@@ -19,6 +19,7 @@ import numpy as np
 
 from .files import opencv_path, replacing
 from .overlay import draw_label, draw_overlay
+from .preprocessing import polyp_mask, polyp_probability
 from .segmenter import Segmenter
 
 # Output container by extension -> codec (FourCC) that OpenCV's bundled FFmpeg can write.
@@ -51,9 +52,10 @@ class MaskStream:
 
     def next(self, frame: np.ndarray) -> np.ndarray:
         lo = self.model.logits(frame)
+        out = self.model.weights.output  # softmax over two logits or sigmoid of one, as the file says
         if self.smooth == 0.0 and self.threshold is None:
-            return (lo[1] > lo[0]).astype(np.uint8)
-        prob = 1.0 / (1.0 + np.exp(lo[0] - lo[1]))
+            return polyp_mask(lo, out).astype(np.uint8)
+        prob = polyp_probability(lo, out)
         if self.smooth and self._avg is not None:
             prob = self.smooth * self._avg + (1.0 - self.smooth) * prob
         self._avg = prob

@@ -150,6 +150,19 @@ def test_video_masks_equal_predict(clip, model):
         np.testing.assert_array_equal(full, model.predict(frame))
 
 
+@pytest.mark.parametrize("variant", ["aulunet", "microaunet"])  # one sigmoid logit, not two softmax logits
+def test_video_masks_follow_a_sigmoid_file(clip, tmp_path, variant):
+    from conftest import random_torch_model, write_weights
+
+    weights = write_weights(random_torch_model(variant, seed=3), tmp_path / f"{variant}.safetensors")
+    one_logit = npseg.load(weights, backend=BACKEND)
+    plain, smoothed = MaskStream(one_logit), MaskStream(one_logit, smooth=0.5)
+    for frame in read_video(clip)[:2]:
+        full = cv2.resize(plain.next(frame), (frame.shape[1], frame.shape[0]), interpolation=cv2.INTER_NEAREST)
+        np.testing.assert_array_equal(full, one_logit.predict(frame))
+        assert smoothed.next(frame).shape == one_logit.input_size
+
+
 def test_smoothing_averages_probabilities(model):
     frame = np.full((64, 64, 3), 128, np.uint8)
     stream = MaskStream(model, smooth=0.9, threshold=0.5)
