@@ -296,7 +296,8 @@ def test_resume_continues_a_stopped_run_exactly(two_epoch_run, toy):
     full_opts, _ = two_epoch_run
     opts = options(tmp, data, "resumed", max_minutes=0.0)  # a zero budget stops after the first epoch
     assert train(opts)["epochs_run"] == 1
-    summary = train(options(tmp, data, "resumed"), resume=True)
+    # the time budget given again on the command line (a resume may change it)
+    summary = train(options(tmp, data, "resumed", max_minutes=60.0), resume=True, resume_overrides=("max_minutes",))
     assert summary["epochs_run"] == 2
     full = json.loads((Path(full_opts.out) / "log.json").read_text())
     resumed = json.loads((tmp / "resumed" / "log.json").read_text())

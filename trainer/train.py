@@ -65,8 +65,8 @@ def _resumed_options(opts: TrainOptions, resume_overrides) -> tuple[TrainOptions
         raise ValueError(f"on resume only {RESUME_OVERRIDABLE} can change, not {sorted(unknown)}")
     ckpt = load_checkpoint(last)
     saved = options_from_checkpoint(ckpt)
-    recipe = dataclasses.replace(saved.recipe, max_minutes=opts.recipe.max_minutes,
-                                 **{k: getattr(opts.recipe, k) for k in resume_overrides})
+    changed = {"max_minutes": opts.recipe.max_minutes, **{k: getattr(opts.recipe, k) for k in resume_overrides}}
+    recipe = dataclasses.replace(saved.recipe, **changed)
     overridden = tuple(dict.fromkeys(saved.overridden + tuple(resume_overrides))) if saved.recipe_name else ()
     return dataclasses.replace(opts, recipe=recipe, recipe_name=saved.recipe_name, overridden=overridden), ckpt
 
