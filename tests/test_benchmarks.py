@@ -59,7 +59,7 @@ def test_pareto_quick_map_of_one_bundled_file(tmp_path):
     m = res["models"]["ultraseg-108k"]
     assert m["parameters"] > 100_000 and 0 < m["gflops_256"] < m["gflops_own"]
     assert m["ms_256"]["npseg-numba"] > 0 and m["end_to_end"]["predict_median_ms"] > 0
-    assert set(res["panels"]) == {"kvasir-seg", "polypgen"}
+    assert set(res["panels"]) == {"kvasir-seg", "polypgen", "cvc-clinicdb"}
     assert res["pareto"]["kvasir-seg"]["front"] == ["ultraseg-108k"]
     page = (tmp_path / "PARETO.md").read_text()
     assert "| `ultraseg-108k` | kvasir-seg | test split | 200 |" in page and "Pareto front" in page
