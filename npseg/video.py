@@ -48,14 +48,14 @@ class MaskStream:
         if not 0.0 <= smooth < 1.0:
             raise ValueError(f"smooth must be in [0, 1), got {smooth}")
         self.model, self.smooth, self.threshold = model, smooth, threshold
+        self._out = model.weights.output  # softmax over two logits or sigmoid of one, as the file says
         self._avg = None
 
     def next(self, frame: np.ndarray) -> np.ndarray:
         lo = self.model.logits(frame)
-        out = self.model.weights.output  # softmax over two logits or sigmoid of one, as the file says
         if self.smooth == 0.0 and self.threshold is None:
-            return polyp_mask(lo, out).astype(np.uint8)
-        prob = polyp_probability(lo, out)
+            return polyp_mask(lo, self._out).astype(np.uint8)
+        prob = polyp_probability(lo, self._out)
         if self.smooth and self._avg is not None:
             prob = self.smooth * self._avg + (1.0 - self.smooth) * prob
         self._avg = prob
