@@ -19,11 +19,12 @@ from functools import partial
 
 
 class BackgroundCompile:
-    """Runs `plan` once in a daemon thread; `finished` is set when it is done (or failed: the
+    """Runs `plan` once in a daemon thread, then each of `also` (zero-argument calls of the caller's
+    own kernels, e.g. the frame conversion); `finished` is set when it is done (or failed: the
     caller's own run of the plan then raises the error where it can be reported)."""
 
-    def __init__(self, plan):
-        self._steps = list(plan.steps)
+    def __init__(self, plan, also=()):
+        self._steps = [*plan.steps, *also]
         kernels = (step.func if isinstance(step, partial) else step for step in self._steps)
         self._kernels = [k for k in kernels if hasattr(k, "stats")]  # Numba dispatchers, not np.dot
         self._misses_before = self._misses()  # earlier compilations in this process do not count

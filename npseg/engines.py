@@ -26,6 +26,7 @@ class NumpyEngine:
     """The family's readable reference forward, in float64 for a precise ground truth."""
 
     name = "numpy"
+    warming_up = False  # see NumbaEngine
 
     def __init__(self, family, cfg, params):
         self.family, self.cfg = family, cfg
@@ -49,20 +50,28 @@ class NumbaEngine:
     """The family's plan of Numba kernels and single-thread GEMMs in float32, one plan per input size.
 
     With compile_in_background, the first frame starts compiling the plan's kernels in a thread
-    (npseg.background_compile) that runs the plan once; until it is done, frames run on the float64
-    reference with the reference's own buffers (the thread's run of the plan writes the plan's)."""
+    (npseg.background_compile) that runs the plan once, then the caller's `compile_also` calls; until
+    it is done, frames run on the float64 reference with the reference's own buffers (the thread's
+    run of the plan writes the plan's) and `warming_up` is True."""
 
     name = "numba"
 
-    def __init__(self, family, cfg, params, compile_in_background: bool = False):
+    def __init__(self, family, cfg, params, compile_in_background: bool = False, compile_also=()):
         self.family, self.cfg = family, cfg
         # writable contiguous float32 copies: read-only arrays would compile separate kernel variants
         self.params = {k: np.array(v, dtype=F32, order="C") for k, v in params.items()}
         self._plans: dict = {}
         self._compiling = compile_in_background
+        self._compile_also = tuple(compile_also)
         self._compiler: BackgroundCompile | None = None
         self._reference: NumpyEngine | None = None
         self._on_reference = False  # the input handed out last is the reference's
+
+    @property
+    def warming_up(self) -> bool:
+        """True while the input handed out last is the reference's: the kernels are compiling, so a
+        caller's own kernels (which would wait for Numba's compiler lock) had better not run yet."""
+        return self._on_reference
 
     def plan(self, h: int, w: int):
         if (h, w) not in self._plans:
@@ -87,7 +96,7 @@ class NumbaEngine:
         from Numba's cache (a warm start stays on the compiled plan), not while they compile.
         Once it is finished every later frame runs the compiled plan."""
         if self._compiler is None:
-            self._compiler = BackgroundCompile(self.plan(h, w))
+            self._compiler = BackgroundCompile(self.plan(h, w), also=self._compile_also)
             self._reference = NumpyEngine(self.family, self.cfg, self.params)
             self._compiler.wait_while_loading()
         if not self._compiler.finished.is_set():

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import threading
+from functools import partial
 from pathlib import Path
 
 import cv2
@@ -92,11 +93,16 @@ class Segmenter:
         self._minmax = self._pre["normalize"]["kind"] == "minmax"
         self._scale, self._shift = affine_coefficients(self._pre)
         params = self.family.fold(self.config, weights.tensors)
-        # the Numba engine may run its first frames on the reference while its kernels compile
-        extra = {"compile_in_background": True} if compile_in_background and backend == "numba" else {}
-        self._engine = engines[backend](self.family, self.config, params, **extra)
         # per-frame buffers: predict() allocates only the mask it returns
         self._small = np.empty((h, w, 3), np.uint8)
+        # the Numba engine may run its first frames on the reference while its kernels compile;
+        # the frame conversion's kernel compiles in the same thread, after them
+        extra = {}
+        if compile_in_background and backend == "numba":
+            compile_conversion = partial(to_planar_nb, self._small, self._rgb, self._scale, self._shift,
+                                         np.empty((3, h, w), np.float32))
+            extra = {"compile_in_background": True, "compile_also": (compile_conversion,)}
+        self._engine = engines[backend](self.family, self.config, params, **extra)
         self._small_prob = np.empty((h, w), np.float32)
         self._small_mask = np.empty((h, w), np.bool_)
         self._mask_rows = (None, None, None)  # frame size, row indices, column-resized mask
@@ -114,13 +120,15 @@ class Segmenter:
         with self._lock:  # the resize writes the shared self._small
             return self._preprocess_into(frame, np.empty((3, *self.input_size), np.float32))
 
-    def _preprocess_into(self, frame: np.ndarray, out: np.ndarray) -> np.ndarray:
+    def _preprocess_into(self, frame: np.ndarray, out: np.ndarray, numpy_only: bool = False) -> np.ndarray:
+        """numpy_only: convert without the Numba kernel (while the engine's kernels compile, running
+        it would wait for Numba's compiler lock, seconds on a first run)."""
         h, w = self.input_size
         small = cv2.resize(frame, (w, h), dst=self._small, interpolation=cv2.INTER_LINEAR)
         scale, shift = self._scale, self._shift
         if self._minmax:  # per image: the resized frame's extremes
             scale, shift = affine_coefficients(self._pre, small.min(), small.max())
-        if numba is None:  # without Numba the kernel would be plain Python
+        if numba is None or numpy_only:  # without Numba the kernel would be plain Python
             out[...] = to_planar_ref(small, self._rgb, scale, shift)
         else:
             to_planar_nb(small, self._rgb, scale, shift, out)
@@ -129,7 +137,8 @@ class Segmenter:
     def _forward_frame(self, frame: np.ndarray) -> np.ndarray:
         """Logits [K, h, w] of a checked frame, in the engine's buffer: hold self._lock."""
         h, w = self.input_size
-        self._preprocess_into(frame, self._engine.input_buffer(h, w))
+        buffer = self._engine.input_buffer(h, w)
+        self._preprocess_into(frame, buffer, numpy_only=self._engine.warming_up)
         return self._engine.run_input(h, w)
 
     def logits(self, frame: np.ndarray) -> np.ndarray:

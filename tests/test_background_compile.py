@@ -22,7 +22,7 @@ pytestmark = pytest.mark.skipif("numba" not in engines.available(), reason="the 
 class _HeldCompile:
     """Stands in for BackgroundCompile: compiling, and finished only when the test says so."""
 
-    def __init__(self, plan):
+    def __init__(self, plan, also=()):
         self.finished = threading.Event()
         _HeldCompile.last = self
 
@@ -44,6 +44,22 @@ def test_reference_until_compiled_then_the_plan(monkeypatch):
     _HeldCompile.last.finished.set()
     np.testing.assert_array_equal(seg.logits(frame), compiled)
     np.testing.assert_array_equal(seg.predict(frame), npseg.load("ultraseg-108k", size=64).predict(frame))
+
+
+def test_frames_on_the_reference_convert_without_kernels(monkeypatch):
+    """While the kernels compile, a frame's conversion must not call a kernel either: it would wait
+    for Numba's compiler lock (seconds per kernel on a first run)."""
+    from npseg import segmenter
+
+    def refuse(*args):
+        raise AssertionError("the frame conversion kernel ran while the kernels compiled")
+
+    frame = _frame()
+    reference = npseg.load("ultraseg-108k", backend="numpy", size=64).predict(frame)
+    monkeypatch.setattr(engines, "BackgroundCompile", _HeldCompile)
+    monkeypatch.setattr(segmenter, "to_planar_nb", refuse)
+    seg = npseg.load("ultraseg-108k", size=64, compile_in_background=True)
+    np.testing.assert_array_equal(seg.predict(frame), reference)
 
 
 def test_stop_ends_after_the_step_in_hand():
