@@ -5,7 +5,9 @@ A one-image run is mostly start-up, so the command skips two costs a library can
   only traverse their long-lived objects, ~0.15 s); the command turns it back on, with those
   objects frozen out of later collections, once its model is warm (npseg.cli.end_of_start_up);
 - at the end, after flushing the output and running the exit handlers, the process exits without
-  the interpreter's teardown (freeing every module's, Numba's and LLVM's objects, ~0.2 s).
+  the interpreter's teardown (freeing every module's, Numba's and LLVM's objects, ~0.2 s);
+- so it need not wait for a background compile's kernel in hand either (up to ~5 s on a first
+  run): the compile's remainder goes on in a detached, low-priority `npseg warmup` process.
 """
 import atexit
 import gc
@@ -18,7 +20,10 @@ def run() -> None:
     from .cli import main
 
     code = main()
-    atexit._run_exitfuncs()  # e.g. a background compile stops after the kernel in hand
+    compiling = sys.modules.get("npseg.background_compile")
+    if compiling is not None:
+        compiling.hand_over_unfinished()
+    atexit._run_exitfuncs()
     for stream in (sys.stdout, sys.stderr):
         try:
             stream.flush()

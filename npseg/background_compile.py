@@ -6,7 +6,9 @@ runs the plan once, step by step, in a thread (the engine leaves the plan's buff
 is finished): that compiles (or loads)
 exactly the signatures the plan uses, and Numba saves each kernel to its cache as soon as it is
 compiled. At interpreter exit the thread stops after the kernel in hand, so a short run leaves
-what it compiled in the cache and the next run goes on from there.
+what it compiled in the cache and the next run goes on from there. A process that ends with
+os._exit (the `npseg` command) need not wait for that kernel (seconds for the largest ones):
+hand_over_unfinished leaves the rest to a detached, low-priority process (`finish_elsewhere`).
 
 Whether the kernels load or compile shows in Numba's cache statistics: a kernel missing from the
 cache is counted as a miss before its compilation starts.
@@ -14,8 +16,11 @@ cache is counted as a miss before its compilation starts.
 from __future__ import annotations
 
 import atexit
+import subprocess
 import threading
 from functools import partial
+
+_running: set[BackgroundCompile] = set()
 
 
 class BackgroundCompile:
@@ -23,8 +28,11 @@ class BackgroundCompile:
     own kernels, e.g. the frame conversion); `finished` is set when it is done (or failed: the
     caller's own run of the plan then raises the error where it can be reported)."""
 
-    def __init__(self, plan, also=()):
+    def __init__(self, plan, also=(), finish_elsewhere: list[str] | None = None):
+        """finish_elsewhere: the command of a process that compiles the same kernels (see
+        hand_over_unfinished)."""
         self._steps = [*plan.steps, *also]
+        self._finish_elsewhere = finish_elsewhere
         kernels = (step.func if isinstance(step, partial) else step for step in self._steps)
         self._kernels = [k for k in kernels if hasattr(k, "stats")]  # Numba dispatchers, not np.dot
         self._misses_before = self._misses()  # earlier compilations in this process do not count
@@ -32,6 +40,7 @@ class BackgroundCompile:
         self.finished = threading.Event()
         self._thread = threading.Thread(target=self._run, name="npseg-compile", daemon=True)
         atexit.register(self.stop)
+        _running.add(self)
         self._thread.start()
 
     def _run(self) -> None:
@@ -45,6 +54,7 @@ class BackgroundCompile:
         finally:
             self._steps = []
             atexit.unregister(self.stop)
+            _running.discard(self)
             self.finished.set()
 
     def _misses(self) -> int:
@@ -64,3 +74,18 @@ class BackgroundCompile:
         the interpreter shuts down could crash the exit."""
         self._stop.set()
         self._thread.join()
+
+
+def hand_over_unfinished() -> int:
+    """For a process about to end with os._exit, which does not tear the interpreter down (a
+    thread inside the compiler cannot crash it): every compile still running that has a
+    finish_elsewhere command starts it in a process group of its own (terminal signals do not reach
+    it; the same session, so that its low priority counts against this session's other processes),
+    and is no longer waited for at exit. Returns how many were handed over."""
+    handed = [job for job in list(_running) if job._finish_elsewhere]
+    for job in handed:
+        subprocess.Popen(job._finish_elsewhere, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                         stderr=subprocess.DEVNULL, process_group=0)
+        atexit.unregister(job.stop)
+        _running.discard(job)
+    return len(handed)

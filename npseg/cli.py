@@ -387,8 +387,9 @@ def cmd_segment(args) -> int:
         print(f"masks:    {mask_dir}/  (PNG, 0 = background, 255 = polyp)")
         print(f"overlays: {overlay_dir}/  (JPEG)")
     if getattr(model._engine, "_compiling", False):  # the run ended before the kernels were compiled
-        print("note: the NumPy reference segmented while the kernels compiled (first runs after an install); "
-              "`npseg warmup` compiles them once for every later run")
+        print("note: the NumPy reference segmented while the kernels compiled (a first run after an install); "
+              "they go on compiling in a low-priority background process, after which runs start in about a "
+              "second (`npseg warmup` compiles every bundled model's)")
     if skipped:
         print(f"skipped {len(skipped)} image(s) that could not be segmented, listed on stderr")
         return RUNTIME_FAILURE
@@ -397,6 +398,11 @@ def cmd_segment(args) -> int:
 
 def cmd_warmup(args) -> int:
     """Compiles the kernels of the given models (default: every bundled one) into Numba's cache."""
+    if args.background:  # lowest CPU priority, and one such process per model, size and cache
+        os.nice(19)
+        args.lock = _background_warmup_lock(args.models, args.size)
+        if args.lock is None:
+            return OK  # another one is compiling the same kernels
     for name in args.models or bundled_names():
         t0 = time.perf_counter()
         args.weights = name
@@ -404,6 +410,24 @@ def cmd_warmup(args) -> int:
         model.predict(np.zeros((64, 64, 3), np.uint8))
         print(f"{model.config.name} ({name}): kernels ready in {time.perf_counter() - t0:.1f} s")
     return OK
+
+
+def _background_warmup_lock(models, size):
+    """For `warmup --background` (a first run's unfinished compile, handed over at its exit): an
+    open file exclusively locked for these models, size and Numba cache, to hold until the process
+    ends; None if another process holds it."""
+    import fcntl
+    import hashlib
+    import tempfile
+
+    key = json.dumps([models, size, os.environ.get("NUMBA_CACHE_DIR")]).encode()
+    lock = open(Path(tempfile.gettempdir()) / f"npseg-warmup-{hashlib.sha1(key).hexdigest()[:16]}.lock", "w")  # noqa: SIM115
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        lock.close()
+        return None
+    return lock
 
 
 # ---------------------------------------------------------------- video
@@ -610,7 +634,9 @@ def _add_warmup_command(sub, fmt) -> None:
         epilog="example:\n  npseg warmup\n\n" + EXIT_CODES)
     p.add_argument("models", nargs="*", metavar="NAME|FILE", help="bundled model names or weights files")
     p.add_argument("--backend", default=None, help=argparse.SUPPRESS)
-    p.add_argument("--size", default=None, help=argparse.SUPPRESS)
+    p.add_argument("--size", type=_size, default=None, help=argparse.SUPPRESS)
+    # a first run's kernels, finished after it exits (npseg.background_compile.hand_over_unfinished)
+    p.add_argument("--background", action="store_true", help=argparse.SUPPRESS)
     p.set_defaults(run=cmd_warmup)
 
 

@@ -56,13 +56,15 @@ class NumbaEngine:
 
     name = "numba"
 
-    def __init__(self, family, cfg, params, compile_in_background: bool = False, compile_also=()):
+    def __init__(self, family, cfg, params, compile_in_background: bool = False, compile_also=(),
+                 finish_elsewhere: list[str] | None = None):
         self.family, self.cfg = family, cfg
         # writable contiguous float32 copies: read-only arrays would compile separate kernel variants
         self.params = {k: np.array(v, dtype=F32, order="C") for k, v in params.items()}
         self._plans: dict = {}
         self._compiling = compile_in_background
         self._compile_also = tuple(compile_also)
+        self._finish_elsewhere = finish_elsewhere  # see npseg.background_compile.hand_over_unfinished
         self._compiler: BackgroundCompile | None = None
         self._reference: NumpyEngine | None = None
         self._on_reference = False  # the input handed out last is the reference's
@@ -96,7 +98,8 @@ class NumbaEngine:
         from Numba's cache (a warm start stays on the compiled plan), not while they compile.
         Once it is finished every later frame runs the compiled plan."""
         if self._compiler is None:
-            self._compiler = BackgroundCompile(self.plan(h, w), also=self._compile_also)
+            self._compiler = BackgroundCompile(self.plan(h, w), also=self._compile_also,
+                                               finish_elsewhere=self._finish_elsewhere)
             self._reference = NumpyEngine(self.family, self.cfg, self.params)
             self._compiler.wait_while_loading()
         if not self._compiler.finished.is_set():

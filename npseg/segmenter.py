@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import sys
 import threading
 from functools import partial
 from pathlib import Path
@@ -63,6 +64,13 @@ def resolve_weights(path_or_name: str | os.PathLike) -> Path:
     )
 
 
+def _warmup_command(path: str | None, h: int, w: int) -> list[str] | None:
+    """The command that compiles this model's kernels at this size in another process."""
+    if path is None:
+        return None
+    return [sys.executable, "-m", "npseg", "warmup", str(path), "--size", f"{h}x{w}", "--background"]
+
+
 class Segmenter:
     """A loaded model. `predict(frame)` -> HxW uint8 mask (1 = polyp).
 
@@ -101,7 +109,8 @@ class Segmenter:
         if compile_in_background and backend == "numba":
             compile_conversion = partial(to_planar_nb, self._small, self._rgb, self._scale, self._shift,
                                          np.empty((3, h, w), np.float32))
-            extra = {"compile_in_background": True, "compile_also": (compile_conversion,)}
+            extra = {"compile_in_background": True, "compile_also": (compile_conversion,),
+                     "finish_elsewhere": _warmup_command(weights.path, h, w)}
         self._engine = engines[backend](self.family, self.config, params, **extra)
         self._small_prob = np.empty((h, w), np.float32)
         self._small_mask = np.empty((h, w), np.bool_)

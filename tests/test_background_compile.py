@@ -22,7 +22,7 @@ pytestmark = pytest.mark.skipif("numba" not in engines.available(), reason="the 
 class _HeldCompile:
     """Stands in for BackgroundCompile: compiling, and finished only when the test says so."""
 
-    def __init__(self, plan, also=()):
+    def __init__(self, plan, also=(), finish_elsewhere=None):
         self.finished = threading.Event()
         _HeldCompile.last = self
 
@@ -73,6 +73,42 @@ def test_stop_ends_after_the_step_in_hand():
     release.set()
     job.stop()
     assert job.finished.is_set() and ran in ([1, 2], [1])
+
+
+def test_hand_over_starts_the_command_and_no_longer_waits(tmp_path):
+    from npseg import background_compile
+
+    release, marker = threading.Event(), tmp_path / "finished-elsewhere"
+
+    class Plan:
+        steps = [lambda: release.wait(30)]
+
+    job = BackgroundCompile(Plan(), finish_elsewhere=[sys.executable, "-c", f"open({str(marker)!r}, 'w').close()"])
+    try:
+        assert background_compile.hand_over_unfinished() == 1
+        assert background_compile.hand_over_unfinished() == 0  # handed over once, not waited for at exit
+        for _ in range(300):
+            if marker.exists():
+                break
+            threading.Event().wait(0.05)
+        assert marker.exists()
+    finally:
+        release.set()
+        job.stop()
+
+
+def test_one_background_warmup_per_model_size_and_cache():
+    from npseg.cli import _background_warmup_lock
+
+    first = _background_warmup_lock(["ultraseg-108k"], (64, 64))
+    try:
+        assert first is not None
+        assert _background_warmup_lock(["ultraseg-108k"], (64, 64)) is None
+        other = _background_warmup_lock(["ultraseg-108k"], (96, 96))
+        assert other is not None
+        other.close()
+    finally:
+        first.close()
 
 
 _FIRST_FRAME = ("import numpy as np, npseg\n"
