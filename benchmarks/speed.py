@@ -38,6 +38,7 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 RESULTS = HERE / "results"
 SIZE = 256
+LARGER = 352  # a second table: the size the UltraLightUNet and PraNet-lineage papers train polyps at
 E2E_MODEL = "ultraseg-130k"  # the default model; the first bundled variant where it is missing
 DEPLOYABLE = ("npseg-numba", "onnxruntime", "torch-eager")
 ENGINES = DEPLOYABLE + ("npseg-numpy",)
@@ -197,7 +198,7 @@ def _prepare_weights(tmp: Path) -> dict:
         except KeyError:  # npseg ships the family, the trainer has no torch module for it
             model = None
         onnx = {size: model and str(export_onnx(model, tmp / f"{variant}-{size}.onnx", (size, size)))
-                for size in {SIZE, own}}
+                for size in {SIZE, LARGER, own}}
         out[variant] = {"weights": str(path), "own_size": own, "onnx": onnx}
     return out
 
@@ -264,10 +265,11 @@ def run_benchmark(frames: int, rounds: int, numpy_frames: int, tmp: Path, baseli
         tree, baseline = export_commit(baseline, tmp / "baseline")
         runs[BEFORE] = ("npseg-numba", {"PYTHONPATH": str(tree)}, ())
     speed = {v: _time_engines(v, f, SIZE, runs, frames, rounds, numpy_frames) for v, f in files.items()}
+    larger = {v: _time_engines(v, f, LARGER, _runs(DEPLOYABLE), frames, rounds, 0) for v, f in files.items()}
     # what the bundled files run at by default, where that is not SIZE
     own_size = {v: {"size": f["own_size"],
                     "table": _time_engines(v, f, f["own_size"], _runs(DEPLOYABLE), frames, rounds, 0)}
-                for v, f in files.items() if f["own_size"] != SIZE}
+                for v, f in files.items() if f["own_size"] not in (SIZE, LARGER)}
 
     e2e_model = E2E_MODEL if E2E_MODEL in files else next(iter(files))
     e2e_raw = _spawn("e2e", weights=files[e2e_model]["weights"], frames=max(frames // 2, 50), warmup=10)
@@ -286,7 +288,8 @@ def run_benchmark(frames: int, rounds: int, numpy_frames: int, tmp: Path, baseli
                   "openblas_coretype": os.environ.get("OPENBLAS_CORETYPE"),
                   "rounds": rounds, "numpy_reference_frames": numpy_frames, "baseline": baseline,
                   "weights": {v: f"bundled weights/{Path(f['weights']).name}" for v, f in files.items()}},
-        "forward": speed, "forward_own_size": own_size, "end_to_end": e2e,
+        "forward": speed, "forward_larger": {"size": LARGER, "tables": larger}, "forward_own_size": own_size,
+        "end_to_end": e2e,
     }
 
 
@@ -410,6 +413,12 @@ CPU_TIME_NOTE = ("CPU ms: the CPU time of the one thread every engine runs on (`
                  "the steadier comparison.")
 
 
+def _per_round_line(tables: dict) -> str:
+    return "npseg-numba / ONNX Runtime within each round (medians): " + "; ".join(
+        f"{v} " + ", ".join(f"{r:.2f}" for r in t["npseg-numba"]["vs_onnxruntime_per_round"])
+        for v, t in tables.items() if "vs_onnxruntime_per_round" in t["npseg-numba"]) + "."
+
+
 def write_markdown(res: dict, path: Path):
     m, s = res["machine"], res["setup"]
     lines = [
@@ -428,9 +437,7 @@ def write_markdown(res: dict, path: Path):
     ]
     for variant, table in res["forward"].items():
         lines += _forward_rows(variant, SIZE, table)
-    lines += ["", "npseg-numba / ONNX Runtime within each round (medians): " + "; ".join(
-        f"{v} " + ", ".join(f"{r:.2f}" for r in t["npseg-numba"]["vs_onnxruntime_per_round"])
-        for v, t in res["forward"].items() if "vs_onnxruntime_per_round" in t["npseg-numba"]) + "."]
+    lines += ["", _per_round_line(res["forward"])]
     before = [(v, t) for v, t in res["forward"].items() if BEFORE in t]
     if before:
         lines += ["", f"{BEFORE}: npseg-numba of commit {s['baseline']}, one more engine of the same rounds. "
@@ -447,6 +454,13 @@ def write_markdown(res: dict, path: Path):
                   f"by it. {UNPINNED} is the same engine with the variable unset, so OpenBLAS picks its kernels for "
                   "this CPU itself."]
     lines += ["", ENGINE_NOTES]
+    larger = res["forward_larger"]
+    lines += ["", f"## Forward, {larger['size']}×{larger['size']}, one core", "",
+              "The input the UltraLightUNet paper (and PraNet's lineage) trains and tests polyps at; the same "
+              "rounds as above.", "", *FORWARD_HEADER]
+    for variant, table in larger["tables"].items():
+        lines += _forward_rows(variant, larger["size"], table)
+    lines += ["", _per_round_line(larger["tables"])]
     if res.get("forward_own_size"):
         lines += ["", "## Forward at each bundled file's own input size, one core", "",
                   "The size the file was trained at and `npseg.load(name)` predicts at unless given `size=`.", "",
