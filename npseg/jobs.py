@@ -29,7 +29,7 @@ def _start_worker(initializer, initargs) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's: it stops handing out work
     import cv2
 
-    cv2.setNumThreads(1)  # one thread; a forked worker also never waits on the parent's OpenCV pool
+    cv2.setNumThreads(1)  # one thread (a forked worker's parent has already stopped its own pool)
     initializer(*initargs)
 
 
@@ -44,6 +44,13 @@ def worker_pool(jobs: int, initializer, initargs=()):
     saved = {name: os.environ.get(name) for name in ONE_THREAD}
     os.environ.update(ONE_THREAD)  # inherited by the workers, which start on demand inside the block
     method = "fork" if sys.platform.startswith("linux") else "spawn"
+    if method == "fork":
+        # OpenCV's thread pool, started by the parent's warm-up frame, does not exist in a forked
+        # child: setNumThreads there would wait for its threads forever. The parent only collects
+        # results from here on, so it stops its pool before the workers fork.
+        import cv2
+
+        cv2.setNumThreads(1)
     pool = ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context(method),
                                initializer=_start_worker, initargs=(initializer, initargs))
     try:

@@ -51,6 +51,21 @@ def test_jobs_gives_what_one_process_gives(folder, tmp_path):
     assert len(outputs) == 8 and outputs == _outputs(tmp_path / "two")
 
 
+_POOL_AFTER_OPENCV = ("import cv2, numpy as np\n"
+                      "from npseg.jobs import worker_pool\n"
+                      "cv2.resize(np.zeros((1024, 1280, 3), np.uint8), (320, 320))  # starts OpenCV's pool\n"
+                      "with worker_pool(2, int) as pool:\n"
+                      "    print(list(pool.map(abs, [-1, -2])))\n")
+
+
+def test_workers_fork_after_the_parents_opencv_pool_started():
+    """The parent's warm-up frame starts OpenCV's thread pool before the workers fork; its threads
+    do not exist in a forked worker, which must not wait for them (it hung in cv2.setNumThreads)."""
+    proc = subprocess.run([sys.executable, "-c", _POOL_AFTER_OPENCV], capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert proc.returncode == 0 and proc.stdout.strip() == "[1, 2]", proc.stderr
+
+
 def test_warmup_compiles_the_named_model(tmp_path):
     result = _npseg("warmup", "ultraseg-108k", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
