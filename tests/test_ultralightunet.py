@@ -151,3 +151,29 @@ def test_structure_loss_is_small_for_a_confident_right_answer_and_large_for_a_wr
     mask[..., 16:48, 16:48] = 1
     right, wrong = structure_loss(20 * (2 * mask - 1), mask), structure_loss(-20 * (2 * mask - 1), mask)
     assert right < 1e-3 and wrong > 10
+
+
+def test_output_prior_starts_the_output_layer_neutral_and_changes_nothing_else():
+    """recipes/ultralightunet-t.toml: T's four full-resolution channels are ReLU outputs (>= 0), so
+    with every out4 weight drawn negative (seed 42) no logit can exceed the bias, and the masks
+    stayed empty. output_prior starts every pixel's logit at the prior (weights 0, bias logit(p)):
+    the data, not the draw, then sets the weights' signs."""
+    import math
+
+    from trainer.models import torch_family
+    from trainer.recipe import Recipe, RecipeError, TrainOptions
+    from trainer.train import _check_recipe, _model_and_init
+
+    fam, cfg = torch_family("ultralightunet"), VARIANTS["ultralightunet-t"]
+    drawn, _ = _model_and_init(TrainOptions(recipe=Recipe(seed=42)), fam, cfg, None, 0)
+    neutral, _ = _model_and_init(TrainOptions(recipe=Recipe(seed=42, output_prior=0.125)), fam, cfg, None, 0)
+    assert (drawn.out4.weight < 0).all()  # why T needs it at this seed
+    assert (neutral.out4.weight == 0).all() and neutral.out4.bias.item() == pytest.approx(math.log(0.125 / 0.875))
+    changed = [k for k, v in drawn.state_dict().items() if not torch.equal(v, neutral.state_dict()[k])]
+    assert changed == ["out4.weight", "out4.bias"]
+    logits = neutral.eval()(torch.randn(1, 3, 32, 32))
+    assert torch.allclose(logits, torch.full_like(logits, math.log(0.125 / 0.875)))
+    with pytest.raises(RecipeError, match="drop it or 'init'"):
+        _check_recipe(Recipe(output_prior=0.1, init="ultralightunet-s"), fam)
+    with pytest.raises(RecipeError, match="names no output layer"):
+        _check_recipe(Recipe(output_prior=0.1), torch_family("ultraseg"))

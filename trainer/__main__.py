@@ -77,6 +77,9 @@ _RECIPE_FLAGS = {
                                                                      "dataset (the smaller repeated); 0: each once"}),
     "select_on": ("--select-on", {"metavar": "DATASET", "help": "select the best checkpoint (and stop early) "
                                                                  "on this dataset's validation Dice alone"}),
+    "output_prior": ("--output-prior", {"type": float, "metavar": "P",
+                                        "help": "start the output layer neutral: weights 0, bias logit(P), P the "
+                                                "polyp share of pixels"}),
     "teacher": ("--teacher", {"metavar": "WEIGHTS", "help": "a weights file whose logits the family's loss "
                                                             "receives (distillation)"}),
 }

@@ -83,10 +83,11 @@ def _recipe_summary(recipe: Recipe, family: str) -> str:
              f"{recipe.paste_small:g} of samples" if recipe.paste_small else "")
     paste += f", {recipe.balanced} samples of every dataset per epoch" if recipe.balanced else ""
     teacher = f", distilled from {Path(recipe.teacher).name}" if recipe.teacher else ""
+    prior = f", output layer started at the prior {recipe.output_prior:g}" if recipe.output_prior else ""
     selection = "validation Dice" if recipe.select_on is None else f"{recipe.select_on}'s validation Dice alone"
     return (f"Adam lr {recipe.lr:g}, cosine over {recipe.epochs} epochs, batch {recipe.batch_size}, "
             f"{height}x{width}, {D.describe_augmentation(recipe.augmentation)}, the {family} family's "
-            f"loss{paste}{teacher}, early stopping patience {recipe.patience} on {selection}")
+            f"loss{paste}{teacher}{prior}, early stopping patience {recipe.patience} on {selection}")
 
 
 def checkpoint_provenance(ckpt: dict, ckpt_path) -> dict:

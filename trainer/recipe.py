@@ -42,6 +42,7 @@ class Recipe:
     balanced: int = 0  # samples each epoch draws from every dataset (the smaller repeated); 0: each sample once
     select_on: str | None = None  # select (and stop) on this dataset's validation Dice alone
     teacher: str | None = None  # weights file whose outputs (TorchFamily.teach) the loss receives
+    output_prior: float | None = None  # a fresh model's output layer starts neutral: weights 0, bias logit(p)
     options: dict = field(default_factory=dict)  # the family's own keys (TorchFamily.options)
 
     def to_dict(self) -> dict:
@@ -56,6 +57,7 @@ _BOUNDS = {
     "patience": (lambda v: v >= 1, "at least 1"),
     "max_minutes": (lambda v: v is None or v >= 0, "a non-negative number of minutes"),
     "paste_small": (lambda v: 0 <= v <= 1, "a probability in [0, 1]"),
+    "output_prior": (lambda v: v is None or 0 < v < 1, "a probability in (0, 1)"),
     "balanced": (lambda v: v >= 0, "a non-negative number of samples per dataset and epoch"),
     "size": (lambda v: all(s > 0 and s % 16 == 0 for s in ((v,) if isinstance(v, int) else v)),
              "a positive multiple of 16, or two as [H, W], e.g. 320 or [288, 448]"),

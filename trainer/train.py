@@ -104,6 +104,10 @@ def _check_recipe(recipe: Recipe, tfam) -> None:
     if recipe.select_on is not None and recipe.select_on not in names:
         raise D.DataError(f"--select-on {recipe.select_on}: not a dataset of this run (have {names}); "
                           "name one of them, or drop --select-on to select on their mean")
+    if recipe.output_prior is not None:
+        why = f"the {tfam.name} family names no output layer" if tfam.output_layer is None else "drop it or 'init'"
+        if tfam.output_layer is None or recipe.init:
+            raise RecipeError(f"recipe key 'output_prior' starts a fresh model's output layer: {why}")
     try:
         tfam.options(**recipe.options)
     except (TypeError, ValueError) as e:
@@ -127,6 +131,11 @@ def _model_and_init(opts: TrainOptions, tfam, cfg, ckpt: dict | None, rank: int)
     """The model (seeded init, or the --init file's tensors) and what provenance records of its start."""
     torch.manual_seed(opts.recipe.seed)
     model = tfam.build(cfg)
+    if opts.recipe.output_prior is not None:  # every pixel's logit at the prior; a checkpoint below replaces it
+        layer, p = tfam.output_layer(model), opts.recipe.output_prior
+        with torch.no_grad():
+            layer.weight.zero_()
+            layer.bias.fill_(math.log(p / (1 - p)))
     if ckpt is not None:
         return model, ckpt.get("init")
     if not opts.recipe.init:

@@ -59,6 +59,8 @@ class TorchFamily:
     options          a frozen dataclass of the family's own recipe keys (the recipe's [options] table)
     teach            (teacher module, its normalised image) -> batch["teacher"], when the recipe names a
                      teacher (default: the teacher's logits); e.g. its logits and encoder features
+    output_layer     optional module -> its layer that makes the logits (a conv or linear layer with a bias;
+                     the recipe's output_prior starts it neutral)
     """
 
     name: str
@@ -70,6 +72,7 @@ class TorchFamily:
     grow: Callable[[Any, Any, dict], str] | None = None
     options: type = NoOptions
     teach: Callable[[Any, Any], Any] = _logits_of
+    output_layer: Callable[[Any], Any] | None = None
 
 
 def _torch_families() -> dict[str, TorchFamily]:

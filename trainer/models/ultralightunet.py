@@ -175,4 +175,5 @@ FAMILY = TorchFamily(
                             npz=f"ultralightunet/golden_ultralightunet_{v}.npz",
                             pairs=(("input", "output"), ("input_rect", "output_rect")), tolerance=1e-4)
                  for v in "tsb"),
+    output_layer=lambda model: model.out4,
 )
