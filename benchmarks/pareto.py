@@ -4,6 +4,7 @@
     python benchmarks/pareto.py --quick                 # fewer frames, one round (under 3 minutes)
     python benchmarks/pareto.py --weights runs/x/best.safetensors ...   # unshipped files on the same map
     python benchmarks/pareto.py --bundled ultraseg-108k --weights ...   # only some bundled files
+    python benchmarks/pareto.py --keep benchmarks/results/pareto.json   # keep earlier points whose files are gone
 
 For each weights file: parameters, GFLOPs at 256x256 and at the file's own input size (counted on
 the torch module by torch.utils.flop_counter.FlopCounterMode), one-core forward ms at 256x256 for
@@ -313,6 +314,15 @@ def _held_out_note(res: dict) -> str:
             "`docs/lab/generalisation.md`, which are not shipped files.")
 
 
+def _carried_note(res: dict) -> list[str]:
+    carried = {label: m["timed_in"] for label, m in res["models"].items() if "timed_in" in m}
+    if not carried:
+        return []
+    return ["", "Kept from an earlier run (`--keep`; their files are not in this tree): " + "; ".join(
+        f"`{label}`, timed in the run of {date}" for label, date in carried.items()) + ". Their times come from that "
+        "run, not from this one's rounds."]
+
+
 def write_markdown(res: dict, path: Path) -> None:
     m, s = res["machine"], res["setup"]
     lines = [
@@ -346,7 +356,7 @@ def write_markdown(res: dict, path: Path) -> None:
         "A model is dominated when another is no slower and no less accurate on that panel, and better in one; "
         "each model of the front that dominates it is given with how many times as fast it is and its Dice "
         "difference.", "",
-        *_dominance_lines(res), res["choice"]]
+        *_dominance_lines(res), res["choice"], *_carried_note(res)]
     path.write_text("\n".join(lines).rstrip("\n") + "\n")
 
 
@@ -411,12 +421,22 @@ def plot(res: dict, path: Path) -> None:
     plt.close(fig)
 
 
-def run(files: dict, mode: dict, engines: list[str], tmp: Path) -> dict:
+def carried_over(path: Path, labels) -> dict:
+    """The models of an earlier run's pareto.json that this run does not map, with their recorded
+    accuracy and timings and the date of that run (for files no longer at hand, e.g. run outputs)."""
+    old = json.loads(path.read_text())
+    return {label: {**m, "timed_in": m.get("timed_in", old["date"])}
+            for label, m in old["models"].items() if label not in labels}
+
+
+def run(files: dict, mode: dict, engines: list[str], tmp: Path, keep: Path | None = None) -> dict:
     start, load_before = time.perf_counter(), os.getloadavg()
     models = {label: describe(label, path) for label, path in files.items()}
     forward = time_forward(models, engines, mode["frames"], mode["rounds"], tmp)
     e2e = time_end_to_end(models, mode["e2e_frames"], mode["e2e_warmup"], mode["rounds"])
     attach_timings(models, forward, e2e)
+    if keep is not None:
+        models.update(carried_over(keep, models))
     dice, x = panels(models), end_to_end_ms(models)
     maps = {panel: pareto_map(d, x) for panel, d in dice.items()}
     return {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
@@ -444,6 +464,8 @@ def main(argv=None) -> None:
     ap.add_argument("--rounds", type=int, help="alternating rounds (default: the mode's)")
     ap.add_argument("--core", type=int, default=speed.CORE, help="CPU core to pin every measurement to")
     ap.add_argument("--out", type=Path, help="write pareto.json, PARETO.md and pareto.png here (README untouched)")
+    ap.add_argument("--keep", type=Path, metavar="JSON", help="an earlier pareto.json: its models that this run does "
+                    "not map stay on the map with their recorded timings (marked with that run's date)")
     args = ap.parse_args(argv)
     speed.CORE = args.core
     name = "quick" if args.quick else "full"
@@ -456,7 +478,8 @@ def main(argv=None) -> None:
     if not files:
         raise SystemExit("no weights files to map")
     with tempfile.TemporaryDirectory() as tmp:
-        res = run(files, mode, sorted(set(args.engines) | {"npseg-numba"}, key=speed.DEPLOYABLE.index), Path(tmp))
+        res = run(files, mode, sorted(set(args.engines) | {"npseg-numba"}, key=speed.DEPLOYABLE.index), Path(tmp),
+                  args.keep)
     json_path, md_path, png_path = ((args.out / "pareto.json", args.out / "PARETO.md", args.out / "pareto.png")
                                     if args.out else (HERE / "results" / "pareto.json", HERE / "PARETO.md",
                                                       HERE / "pareto.png"))

@@ -16,6 +16,7 @@ cache is counted as a miss before its compilation starts.
 from __future__ import annotations
 
 import atexit
+import os
 import subprocess
 import threading
 from functools import partial
@@ -79,9 +80,11 @@ class BackgroundCompile:
 def hand_over_unfinished() -> int:
     """For a process about to end with os._exit, which does not tear the interpreter down (a
     thread inside the compiler cannot crash it): every compile still running that has a
-    finish_elsewhere command starts it in a process group of its own (terminal signals do not reach
-    it; the same session, so that its low priority counts against this session's other processes),
-    and is no longer waited for at exit. Returns how many were handed over."""
+    finish_elsewhere command starts it in a process group of its own (terminal signals do not
+    reach it; it stays in the caller's session, where the scheduler weighs its low priority
+    against the caller's processes) and is no longer waited for at exit. Returns how many."""
+    if os.name != "posix":  # process groups and the warm-up's file lock are POSIX's
+        return 0
     handed = [job for job in list(_running) if job._finish_elsewhere]
     for job in handed:
         subprocess.Popen(job._finish_elsewhere, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,

@@ -420,8 +420,8 @@ def _background_warmup_lock(models, size):
     import hashlib
     import tempfile
 
-    key = json.dumps([models, size, os.environ.get("NUMBA_CACHE_DIR")]).encode()
-    lock = open(Path(tempfile.gettempdir()) / f"npseg-warmup-{hashlib.sha1(key).hexdigest()[:16]}.lock", "w")  # noqa: SIM115
+    key = hashlib.sha1(json.dumps([models, size, os.environ.get("NUMBA_CACHE_DIR")]).encode()).hexdigest()[:16]
+    lock = open(Path(tempfile.gettempdir()) / f"npseg-warmup-{key}.lock", "w")  # noqa: SIM115 - returned open
     try:
         fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
