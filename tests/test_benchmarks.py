@@ -87,3 +87,15 @@ def test_pareto_reads_test_and_held_out_figures():
     assert not acc["old"]["kvasir-seg"]["held_out"] and acc["old"]["kvasir-seg"]["by_size"] is None
     models = {name: {"accuracy": a} for name, a in acc.items()} | {"unscored": {"accuracy": {}}}
     assert pareto.panels(models) == {"kvasir-seg": {"old": 0.8}, pareto.HELD_OUT: {"loo": 0.6}}
+
+
+def test_pareto_keeps_earlier_points_marked(tmp_path):
+    """--keep: models of an earlier map that this run does not time stay, with the date they were timed."""
+    pareto = _benchmark_script("pareto")
+    old = {"date": "2026-12-07T04:00:00+00:00",
+           "models": {"gone": {"file": "runs/x.safetensors"}, "mapped": {"file": "weights/y.safetensors"}}}
+    (tmp_path / "old.json").write_text(json.dumps(old))
+    kept = pareto.carried_over(tmp_path / "old.json", {"mapped"})
+    assert kept == {"gone": {"file": "runs/x.safetensors", "timed_in": old["date"]}}
+    note = pareto._carried_note({"models": {**kept, "mapped": {}}})
+    assert len(note) == 2 and "`gone`, timed in the run of 2026-12-07T04:00:00+00:00" in note[1]
