@@ -85,10 +85,14 @@ def hand_over_unfinished() -> int:
     against the caller's processes) and is no longer waited for at exit. Returns how many."""
     if os.name != "posix":  # process groups and the warm-up's file lock are POSIX's
         return 0
-    handed = [job for job in list(_running) if job._finish_elsewhere]
-    for job in handed:
-        subprocess.Popen(job._finish_elsewhere, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                         stderr=subprocess.DEVNULL, process_group=0)
+    handed = 0
+    for job in [job for job in list(_running) if job._finish_elsewhere]:
+        try:
+            subprocess.Popen(job._finish_elsewhere, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL, process_group=0)
+        except OSError:  # no process to hand over to: the exit waits for its kernel in hand, as before
+            continue
         atexit.unregister(job.stop)
         _running.discard(job)
-    return len(handed)
+        handed += 1
+    return handed

@@ -97,6 +97,23 @@ def test_hand_over_starts_the_command_and_no_longer_waits(tmp_path):
         job.stop()
 
 
+def test_a_hand_over_that_cannot_start_keeps_waiting_at_exit(tmp_path):
+    from npseg import background_compile
+
+    release = threading.Event()
+
+    class Plan:
+        steps = [lambda: release.wait(30)]
+
+    job = BackgroundCompile(Plan(), finish_elsewhere=[str(tmp_path / "no-such-program")])
+    try:
+        assert background_compile.hand_over_unfinished() == 0
+        assert job in background_compile._running  # still stopped and joined at exit
+    finally:
+        release.set()
+        job.stop()
+
+
 def test_one_background_warmup_per_model_size_and_cache():
     from npseg.cli import _background_warmup_lock
 
