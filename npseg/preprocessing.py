@@ -71,6 +71,8 @@ def output_problems(out, channels: int) -> list[str]:
     """Why `out` is not a valid output record for a network with `channels` logits."""
     if not isinstance(out, dict) or set(out) != {"activation", "polyp_channel"}:
         return [f"output must be {{activation, polyp_channel}}, got {out!r}"]
+    if type(out["polyp_channel"]) is not int:  # JSON false and 0.0 equal 0 but index arrays otherwise
+        return [f"output polyp_channel must be an integer channel index, got {out['polyp_channel']!r}"]
     if out["activation"] == "softmax" and channels == 2 and out["polyp_channel"] in (0, 1):
         return []
     if out["activation"] == "sigmoid" and channels == 1 and out["polyp_channel"] == 0:

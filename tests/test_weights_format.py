@@ -97,3 +97,12 @@ def test_every_shipped_model_loads_by_name_and_carries_its_record():
         for m in tested.values():
             assert m["n"] > 0 and 0 <= m["dice"]["mean"] <= 1 and m["npseg_torch_dice_diff"] <= 1e-3, name
         assert f"`{name}.safetensors`" in card, f"{name} has no row in weights/README.md"
+
+
+@pytest.mark.parametrize("channel", [False, True, 0.0, 1.0, "1"])
+def test_output_record_refuses_a_polyp_channel_that_is_not_an_integer(channel):
+    """JSON false and 1.0 compare equal to 0 and 1, but index the logits otherwise (found by fuzzing)."""
+    from npseg.preprocessing import output_problems
+
+    assert output_problems({"activation": "softmax", "polyp_channel": channel}, 2)
+    assert output_problems({"activation": "softmax", "polyp_channel": 1}, 2) == []
