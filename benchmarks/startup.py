@@ -8,7 +8,9 @@
 Cold: Numba's cache is empty (NUMBA_CACHE_DIR points at a new temporary folder), as on the
 first run after an install; the command leaves its unfinished compile to a detached, low-priority
 `npseg warmup` process. Background compile: the wall time from the cold run's exit until that
-process has filled the cache. Warm: segment again on the filled cache (--warm-runs times). With --baseline, the commit is exported to a temporary folder and each
+process has filled the cache; then `npseg warmup MODEL` completes the cache of a tree that does
+not hand over (an older commit), and only loads it otherwise. Warm: segment again on the filled
+cache (--warm-runs times). With --baseline, the commit is exported to a temporary folder and each
 repeat runs it and this tree one after the other (paired, on the same load). Every run is
 pinned to one core (`taskset -c 0`, or --core N) and timed from outside: wall time and the CPU
 time (user + system) the process used; on a shared machine the CPU time is the steadier figure.
@@ -78,9 +80,11 @@ def _run(cmd: list[str], env: dict, core: int, tree: Path) -> dict:
 
 
 def _runs(weights: Path, image: Path, out: Path, warm_runs: int) -> dict[str, list]:
-    """The commands of one repeat in `tree`: cold segment, (the background compile), warm segments."""
-    segment = [sys.executable, "-m", "npseg", "segment", str(image), "--weights", f"file:{weights}", "--out"]
+    """The commands of one repeat in `tree`: cold segment, (the background compile), warm-up, warm segments."""
+    model = f"file:{weights}"
+    segment = [sys.executable, "-m", "npseg", "segment", str(image), "--weights", model, "--out"]
     return {"cold": [segment + [str(out / "cold")]], "background": [None],
+            "warmup": [[sys.executable, "-m", "npseg", "warmup", model]],
             "warm": [segment + [str(out / f"warm-{k}")] for k in range(warm_runs)]}
 
 
@@ -106,7 +110,7 @@ def measure(weights: Path, image: Path, tmp: Path, repeats: int, core: int, tree
             warm_runs: int) -> dict:
     """Per tree: cold `npseg segment` of one image, its background compile, and warm `npseg segment`,
     `repeats` times (each time on a new empty cache), the trees one after the other."""
-    res = {label: {"cold": [], "background": [], "warm": []} for label in trees}
+    res = {label: {"cold": [], "background": [], "warmup": [], "warm": []} for label in trees}
     for i in range(repeats):
         for label, tree in trees.items():
             work = tmp / f"{label}-{weights.stem}-{i}"
@@ -182,10 +186,10 @@ def write_markdown(res: dict) -> None:
     baseline = res.get("baseline")
     lines = ["## Start-up: `npseg segment` of one image, new process", "",
              f"`benchmarks/startup.py`, {res['date']}, {res['cpu']}; pinned to one core, {res['repeats']} cold "
-             f"runs, each with its background compile, and {res['repeats'] * res['warm_runs']} warm runs per row (medians; warm CPU "
-             "also its minimum). Cold: an empty Numba cache, as on the first run after an install; background "
-             "compile: from the cold run's exit until the low-priority process it left its unfinished compile to has "
-             "filled the cache (wall time: the one-time compilation); warm: segment again on the filled cache. "
+             f"runs, each with its background compile, and {res['repeats'] * res['warm_runs']} warm runs per row "
+             "(medians; warm CPU also its minimum). Cold: an empty Numba cache, as on the first run after an "
+             "install; background compile: from the cold run's exit until the low-priority process it left its "
+             "unfinished compile to has filled the cache (wall time: the one-time compilation); warm: segment again on the filled cache. "
              + (f"`before`: commit {baseline} run from an exported copy, alternating with `after` (this tree) "
                 "in every repeat. " if baseline else "")
              + f"Load average {res['load_before']:.1f} before, {res['load_after']:.1f} after (shared machine: the "
@@ -196,8 +200,8 @@ def write_markdown(res: dict) -> None:
         for label, by_kind in d["trees"].items():
             cold, background, warm = (by_kind[k] for k in ("cold", "background", "warm"))
             lines.append(f"| {family} | {d['model']} | {label} | {cold['median_wall_s']:.2f} | "
-                         f"{cold['median_cpu_s']:.2f} | {background['median_wall_s']:.1f} | {warm['median_wall_s']:.2f} | "
-                         f"{warm['median_cpu_s']:.2f} | {warm['min_cpu_s']:.2f} |")
+                         f"{cold['median_cpu_s']:.2f} | {background['median_wall_s']:.1f} | "
+                         f"{warm['median_wall_s']:.2f} | {warm['median_cpu_s']:.2f} | {warm['min_cpu_s']:.2f} |")
     write_part("startup", "\n".join(lines + ["", START_UP_NOTES]))
 
 
