@@ -388,8 +388,8 @@ def cmd_segment(args) -> int:
         print(f"overlays: {overlay_dir}/  (JPEG)")
     if getattr(model._engine, "_compiling", False):  # the run ended before the kernels were compiled
         print("note: the NumPy reference segmented while the kernels compiled (a first run after an install); "
-              "they go on compiling in a low-priority background process, after which runs start in about a "
-              "second (`npseg warmup` compiles every bundled model's)")
+              "on POSIX systems a low-priority background process finishes them, after which runs start in "
+              "about a second (`npseg warmup` compiles every bundled model's)")
     if skipped:
         print(f"skipped {len(skipped)} image(s) that could not be segmented, listed on stderr")
         return RUNTIME_FAILURE
