@@ -56,19 +56,32 @@ CORE = 0  # the core every worker is pinned to (--core)
 # ---------------------------------------------------------------------------------------------
 # workers: each runs in a fresh pinned process and prints one JSON line
 # ---------------------------------------------------------------------------------------------
+def _hw(size) -> tuple[int, int]:
+    """(height, width) of a square side, an (h, w) pair or an "HxW" string."""
+    if isinstance(size, str):
+        size = tuple(map(int, size.split("x"))) if "x" in size else int(size)
+    return (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
+
+
+def _label(size) -> str:
+    h, w = _hw(size)
+    return f"{h}x{w}"
+
+
 def _input(size, seed=0):
-    return np.random.default_rng(seed).random((3, size, size), dtype=np.float32)
+    return np.random.default_rng(seed).random((3, *_hw(size)), dtype=np.float32)
 
 
 def _engine_forward(engine, weights_path, onnx_path, size):
-    """A callable running one forward of the fixed size x size input with `engine`."""
+    """A callable running one forward of the fixed input of `size` (side or (h, w)) with `engine`."""
+    size = _hw(size)
     x = _input(size)
     if engine.startswith("npseg-"):
         import npseg
 
         engine = npseg.load(weights_path, backend=engine.split("-")[1], size=size)._engine
-        np.copyto(engine.input_buffer(size, size), x)  # what predict() runs: the plan on its own input
-        return lambda: engine.run_input(size, size)
+        np.copyto(engine.input_buffer(*size), x)  # what predict() runs: the plan on its own input
+        return lambda: engine.run_input(*size)
     if engine == "torch-eager":
         import torch
 
@@ -192,21 +205,22 @@ def _prepare_weights(tmp: Path) -> dict:
 
     out = {}
     for variant, path in bundled_models().items():
-        own = load_weights(path).input_size[0]  # square: the trainer's --size
+        own = _hw(load_weights(path).input_size)
         try:
             model = torch_model_from_weights(path)[0]
         except KeyError:  # npseg ships the family, the trainer has no torch module for it
             model = None
-        onnx = {size: model and str(export_onnx(model, tmp / f"{variant}-{size}.onnx", (size, size)))
-                for size in {SIZE, LARGER, own}}
+        onnx = {size: model and str(export_onnx(model, tmp / f"{variant}-{_label(size)}.onnx", size))
+                for size in {_hw(SIZE), _hw(LARGER), own}}
         out[variant] = {"weights": str(path), "own_size": own, "onnx": onnx}
     return out
 
 
 def _time_engines(variant, f, size, runs, frames, rounds, numpy_frames) -> dict:
-    """Engine runs alternating in `rounds` rounds on one variant at size x size: per-run stats, ratios
+    """Engine runs alternating in `rounds` rounds on one variant at `size`: per-run stats, ratios
     to ONNX Runtime and torch, and the numba / ONNX Runtime ratio within each round. `runs`: label ->
     (engine, environment to set, environment variables to remove)."""
+    size = _hw(size)
     runs = {k: v for k, v in runs.items() if v[0].startswith("npseg-") or f["onnx"][size]}
     samples = {e: [] for e in runs}
     cpu_samples = {e: [] for e in runs}
@@ -216,12 +230,12 @@ def _time_engines(variant, f, size, runs, frames, rounds, numpy_frames) -> dict:
             if engine == "npseg-numpy" and r:  # the slow reference: one round is enough
                 continue
             res = _spawn("forward", extra_env=env, drop_env=drop, engine=engine, weights=f["weights"],
-                         onnx=f["onnx"][size], size=size, frames=numpy_frames if engine == "npseg-numpy" else frames,
+                         onnx=f["onnx"][size], size=_label(size), frames=numpy_frames if engine == "npseg-numpy" else frames,
                          warmup=3 if engine == "npseg-numpy" else 20)
             samples[label] += res["ms"]
             cpu_samples[label] += res["cpu_ms"]
             round_medians[label].append(float(np.median(res["ms"])))
-            print(f"{variant} {size}x{size} round {r + 1}/{rounds} {label:12s} median {np.median(res['ms']):7.2f} ms, "
+            print(f"{variant} {_label(size)} round {r + 1}/{rounds} {label:12s} median {np.median(res['ms']):7.2f} ms, "
                   f"CPU {np.median(res['cpu_ms']):7.2f} ms", flush=True)
     table = {e: {**_stats(ms), "cpu_median_ms": float(np.median(cpu_samples[e]))} for e, ms in samples.items()}
     for e in table:
@@ -267,9 +281,9 @@ def run_benchmark(frames: int, rounds: int, numpy_frames: int, tmp: Path, baseli
     speed = {v: _time_engines(v, f, SIZE, runs, frames, rounds, numpy_frames) for v, f in files.items()}
     larger = {v: _time_engines(v, f, LARGER, _runs(DEPLOYABLE), frames, rounds, 0) for v, f in files.items()}
     # what the bundled files run at by default, where that is not SIZE
-    own_size = {v: {"size": f["own_size"],
+    own_size = {v: {"size": list(f["own_size"]),
                     "table": _time_engines(v, f, f["own_size"], _runs(DEPLOYABLE), frames, rounds, 0)}
-                for v, f in files.items() if f["own_size"] not in (SIZE, LARGER)}
+                for v, f in files.items() if f["own_size"] not in (_hw(SIZE), _hw(LARGER))}
 
     e2e_model = E2E_MODEL if E2E_MODEL in files else next(iter(files))
     e2e_raw = _spawn("e2e", weights=files[e2e_model]["weights"], frames=max(frames // 2, 50), warmup=10)
@@ -399,8 +413,9 @@ def _ratio(t: dict, key: str, fmt: str = "{:.2f}") -> str:
     return fmt.format(t[key]) if key in t else "–"
 
 
-def _forward_rows(model: str, size: int, table: dict) -> list[str]:
-    return [f"| {model} | {size}×{size} | {engine} | {t['median_ms']:.2f} | {t['p90_ms']:.2f} | {t['min_ms']:.2f} | "
+def _forward_rows(model: str, size, table: dict) -> list[str]:
+    h, w = _hw(size)
+    return [f"| {model} | {h}×{w} | {engine} | {t['median_ms']:.2f} | {t['p90_ms']:.2f} | {t['min_ms']:.2f} | "
             f"{t['fps']:.0f} | {t['cpu_median_ms']:.2f} | {_ratio(t, 'vs_onnxruntime')} | "
             f"{_ratio(t, 'vs_onnxruntime_cpu')} | {_ratio(t, 'vs_torch_cpu')} |"
             for engine, t in table.items()]
@@ -520,7 +535,7 @@ def main(argv=None):
     ap.add_argument("--engine", help=argparse.SUPPRESS)
     ap.add_argument("--weights", help=argparse.SUPPRESS)
     ap.add_argument("--onnx", help=argparse.SUPPRESS)
-    ap.add_argument("--size", type=int, default=SIZE, help=argparse.SUPPRESS)
+    ap.add_argument("--size", type=_hw, default=SIZE, help=argparse.SUPPRESS)
     ap.add_argument("--warmup", type=int, default=20, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     CORE = args.core
