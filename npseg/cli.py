@@ -578,7 +578,8 @@ def _add_model_options(p, threshold: bool = True) -> None:
                    help="network input size (multiples of 16); default: the size the weights were trained at")
     if threshold:
         p.add_argument("--threshold", type=_probability, default=None, metavar="P",
-                       help="polyp where probability > P; default: the argmax of the two classes (= 0.5)")
+                       help="polyp where probability > P; default: the weights file's decision threshold (0.5 unless "
+                            "it records one)")
 
 
 class _HelpFormatter(argparse.RawDescriptionHelpFormatter):

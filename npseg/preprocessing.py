@@ -67,18 +67,31 @@ def preprocessing_problems(pre) -> list[str]:
     return problems
 
 
+OUTPUT_KEYS = {"activation", "polyp_channel"}  # required; "threshold" is optional (default 0.5)
+DEFAULT_THRESHOLD = 0.5
+
+
 def output_problems(out, channels: int) -> list[str]:
     """Why `out` is not a valid output record for a network with `channels` logits."""
-    if not isinstance(out, dict) or set(out) != {"activation", "polyp_channel"}:
-        return [f"output must be {{activation, polyp_channel}}, got {out!r}"]
+    if not isinstance(out, dict) or not OUTPUT_KEYS <= set(out) <= OUTPUT_KEYS | {"threshold"}:
+        return [f"output must be {{activation, polyp_channel}} and optionally threshold, got {out!r}"]
     if type(out["polyp_channel"]) is not int:  # JSON false and 0.0 equal 0 but index arrays otherwise
         return [f"output polyp_channel must be an integer channel index, got {out['polyp_channel']!r}"]
+    t = out.get("threshold", DEFAULT_THRESHOLD)
+    if type(t) is not float or not 0.0 < t < 1.0:  # also refuses NaN, booleans and strings
+        return [f"output threshold must be a probability strictly between 0 and 1, got {t!r}"]
     if out["activation"] == "softmax" and channels == 2 and out["polyp_channel"] in (0, 1):
         return []
     if out["activation"] == "sigmoid" and channels == 1 and out["polyp_channel"] == 0:
         return []
     return [f"output {out} does not fit {channels} logit channel(s): "
             "softmax needs 2 channels, sigmoid 1 (polyp_channel 0)"]
+
+
+def decision_threshold(out: dict) -> float:
+    """The polyp probability above which a pixel is polyp: the file's, chosen on validation frames
+    (`python -m trainer calibrate`), or 0.5."""
+    return out.get("threshold", DEFAULT_THRESHOLD)
 
 
 def affine_coefficients(pre: dict, image_min: float = 0.0, image_max: float = 255.0):
@@ -110,8 +123,12 @@ def polyp_probability(logits: np.ndarray, out: dict, dst: np.ndarray | None = No
 
 
 def polyp_mask(logits: np.ndarray, out: dict, dst: np.ndarray | None = None) -> np.ndarray:
-    """[K, h, w] logits -> [h, w] bool, p > 0.5 without the exponential."""
+    """[K, h, w] logits -> [h, w] bool, p > the decision threshold, without the exponential:
+    p > t is the logit (or the softmax's logit difference) above log(t / (1 - t))."""
     k = out["polyp_channel"]
+    t = decision_threshold(out)
+    margin = np.float32(np.log(t / (1.0 - t)))
     if out["activation"] == "softmax":
-        return np.greater(logits[k], logits[1 - k], out=dst)
-    return np.greater(logits[k], 0.0, out=dst)
+        other = logits[1 - k] if margin == 0 else logits[1 - k] + margin
+        return np.greater(logits[k], other, out=dst)
+    return np.greater(logits[k], margin, out=dst)

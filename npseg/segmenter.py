@@ -164,8 +164,9 @@ class Segmenter:
             return cv2.resize(prob, (frame.shape[1], frame.shape[0]), interpolation=cv2.INTER_LINEAR)
 
     def predict(self, frame: np.ndarray, threshold: float | None = None) -> np.ndarray:
-        """HxW uint8 mask at the frame's size, 1 = polyp. Default decision: polyp probability > 0.5,
-        taken on the logits; with `threshold`, probability > threshold."""
+        """HxW uint8 mask at the frame's size, 1 = polyp. Default decision: polyp probability > the
+        file's decision threshold (0.5 unless it records one), taken on the logits; with `threshold`,
+        probability > threshold."""
         if threshold is not None and not 0.0 <= threshold <= 1.0:  # also refuses NaN
             raise ValueError(f"threshold must be a probability in [0, 1], got {threshold!r}")
         frame = _check_frame(frame)

@@ -19,7 +19,7 @@ import numpy as np
 
 from .files import opencv_path, replacing
 from .overlay import draw_label, draw_overlay
-from .preprocessing import polyp_mask, polyp_probability
+from .preprocessing import decision_threshold, polyp_mask, polyp_probability
 from .segmenter import Segmenter
 
 # Output container by extension -> codec (FourCC) that OpenCV's bundled FFmpeg can write.
@@ -59,7 +59,8 @@ class MaskStream:
         if self.smooth and self._avg is not None:
             prob = self.smooth * self._avg + (1.0 - self.smooth) * prob
         self._avg = prob
-        return (prob > (0.5 if self.threshold is None else self.threshold)).astype(np.uint8)
+        threshold = decision_threshold(self._out) if self.threshold is None else self.threshold
+        return (prob > threshold).astype(np.uint8)
 
 
 def check_input(source: str) -> None:

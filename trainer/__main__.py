@@ -26,6 +26,9 @@ EXAMPLES = """examples:
       --workers 8 --out runs/gpu
   # export the best checkpoint, evaluated on the test splits, to an npseg weights file
   python -m trainer export runs/mix-130k/best.pt -o weights/ultraseg-130k.safetensors --evaluate
+  # choose the decision threshold on the validation splits; the copy records it and its test metrics
+  python -m trainer calibrate runs/mix-130k.safetensors --data ../shared/data/kvasir-seg ../shared/data/polypgen \\
+      ../shared/data/cvc-clinicdb -o runs/mix-130k-calibrated.safetensors --evaluate
 """
 
 
@@ -230,6 +233,45 @@ def run_export(args) -> int:
     return 0
 
 
+def add_calibrate_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("weights", help="npseg weights file (.safetensors) or bundled model name")
+    p.add_argument("--data", nargs="+", required=True, metavar="FOLDER",
+                   help="the dataset folders the file was trained on (their validation splits are scored)")
+    p.add_argument("-o", "--output", required=True, help="weights file to write (.safetensors), a new file")
+    p.add_argument("--evaluate", action="store_true",
+                   help="evaluate the written file on the test splits (through npseg) and store the metrics in it")
+    p.add_argument("--limit", type=int, default=None, help="first N validation frames per dataset (quick checks)")
+
+
+def run_calibrate(args) -> int:
+    import json
+
+    import npseg
+    from npseg.weights import save
+
+    from .calibrate import GRID, calibrated, choose, table, threshold_dice
+
+    _refuse_same_path(args.weights, args.output)
+    if Path(args.output).exists():
+        raise UsageError(f"{args.output}: exists; write the calibrated file to a new path")
+    seg = npseg.load(args.weights)
+    per_dataset = threshold_dice(seg, args.data, limit=args.limit)
+    chosen = choose(per_dataset)
+    print(table(per_dataset, GRID, chosen))
+    weights = calibrated(seg.weights, chosen, per_dataset)
+    save(args.output, weights)
+    if args.evaluate:
+        from dataclasses import replace
+
+        from .evaluate import evaluate
+
+        metrics = evaluate(args.output, args.data, cross_check=False)
+        print(json.dumps(metrics, indent=1))
+        save(args.output, replace(weights, metrics=metrics))
+    print(f"wrote {args.output}: decision threshold {chosen} (was {seg.weights.output.get('threshold', 0.5)})")
+    return 0
+
+
 def add_pack_arguments(p: argparse.ArgumentParser) -> None:
     from .data import PACK_JPEG_QUALITY
 
@@ -313,6 +355,8 @@ SUBCOMMANDS = {
     "train": ("train a model from a recipe (see examples below)", add_train_arguments, run_train),
     "eval": ("test-split Dice/IoU/HD95 through npseg, torch cross-check", add_eval_arguments, run_eval),
     "export": ("write a checkpoint as an npseg weights file", add_export_arguments, run_export),
+    "calibrate": ("choose the decision threshold on the validation splits and write a copy of the weights "
+                  "file that records it", add_calibrate_arguments, run_calibrate),
     "pack": ("write a compact copy of the train and validation frames, resized, to train elsewhere (e.g. on a "
              "rented GPU)", add_pack_arguments, run_pack),
     "convert-upstream": ("convert the authors' published checkpoint to an npseg weights file",
