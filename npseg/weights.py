@@ -10,7 +10,8 @@ of JSON header, then the raw little-endian float32 tensor data. The header's
     config            JSON of the family's config dataclass (name, widths, flags, ...)
     input_size        JSON [H, W] the network was trained at
     preprocessing     JSON record of npseg.preprocessing: colour order, resize, normalisation
-    output            JSON {"activation": "softmax" | "sigmoid", "polyp_channel": k}
+    output            JSON {"activation": "softmax" | "sigmoid", "polyp_channel": k} and optionally
+                      "threshold": the decision threshold (default 0.5; `python -m trainer calibrate`)
     provenance        JSON (datasets, split, commit, date, ...)
     metrics           JSON (measured accuracy, may be {})
     tensors_sha256    SHA-256 over the tensors (sorted by name: name, shape, bytes)

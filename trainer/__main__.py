@@ -265,7 +265,7 @@ def run_calibrate(args) -> int:
 
         from .evaluate import evaluate
 
-        metrics = evaluate(args.output, args.data, cross_check=False)
+        metrics = evaluate(args.output, args.data)  # with the torch cross-check, as export --evaluate
         print(json.dumps(metrics, indent=1))
         save(args.output, replace(weights, metrics=metrics))
     print(f"wrote {args.output}: decision threshold {chosen} (was {seg.weights.output.get('threshold', 0.5)})")
