@@ -135,7 +135,7 @@ def time_forward(models: dict, engines: list[str], frames: int, rounds: int, tmp
         if engines != ["npseg-numba"] and m["gflops_256"] is not None:  # the trainer has the family
             model = torch_model_from_weights(m["file"])[0]
             onnx = str(export_onnx(model, tmp / f"{len(tables)}.onnx", (SIZE, SIZE)))
-        f = {"weights": m["file"], "onnx": {SIZE: onnx}}
+        f = {"weights": m["file"], "onnx": {speed._hw(SIZE): onnx}}  # speed keys sizes as (h, w)
         tables[key] = speed._time_engines(label, f, SIZE, speed._runs(engines), frames, rounds, 0)
     return tables
 
