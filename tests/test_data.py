@@ -151,6 +151,34 @@ def test_balanced_sampling_draws_every_dataset_equally():
     assert len(D.PolypDataset([small, large], seed=0)) == 13
 
 
+def test_multiscale_batches_take_seeded_sides_within_bounds():
+    import itertools
+
+    import torch
+
+    from trainer.recipe import Recipe, RecipeError, recipe_from_dict
+    from trainer.train import _family
+
+    def sides(seed, epoch):
+        return list(itertools.islice(D.batch_sides((160, 256), seed, epoch), 40))
+
+    assert sides(0, 1) == sides(0, 1) and sides(0, 1) != sides(0, 2) and sides(0, 1) != sides(1, 1)
+    assert set(sides(0, 1)) == {160, 192, 224, 256}
+    ds = D.PolypDataset([_part(2)], seed=0, targets=lambda m: {"edge": m})
+    item = {k: torch.stack([ds[i][k] for i in range(2)]) for k in ("image", "mask", "edge")}
+    for side in (160, 256):
+        batch = D.resized_batch(item, side, ds.targets)
+        assert {k: tuple(v.shape[1:]) for k, v in batch.items()} == \
+            {"image": (3, side, side), "mask": (1, side, side), "edge": (1, side, side)}
+        assert torch.equal(batch["edge"], batch["mask"])  # targets made again from the resized mask
+        assert abs(float(batch["mask"].mean()) - float(item["mask"].mean())) < 0.005
+    for bad in ([160, 250], [256, 160], [0, 256], [160]):
+        with pytest.raises(RecipeError, match="'multiscale'"):
+            recipe_from_dict({"multiscale": bad})
+    with pytest.raises(RecipeError, match="square 'size'"):
+        _family(Recipe(model="ultraseg-108k", size=(192, 256), multiscale=(160, 256)))
+
+
 def test_size_buckets():
     assert [E.size_bucket(a) for a in (0.0, 0.004, 0.01, 0.049, 0.05, 0.19, 0.2, 1.0)] == \
         ["polyp-free", "<1%", "1-5%", "1-5%", "5-20%", "5-20%", ">20%", ">20%"]

@@ -61,6 +61,9 @@ _RECIPE_FLAGS = {
                         "help": "dataset folder(s) with images/ and masks/; several = mixed training"}),
     "size": ("--size", {"type": _input_size, "metavar": "SIDE|HxW",
                         "help": "network input size, multiples of 16: a square side or HxW, e.g. 288x448"}),
+    "multiscale": ("--multiscale", {"type": int, "nargs": 2, "metavar": ("MIN", "MAX"),
+                                    "help": "train each batch at a seeded square side in MIN..MAX, multiples of 32 "
+                                            "(validation stays at --size)"}),
     "epochs": ("--epochs", {"type": int, "help": "epochs; the cosine schedule spans them"}),
     "batch_size": ("--batch-size", {"type": int, "help": "per process"}),
     "lr": ("--lr", {"type": float, "help": "Adam learning rate"}),

@@ -82,6 +82,8 @@ def _recipe_summary(recipe: Recipe, family: str) -> str:
     paste = (f", a polyp shrunk to {D.PASTE_AREA[0]:.1%}-{D.PASTE_AREA[1]:.0%} of the image pasted into "
              f"{recipe.paste_small:g} of samples" if recipe.paste_small else "")
     paste += f", {recipe.balanced} samples of every dataset per epoch" if recipe.balanced else ""
+    paste += (f", each batch resized to a seeded side in {recipe.multiscale[0]}-{recipe.multiscale[1]} (multiples "
+              "of 32)" if recipe.multiscale else "")
     teacher = f", distilled from {Path(recipe.teacher).name}" if recipe.teacher else ""
     prior = f", output layer started at the prior {recipe.output_prior:g}" if recipe.output_prior else ""
     selection = "validation Dice" if recipe.select_on is None else f"{recipe.select_on}'s validation Dice alone"

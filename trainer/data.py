@@ -548,6 +548,32 @@ def _no_targets(mask01: np.ndarray) -> dict:
     return {}
 
 
+def _target_tensor(target) -> torch.Tensor:
+    return torch.from_numpy(np.asarray(target, dtype=np.float32)[None])
+
+
+MULTISCALE_STREAM = 0x6D73  # keeps the batch sides' generator apart from the samples' (seed, epoch, k) ones
+
+
+def batch_sides(bounds: tuple[int, int], seed: int, epoch: int):
+    """Multi-scale training: the side of each batch of an epoch, a multiple of 32 in [min, max] `bounds`,
+    drawn uniformly from a generator seeded by (seed, epoch), so that a resumed epoch draws the same."""
+    rng = np.random.default_rng((MULTISCALE_STREAM, seed, epoch))
+    while True:
+        yield 32 * int(rng.integers(bounds[0] // 32, bounds[1] // 32 + 1))
+
+
+def resized_batch(item: dict, side: int, targets=_no_targets) -> dict:
+    """A loader batch at side x side: the images bilinear (antialiased when shrunk), the masks nearest, and
+    the family's extra `targets` made again from the resized masks, as PolypDataset makes them."""
+    size = (side, side)
+    image = torch.nn.functional.interpolate(item["image"], size, mode="bilinear", align_corners=False, antialias=True)
+    mask = torch.nn.functional.interpolate(item["mask"], size, mode="nearest-exact")
+    made = [targets(m[0].numpy().astype(np.uint8)) for m in mask]
+    extra = {name: torch.stack([_target_tensor(t[name]) for t in made]) for name in made[0]}
+    return {"image": image.clamp(0, 255), "mask": mask, **extra}
+
+
 class PolypDataset(torch.utils.data.Dataset):
     """Cached samples of one or more datasets. Items: {"image": [3,H,W] float32 RGB pixels in 0..255
     (the training loop normalises them as the model family's npseg preprocessing record says),
@@ -613,5 +639,5 @@ class PolypDataset(torch.utils.data.Dataset):
         item = {"image": torch.from_numpy(np.ascontiguousarray(img).transpose(2, 0, 1).astype(np.float32)),
                 "mask": torch.from_numpy(mask.astype(np.float32)[None])}
         for name, target in self.targets(mask).items():
-            item[name] = torch.from_numpy(np.asarray(target, dtype=np.float32)[None])
+            item[name] = _target_tensor(target)
         return item

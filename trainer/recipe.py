@@ -28,6 +28,7 @@ class Recipe:
     model: str = "ultraseg-130k"  # a variant name of npseg.models
     data: tuple[str, ...] = ()  # dataset folders (images/ + masks/); several = mixed training
     size: int | tuple[int, int] = SIZE  # network input: a square side or (H, W), multiples of 16
+    multiscale: tuple[int, int] | None = None  # (min, max): each train batch at a seeded side in it; validation at size
     epochs: int = 100  # the cosine schedule spans them
     batch_size: int = 4  # per process
     lr: float = 3e-4  # Adam
@@ -61,6 +62,8 @@ _BOUNDS = {
     "balanced": (lambda v: v >= 0, "a non-negative number of samples per dataset and epoch"),
     "size": (lambda v: all(s > 0 and s % 16 == 0 for s in ((v,) if isinstance(v, int) else v)),
              "a positive multiple of 16, or two as [H, W], e.g. 320 or [288, 448]"),
+    "multiscale": (lambda v: v is None or (0 < v[0] <= v[1] and v[0] % 32 == 0 and v[1] % 32 == 0),
+                   "two multiples of 32 as [min, max], min <= max, e.g. [160, 256]"),
 }
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import itertools
 import json
 import math
 import os
@@ -104,6 +105,9 @@ def _check_recipe(recipe: Recipe, tfam) -> None:
     if recipe.select_on is not None and recipe.select_on not in names:
         raise D.DataError(f"--select-on {recipe.select_on}: not a dataset of this run (have {names}); "
                           "name one of them, or drop --select-on to select on their mean")
+    if recipe.multiscale is not None and len(set(D.size_hw(recipe.size))) != 1:
+        raise RecipeError(f"recipe key 'multiscale' resizes batches to squares: give a square 'size', not "
+                          f"{D.size_text(recipe.size)}")
     if recipe.output_prior is not None:
         why = f"the {tfam.name} family names no output layer" if tfam.output_layer is None else "drop it or 'init'"
         if tfam.output_layer is None or recipe.init:
@@ -277,14 +281,16 @@ class _Run:
 
         for group in self.optimizer.param_groups:
             group["lr"] = lr
+        recipe = self.opts.recipe
         self.sampler.set_epoch(epoch)
         self.train_set.set_epoch(epoch)
         self.net.train()
         sums, n = {"loss": 0.0}, 0
-        bar = tqdm(self.loader, desc=f"epoch {epoch}/{self.opts.recipe.epochs}", disable=self.rank != 0,
+        bar = tqdm(self.loader, desc=f"epoch {epoch}/{recipe.epochs}", disable=self.rank != 0,
                    file=sys.stderr, mininterval=1 if sys.stderr.isatty() else 60, dynamic_ncols=True)
-        for item in bar:
-            batch = self.batch(item)
+        sides = D.batch_sides(recipe.multiscale, recipe.seed, epoch) if recipe.multiscale else itertools.repeat(None)
+        for item, side in zip(bar, sides):
+            batch = self.batch(item if side is None else D.resized_batch(item, side, self.tfam.targets))
             loss = self.tfam.loss(self.net(batch["image"]), batch)
             loss, parts = loss if isinstance(loss, tuple) else (loss, {})
             self.optimizer.zero_grad(set_to_none=True)
