@@ -271,7 +271,8 @@ def run_calibrate(args) -> int:
         metrics = evaluate(args.output, args.data)  # with the torch cross-check, as export --evaluate
         print(json.dumps(metrics, indent=1))
         save(args.output, replace(weights, metrics=metrics))
-    print(f"wrote {args.output}: decision threshold {chosen} (was {seg.weights.output.get('threshold', 0.5)})")
+    previous = weights.provenance["decision_threshold"]["previous"]
+    print(f"wrote {args.output}: decision threshold {chosen} (was {previous})")
     return 0
 
 

@@ -24,9 +24,9 @@ def _frame_dice(prob: np.ndarray, gt: np.ndarray, grid) -> list[float]:
             for t in grid]
 
 
-def threshold_dice(seg, data_roots, grid=GRID, part: str = "val", limit: int | None = None) -> dict:
+def threshold_dice(seg, data_roots, grid=GRID, limit: int | None = None) -> dict:
     """Per dataset: frame count, mean Dice per threshold, and mean Dice per threshold in each
-    polyp-size bucket; the frames are `part` of the splits the file records."""
+    polyp-size bucket, on the validation frames of the splits the file records."""
     from tqdm import tqdm
 
     from npseg.preprocessing import polyp_probability
@@ -42,7 +42,7 @@ def threshold_dice(seg, data_roots, grid=GRID, part: str = "val", limit: int | N
                               "calibrate on the datasets the file was trained on")
         pairs = {p.stem: p for p in D.list_pairs(root)}
         rows = []
-        for stem in tqdm(splits[name][part][:limit], desc=f"calibrate {name} {part}", mininterval=5):
+        for stem in tqdm(splits[name]["val"][:limit], desc=f"calibrate {name} val", mininterval=5):
             frame, gt = D.read_pair(pairs[stem])
             prob = polyp_probability(seg.logits(frame), seg.weights.output)
             rows.append((size_bucket(float(gt.mean())), _frame_dice(prob, gt, grid)))
@@ -65,8 +65,10 @@ def calibrated(weights, threshold: float, per_dataset: dict, grid=GRID):
     """A copy of `weights` that records `threshold` and how it was chosen; its metrics are dropped."""
     from dataclasses import replace
 
+    from npseg.preprocessing import decision_threshold
+
     record = {"chosen_on": "validation splits", "rule": "best mean Dice over the datasets", "grid": list(grid),
-              "previous": weights.output.get("threshold", 0.5), "validation": per_dataset}
+              "previous": decision_threshold(weights.output), "validation": per_dataset}
     return replace(weights, output={**weights.output, "threshold": float(threshold)},
                    provenance={**weights.provenance, "decision_threshold": record}, metrics={})
 
