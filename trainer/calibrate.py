@@ -87,4 +87,3 @@ def table(per_dataset: dict, grid, chosen: float) -> str:
         lines.append(f"{t:9.2f} " + " ".join(f"{v:13.4f}" for v in vals) + f" {np.mean(vals):9.4f} "
                      + " ".join(f"{pooled[b][i]:10.4f}" for b in buckets) + ("  <- chosen" if t == chosen else ""))
     return "\n".join(lines)
-
