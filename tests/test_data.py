@@ -157,6 +157,7 @@ def test_multiscale_batches_take_seeded_sides_within_bounds():
     import torch
 
     from trainer.recipe import Recipe, RecipeError, recipe_from_dict
+    from trainer.splits import train_size
     from trainer.train import _family
 
     def sides(seed, epoch):
@@ -177,6 +178,8 @@ def test_multiscale_batches_take_seeded_sides_within_bounds():
             recipe_from_dict({"multiscale": bad})
     with pytest.raises(RecipeError, match="square 'size'"):
         _family(Recipe(model="ultraseg-108k", size=(192, 256), multiscale=(160, 256)))
+    assert train_size(Recipe(size=320, multiscale=(256, 384))) == 384  # no batch upsampled from a smaller cache
+    assert train_size(Recipe(size=192, multiscale=(128, 160))) == 192 and train_size(Recipe(size=192)) == 192
 
 
 def test_size_buckets():

@@ -14,6 +14,7 @@ import torch
 
 from . import data as D
 from .recipe import Recipe, TrainOptions, recipe_from_dict
+from .splits import train_size
 
 CHECKPOINT_FORMAT = "npseg-trainer-checkpoint-2"
 _FLAT_OPTIONS_FORMAT = "npseg-trainer-checkpoint-1"  # before recipes: one flat dict of options
@@ -83,7 +84,7 @@ def _recipe_summary(recipe: Recipe, family: str) -> str:
              f"{recipe.paste_small:g} of samples" if recipe.paste_small else "")
     paste += f", {recipe.balanced} samples of every dataset per epoch" if recipe.balanced else ""
     paste += (f", each batch resized to a seeded side in {recipe.multiscale[0]}-{recipe.multiscale[1]} (multiples "
-              "of 32)" if recipe.multiscale else "")
+              f"of 32) from samples cached at {train_size(recipe)}" if recipe.multiscale else "")
     teacher = f", distilled from {Path(recipe.teacher).name}" if recipe.teacher else ""
     prior = f", output layer started at the prior {recipe.output_prior:g}" if recipe.output_prior else ""
     selection = "validation Dice" if recipe.select_on is None else f"{recipe.select_on}'s validation Dice alone"

@@ -60,6 +60,12 @@ def packed_copies(opts) -> dict[str, dict]:
     return found
 
 
+def train_size(recipe):
+    """The side the training samples are cached at: multi-scale's upper side, so that no batch is an
+    upsampled frame; the recipe's size otherwise (validation is always at size)."""
+    return max(D.size_hw(recipe.size)[0], recipe.multiscale[1]) if recipe.multiscale else recipe.size
+
+
 def prepare_data(opts, run_dir: Path, progress: bool = True):
     """Splits (recorded in run_dir/splits/) and the cached train/val arrays of every dataset."""
     if not opts.recipe.data:
@@ -68,10 +74,11 @@ def prepare_data(opts, run_dir: Path, progress: bool = True):
     names = [D.dataset_name(r) for r in opts.recipe.data]
     splits = resolve_splits(opts, [run_dir / "splits" / f"{name}.json" for name in names], progress)
     train_parts, val_parts = [], []
+    sizes = {"train": train_size(opts.recipe), "val": opts.recipe.size}
     for root, name in zip(opts.recipe.data, names):
         split = splits[name]
         for part, parts in (("train", train_parts), ("val", val_parts)):
-            parts.append(D.cached_arrays(root, split[part], opts.cache_dir, opts.skip_bad, progress, opts.recipe.size))
+            parts.append(D.cached_arrays(root, split[part], opts.cache_dir, opts.skip_bad, progress, sizes[part]))
     return names, splits, train_parts, val_parts
 
 
