@@ -14,9 +14,9 @@ from conftest import REPO
 ENV = {**os.environ, "PYTHONPATH": str(REPO)}
 
 
-def _python(script: str) -> str:
+def _python(script: str, env: dict = ENV) -> str:
     done = subprocess.run([sys.executable, "-c", textwrap.dedent(script)], cwd=REPO, capture_output=True, text=True,
-                          timeout=300, env=ENV)
+                          timeout=300, env=env)
     assert done.returncode == 0, done.stderr
     return done.stdout.strip()
 
@@ -63,6 +63,21 @@ def test_numba_target_loads_without_scipy_linalg_and_cffi_which_stay_importable(
         print(scipy.linalg.norm(np.ones(4)))
     """)
     assert out.split("\n") == ["False False", "3.0", "2.0"]
+
+
+def test_kernels_get_wide_vectors_on_avx512_unless_the_user_chose_a_target():
+    script = """
+        import llvmlite.binding as llvm
+        from npseg.ops._jit import WIDE_VECTORS, numba
+        from numba.core.registry import cpu_target
+        features = cpu_target.target_context.codegen().magic_tuple()[2]  # what the kernels and the cache use
+        print("+avx512f" in llvm.get_host_cpu_features().flatten().split(","), features.endswith(WIDE_VECTORS))
+    """
+    clean = {k: v for k, v in ENV.items() if k not in ("NUMBA_CPU_NAME", "NUMBA_CPU_FEATURES")}
+    has_avx512, wide = _python(script, clean).split()
+    assert wide == has_avx512
+    chosen = {**clean, "NUMBA_CPU_NAME": "haswell", "NUMBA_CPU_FEATURES": ""}
+    assert _python(script, chosen).split()[1] == "False"
 
 
 def test_end_of_start_up_turns_the_collector_on_with_the_start_up_frozen():
