@@ -87,7 +87,8 @@ def test_conv3x3_dense_both_paths(cin, cout, h, w, dilation, act, method, out_pa
 
 
 @SETTINGS
-@given(cin=st.integers(1, 20), cout_quads=st.integers(1, 5), h=st.integers(1, 40), half=st.integers(1, 20),
+@given(cin=st.integers(1, 20), cout_quads=st.integers(1, 5), h=st.integers(1, 40),
+       half=st.one_of(st.integers(1, 20), st.sampled_from([40, 130, 300])),  # 130, 300: rows past one 1 KB block
        act=ACTS, pad_width=st.sampled_from([1, 3]), out_pad_width=st.sampled_from([None, 1, 3]),
        seed=st.integers(0, 2**31))
 def test_conv3x3_winograd(cin, cout_quads, h, half, act, pad_width, out_pad_width, seed):
@@ -108,6 +109,18 @@ def test_conv3x3_winograd(cin, cout_quads, h, half, act, pad_width, out_pad_widt
         expected = steps.padded_buffer(out, out_pad_width)
         run(steps.pad(out, out_pad_width, expected))
         assert np.array_equal(out_padded, expected)
+
+
+@pytest.mark.parametrize("rows,n,offset", [(4, 1, 0), (4, 256, 0), (4, 257, 0), (16, 2048, 0), (6, 700, 128)])
+def test_scratch_rows_start_a_page_and_lie_1kb_apart_modulo_4kb(rows, n, offset):
+    import numba
+
+    from npseg.ops.scratch import staggered_rows
+
+    rows_of = numba.njit(lambda r, k, o: staggered_rows(r, k, o))
+    a = rows_of(rows, n, offset)
+    assert a.shape[0] == rows and a.shape[1] >= n and a.flags.c_contiguous and a.dtype == F32
+    assert a.ctypes.data % 4096 == 4 * offset and a.strides[0] % 4096 == 1024
 
 
 def test_conv3x3_winograd_only_where_it_fits():

@@ -8,6 +8,7 @@ import numpy as np
 from ._jit import inline, kernel, kernel_ordered
 from .activation import activate
 from .conv import _bias_act
+from .scratch import ACCUMULATORS, kb_staggered, page_start, staggered_rows
 
 
 @inline
@@ -102,7 +103,7 @@ def _direct_conv3x3(d: int):
         block = 4 if cout_g % 4 == 0 else 1
         wp = width + 2 * pad
         tile = max(1, 2048 // wp)
-        acc = np.empty((4, tile * wp), dtype=np.float32)
+        acc = staggered_rows(4, tile * wp, ACCUMULATORS)
         for y0 in range(0, h, tile):
             rows = min(tile, h - y0)
             n = rows * wp
@@ -147,18 +148,65 @@ def winograd_weights(w):
     return np.ascontiguousarray(np.stack([g0, (g0 + g1 + g2) / 2, (g0 - g1 + g2) / 2, g2], -1), dtype=np.float32)
 
 
+@inline
+def _winograd_input(padded, pad, h, width, tin):
+    """tin[ci, 0..3, r * W/2 + m] = d0 - d2, d1 + d2, d2 - d1, d1 - d3 of input row r - 1, columns
+    2m - 1 .. 2m + 2: the F(2, 3) transform of every column pair, for rows -1 .. H."""
+    half = width // 2
+    wp = width + 2 * pad
+    for ci in range(padded.shape[0]):
+        plane = padded[ci]
+        t0, t1, t2, t3 = tin[ci, 0], tin[ci, 1], tin[ci, 2], tin[ci, 3]
+        for r in range(h + 2):
+            start = (r + pad - 1) * wp + pad - 1  # input row r - 1, column -1
+            line = plane[start:start + width + 2]
+            o = r * half
+            for m in range(half):
+                d0, d1, d2, d3 = line[2 * m], line[2 * m + 1], line[2 * m + 2], line[2 * m + 3]
+                t0[o + m] = d0 - d2
+                t1[o + m] = d1 + d2
+                t2[o + m] = d2 - d1
+                t3[o + m] = d1 - d3
+
+
+@inline
+def _winograd_output(acc, j, b, act, out, co, y0, rows, out_pad, out_padded):
+    """Output rows y0 .. y0 + rows of channel co + j from the four row-filter sums acc[0..3, j]
+    (the F(2, 3) output transform) + bias + act, and their copy into out_padded if given."""
+    width = out.shape[2]
+    half = width // 2
+    owp = width + 2 * out_pad
+    m0, m1, m2, m3 = acc[0, j], acc[1, j], acc[2, j], acc[3, j]
+    bias = b[co + j]
+    for r in range(rows):
+        row = out[co + j, y0 + r]
+        o = r * half
+        for m in range(half):
+            row[2 * m] = (m0[o + m] + m1[o + m] + m2[o + m]) + bias
+            row[2 * m + 1] = (m1[o + m] - m2[o + m] - m3[o + m]) + bias
+        if act != 0:
+            for x in range(width):
+                row[x] = activate(row[x], act)
+        if out_padded.shape[1] > 0:
+            start = (y0 + r + out_pad) * owp + out_pad
+            dst = out_padded[co + j, start:start + width]
+            for x in range(width):
+                dst[x] = row[x]
+
+
 @kernel_ordered
 def conv3x3_winograd_nb(padded, pad, u, b, act, out, out_pad, out_padded):
     """Dense 3x3 conv (padding 1, dilation 1, even width, Cout a multiple of 4) + bias + act with
     Winograd F(2, 3) along each row: u = winograd_weights(w). Every input row becomes four
-    half-width rows (d0 - d2, d1 + d2, d2 - d1, d1 - d3 of each column pair) once, then each
-    output pair takes 12 multiply-adds per input channel where direct taps take 18.
-    Optional padded copy of the output as in conv3x3_nb. The transformed rows live in a buffer
-    the kernel allocates (up to 1 MB, from the allocator's free list after the first frame):
-    passing a preallocated one instead measured 2-3 % slower for the whole forward.
+    half-width rows once (_winograd_input), then each output pair takes 12 multiply-adds per
+    input channel where direct taps take 18. Optional padded copy of the output as in conv3x3_nb.
 
-    Measured here: 16->48 at 64x64 0.29 vs 0.51 ms direct, 8->16 at 128x128 0.19 vs 0.32, with
-    the same error against a float64 reference (the transforms add and subtract only).
+    The transformed rows and the accumulators share one buffer the kernel allocates (up to
+    1 MB, from the allocator's free list after the first frame), laid out against 4K aliasing
+    (npseg.ops.scratch): the four accumulator rows of a pass 1 KB apart modulo 4 KB, the three
+    input rows they read between them. With the accumulators 4 KB apart and the input wherever
+    the allocator put it, this kernel took 0.53-0.80 ms (16->48 at 64x64) from one process to
+    the next; laid out, 0.50-0.54 ms (8->16 at 128x128: 0.45-0.77 against 0.42-0.44).
 
     Each row filter's three taps chain through the accumulator in the written order (three FMAs;
     summing them first and then adding took a fourth operation): the kernel 6-10 % faster, and on
@@ -169,37 +217,28 @@ def conv3x3_winograd_nb(padded, pad, u, b, act, out, out_pad, out_padded):
     cout, h, width = out.shape
     cin = padded.shape[0]
     half = width // 2
-    wp = width + 2 * pad
-    rows_in = h + 2
-    tin = np.empty((cin, 4, rows_in * half), dtype=np.float32)
-    for ci in range(cin):
-        plane = padded[ci]
-        t0, t1, t2, t3 = tin[ci, 0], tin[ci, 1], tin[ci, 2], tin[ci, 3]
-        for r in range(rows_in):
-            start = (r + pad - 1) * wp + pad - 1  # input row r - 1, column -1
-            line = plane[start:start + width + 2]
-            o = r * half
-            for m in range(half):
-                d0, d1, d2, d3 = line[2 * m], line[2 * m + 1], line[2 * m + 2], line[2 * m + 3]
-                t0[o + m] = d0 - d2
-                t1[o + m] = d1 + d2
-                t2[o + m] = d2 - d1
-                t3[o + m] = d1 - d3
-    # 4 outputs x 4 row filters x 256 accumulators: 16 KB, in L1 (128 and 512 were slower;
-    # so was transforming the input in L2-sized bands instead of whole)
-    tile = max(1, 256 // half)
-    acc = np.empty((4, 4, tile * half), dtype=np.float32)
-    owp = width + 2 * out_pad
+    tile = max(1, 256 // half)  # 4 outputs x 4 row filters x 256 sums: 16 KB, in L1
+    acc_row = kb_staggered(tile * half)
+    tin_row = ((h + 2) * half + 255) // 256 * 256  # whole KBs: every (ci, k) row at one offset mod 1 KB
+    work = np.empty(1024 + 16 * acc_row + 512 + cin * 4 * tin_row, dtype=np.float32)
+    base = page_start(work)
+    # floats: input rows r0..r2 (W/2 apart) centred between accumulator rows, which are 1 KB apart
+    between = ((1024 - (2 * half * 4) % 1024) // 2) // 64 * 16
+    tin_at = base + 16 * acc_row + 256 + between
+    tin = work[tin_at:tin_at + cin * 4 * tin_row].reshape(cin, 4, tin_row)
+    _winograd_input(padded, pad, h, width, tin)
     for y0 in range(0, h, tile):
         rows = min(tile, h - y0)
         n = rows * half
+        shift = (y0 * half) % 256  # the accumulators follow the input rows' offset modulo 1 KB
+        acc = work[base + shift:base + shift + 16 * acc_row].reshape(4, 4, acc_row)  # [k, j]
         for co in range(0, cout, 4):
             acc[:, :, :n] = 0.0
             for ci in range(cin):
                 for k in range(4):
                     tk = tin[ci, k]
                     r0, r1, r2 = tk[y0 * half:], tk[(y0 + 1) * half:], tk[(y0 + 2) * half:]
-                    a0, a1, a2, a3 = acc[0, k], acc[1, k], acc[2, k], acc[3, k]
+                    a0, a1, a2, a3 = acc[k, 0], acc[k, 1], acc[k, 2], acc[k, 3]
                     p0, q0, s0 = u[co, ci, 0, k], u[co, ci, 1, k], u[co, ci, 2, k]
                     p1, q1, s1 = u[co + 1, ci, 0, k], u[co + 1, ci, 1, k], u[co + 1, ci, 2, k]
                     p2, q2, s2 = u[co + 2, ci, 0, k], u[co + 2, ci, 1, k], u[co + 2, ci, 2, k]
@@ -211,22 +250,7 @@ def conv3x3_winograd_nb(padded, pad, u, b, act, out, out_pad, out_padded):
                         a2[p] = ((a2[p] + p2 * v0) + q2 * v1) + s2 * v2
                         a3[p] = ((a3[p] + p3 * v0) + q3 * v1) + s3 * v2
             for j in range(4):
-                m0, m1, m2, m3 = acc[j, 0], acc[j, 1], acc[j, 2], acc[j, 3]
-                bias = b[co + j]
-                for r in range(rows):
-                    row = out[co + j, y0 + r]
-                    o = r * half
-                    for m in range(half):
-                        row[2 * m] = (m0[o + m] + m1[o + m] + m2[o + m]) + bias
-                        row[2 * m + 1] = (m1[o + m] - m2[o + m] - m3[o + m]) + bias
-                    if act != 0:
-                        for x in range(width):
-                            row[x] = activate(row[x], act)
-                    if out_padded.shape[1] > 0:
-                        start = (y0 + r + out_pad) * owp + out_pad
-                        dst = out_padded[co + j, start:start + width]
-                        for x in range(width):
-                            dst[x] = row[x]
+                _winograd_output(acc, j, b, act, out, co, y0, rows, out_pad, out_padded)
 
 
 @kernel

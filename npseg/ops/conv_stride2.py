@@ -10,6 +10,7 @@ from ._jit import kernel, kernel_ordered
 from .conv import _bias_act
 from .conv3x3 import _taps3x3_quad
 from .norm import group_mean_rstd
+from .scratch import ACCUMULATORS, INPUTS, staggered_rows
 
 
 @kernel_ordered
@@ -30,9 +31,9 @@ def down2x2_nb(src, scale, shift, w, b, act, out, pad, padded):
     cin = src.shape[0]
     cout, ho, wo = out.shape
     band = max(1, 512 // wo)
-    even = np.empty((cin * 2, band * wo), dtype=np.float32)
-    odd = np.empty((cin * 2, band * wo), dtype=np.float32)
-    acc = np.empty((4, band * wo), dtype=np.float32)
+    even = staggered_rows(cin * 2, band * wo, INPUTS)
+    odd = staggered_rows(cin * 2, band * wo, INPUTS)
+    acc = staggered_rows(4, band * wo, ACCUMULATORS)
     wp = wo + 2 * pad
     for y0 in range(0, ho, band):
         rows = min(band, ho - y0)
@@ -101,7 +102,7 @@ def conv3x3_stats_nb(padded, pad, h, width, w, b, stats):
     cin, cout = padded.shape[0], w.shape[0]
     wp = width + 2 * pad
     tile = max(1, 2048 // wp)
-    acc = np.empty((4, tile * wp), dtype=np.float32)
+    acc = staggered_rows(4, tile * wp, ACCUMULATORS)
     stats[:] = 0.0
     for y0 in range(0, h, tile):
         rows = min(tile, h - y0)
