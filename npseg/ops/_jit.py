@@ -24,20 +24,18 @@ ACT_NONE, ACT_RELU, ACT_GELU, ACT_RELU6 = 0, 1, 2, 3
 WIDE_VECTORS = "-prefer-256-bit"
 
 
-def allow_wide_vectors() -> str | None:
+def allow_wide_vectors() -> None:
     """Lets Numba's code use 512-bit vectors on an AVX-512 CPU: the host's features plus WIDE_VECTORS,
     set before Numba's code generator starts (it reads them once per process, for every kernel and
     for its cache's key). A target the user chose (NUMBA_CPU_NAME or NUMBA_CPU_FEATURES) stays as it
-    is. Returns the features set, or None."""
+    is."""
     if numba is None or numba.config.CPU_NAME is not None or numba.config.CPU_FEATURES is not None:
-        return None
+        return
     import llvmlite.binding as llvm
 
     features = llvm.get_host_cpu_features().flatten()
-    if "+avx512f" not in features.split(","):
-        return None
-    numba.config.CPU_FEATURES = f"{features},{WIDE_VECTORS}"
-    return numba.config.CPU_FEATURES
+    if "+avx512f" in features.split(","):
+        numba.config.CPU_FEATURES = f"{features},{WIDE_VECTORS}"
 
 
 allow_wide_vectors()

@@ -206,7 +206,7 @@ def conv3x3_winograd_nb(padded, pad, u, b, act, out, out_pad, out_padded):
     (npseg.ops.scratch): the four accumulator rows of a pass 1 KB apart modulo 4 KB, the three
     input rows they read between them. With the accumulators 4 KB apart and the input wherever
     the allocator put it, this kernel took 0.53-0.80 ms (16->48 at 64x64) from one process to
-    the next; laid out, 0.50-0.54 ms (8->16 at 128x128: 0.45-0.77 against 0.42-0.44).
+    the next, laid out 0.50-0.54 ms; 8->16 at 128x128 0.45-0.77 ms, laid out 0.42-0.44.
 
     Each row filter's three taps chain through the accumulator in the written order (three FMAs;
     summing them first and then adding took a fourth operation): the kernel 6-10 % faster, and on
