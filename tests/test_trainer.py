@@ -15,7 +15,8 @@ torch = pytest.importorskip("torch")
 from trainer import data as D  # noqa: E402
 from trainer.evaluate import dice_iou, evaluate, hd95  # noqa: E402
 from trainer.checkpoint import export_checkpoint, load_checkpoint  # noqa: E402
-from trainer.models.ultraseg import boundary_target, main_loss, side_loss, soft_dice_loss, ultraseg_loss  # noqa: E402
+from trainer.models.ultraseg import (  # noqa: E402
+    UltraSegOptions, boundary_target, distillation_loss, main_loss, side_loss, soft_dice_loss, ultraseg_loss)
 from trainer.recipe import Recipe, TrainOptions  # noqa: E402
 from trainer.train import cosine_lr, train  # noqa: E402
 
@@ -102,6 +103,35 @@ def test_soft_dice_and_losses():
     assert set(parts) == {"main", "region", "boundary"}
     assert all(s.grad is not None and s.grad.abs().sum() > 0 for s in sides)
     assert total.item() == pytest.approx(parts["main"] + parts["region"] + parts["boundary"], rel=1e-5)
+
+
+def test_distillation_loss_is_the_scaled_kl_to_the_teacher():
+    """T^2 x KL(teacher || student) per pixel: 0 where they agree, the closed form elsewhere; a one-logit
+    teacher z counts as the two logits (0, z); teacher and distillation weight come together."""
+    torch.manual_seed(0)
+    student = torch.randn(2, 2, 8, 8, dtype=torch.float64, requires_grad=True)
+    teacher = torch.randn(2, 2, 8, 8, dtype=torch.float64)
+    assert distillation_loss(teacher, teacher, 2.0).item() == pytest.approx(0.0, abs=1e-12)
+    for t in (1.0, 3.0):
+        pt, ps = torch.softmax(teacher / t, 1), torch.softmax(student / t, 1)
+        expected = t * t * (pt * (pt.log() - ps.log())).sum(1).mean()
+        assert distillation_loss(student, teacher, t).item() == pytest.approx(expected.item(), rel=1e-9)
+    one_logit = teacher[:, 1:] - teacher[:, :1]
+    assert distillation_loss(student, one_logit, 2.0).item() == pytest.approx(
+        distillation_loss(student, teacher, 2.0).item(), rel=1e-9)
+    distillation_loss(student, teacher, 1.0).backward()
+    assert student.grad.abs().sum() > 0
+    t = torch.ones(2, 1, 8, 8, dtype=torch.float64)
+    sides = [torch.zeros(2, 1, 8, 8, dtype=torch.float64) for _ in range(7)]
+    outputs = (student.detach(), sides[:4], sides[4:])
+    _, parts = ultraseg_loss(outputs, {"mask": t, "boundary": t, "teacher": teacher,
+                                       "options": UltraSegOptions(distillation=0.5, temperature=2.0)})
+    assert parts["distillation"] == pytest.approx(0.5 * distillation_loss(student, teacher, 2.0).item(), rel=1e-9)
+    for batch in ({"teacher": teacher}, {"options": UltraSegOptions(distillation=1.0)}):
+        with pytest.raises(ValueError, match="go together"):
+            ultraseg_loss(outputs, {"mask": t, "boundary": t, **batch})
+    with pytest.raises(ValueError, match="temperature > 0"):
+        UltraSegOptions(distillation=1.0, temperature=0.0)
 
 
 def test_normalise_applies_the_preprocessing_record_per_image():
@@ -686,10 +716,13 @@ def test_a_teacher_and_the_family_options_reach_the_loss(two_epoch_run, toy, tmp
         return family.loss(outputs, batch)
 
     monkeypatch.setitem(TORCH_FAMILIES, "ultraseg", dataclasses.replace(family, loss=loss))
-    train(options(tmp, data, "taught", epochs=1, size=64, teacher=str(teacher)))
+    train(options(tmp, data, "taught", epochs=1, size=64, teacher=str(teacher), options={"distillation": 0.5}))
     assert seen
     for teacher_shape, image_shape, family_options in seen:
         assert teacher_shape == (image_shape[0], 2, 64, 64) and image_shape[1:] == (3, 64, 64)
-        assert isinstance(family_options, family.options)
+        assert family_options == family.options(distillation=0.5)
     prov = json.loads((tmp / "taught" / "options.json").read_text())["recipe"]
-    assert prov["teacher"] == str(teacher)
+    assert prov["teacher"] == str(teacher) and prov["options"] == {"distillation": 0.5}
+    assert json.loads((tmp / "taught" / "log.json").read_text())[0]["train_distillation"] > 0
+    with pytest.raises(ValueError, match="a teacher and options.distillation > 0 go together"):
+        train(options(tmp, data, "untaught", epochs=1, size=64, teacher=str(teacher)))

@@ -1,5 +1,6 @@
 """UltraSeg in PyTorch (shared/ARCHITECTURE.md): the module, its deep-supervision loss and
-boundary targets, the import of the authors' checkpoint, and growing a 108K file into a 130K.
+boundary targets, distillation from a teacher's logits, the import of the authors' checkpoint,
+and growing a 108K file into a 130K.
 
 Module names follow the published checkpoint so that its state_dict loads as is.
 One module class serves every variant of `UltraSegConfig`.
@@ -286,16 +287,54 @@ def side_loss(logit: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return 0.5 * F.binary_cross_entropy_with_logits(logit, target) + soft_dice_loss(torch.sigmoid(logit), target)
 
 
+@dataclasses.dataclass(frozen=True)
+class UltraSegOptions:
+    """The recipe's [options]: `distillation`, the weight of the pixel-wise KL term towards the
+    recipe's teacher (0: no teacher), at `temperature` (the term is scaled by its square, so that its
+    gradients keep their size as the temperature changes)."""
+
+    distillation: float = 0.0
+    temperature: float = 1.0
+
+    def __post_init__(self):
+        if self.distillation < 0 or self.temperature <= 0:
+            raise ValueError(f"options: distillation >= 0, temperature > 0; got {self}")
+
+
+def _class_log_probs(logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """[N, 2, H, W] log (background, polyp) probabilities at the temperature, from two softmax logits
+    or one sigmoid logit (a teacher of another family)."""
+    z = logits / temperature
+    if z.shape[1] == 1:
+        return torch.cat([F.logsigmoid(-z), F.logsigmoid(z)], 1)
+    return F.log_softmax(z, 1)
+
+
+def distillation_loss(logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """T^2 x KL(teacher || student) of the per-pixel class distributions at temperature T, averaged
+    over pixels. A teacher output of another size is resized bilinearly to the student's."""
+    if teacher_logits.shape[2:] != logits.shape[2:]:
+        teacher_logits = F.interpolate(teacher_logits, size=logits.shape[2:], mode="bilinear", align_corners=False)
+    log_pt = _class_log_probs(teacher_logits, temperature)
+    log_ps = _class_log_probs(logits, temperature)
+    return temperature ** 2 * (log_pt.exp() * (log_pt - log_ps)).sum(1).mean()
+
+
 def ultraseg_loss(outputs, batch: dict) -> tuple[torch.Tensor, dict[str, float]]:
-    """The recipe's deep supervision: main + region heads D1..D4 + boundary heads D2..D4; the total
-    and its parts for the log."""
+    """The recipe's deep supervision: main + region heads D1..D4 + boundary heads D2..D4, plus, with
+    a teacher, the weighted distillation term on the main logits; the total and its parts for the log."""
     logits, regions, boundaries = outputs
     mask, boundary = batch["mask"], batch["boundary"]
-    main = main_loss(logits, mask)
-    region = sum(w * side_loss(r, mask) for w, r in zip(REGION_WEIGHTS, regions, strict=True))
-    bound = sum(w * side_loss(b, boundary) for w, b in zip(BOUNDARY_WEIGHTS, boundaries, strict=True))
-    total = main + region + bound
-    return total, {"main": float(main.detach()), "region": float(region.detach()), "boundary": float(bound.detach())}
+    opts, teacher = batch.get("options", UltraSegOptions()), batch.get("teacher")
+    if (teacher is None) != (opts.distillation == 0):
+        raise ValueError("a teacher and options.distillation > 0 go together: name both in the recipe "
+                         "(teacher = WEIGHTS, [options] distillation = W) or neither")
+    parts = {"main": main_loss(logits, mask),
+             "region": sum(w * side_loss(r, mask) for w, r in zip(REGION_WEIGHTS, regions, strict=True)),
+             "boundary": sum(w * side_loss(b, boundary) for w, b in zip(BOUNDARY_WEIGHTS, boundaries, strict=True))}
+    if teacher is not None:
+        parts["distillation"] = opts.distillation * distillation_loss(logits, teacher, opts.temperature)
+    return sum(parts.values()), {k: float(v.detach()) for k, v in parts.items()}
 
 
 # ---------------------------------------------------------------- other weights
@@ -346,4 +385,5 @@ FAMILY = TorchFamily(
                        tolerance=1e-4),),
     import_upstream=import_upstream,
     grow=grow,
+    options=UltraSegOptions,
 )
