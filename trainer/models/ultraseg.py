@@ -312,9 +312,7 @@ def _class_log_probs(logits: torch.Tensor, temperature: float) -> torch.Tensor:
 
 def distillation_loss(logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
     """T^2 x KL(teacher || student) of the per-pixel class distributions at temperature T, averaged
-    over pixels. A teacher output of another size is resized bilinearly to the student's."""
-    if teacher_logits.shape[2:] != logits.shape[2:]:
-        teacher_logits = F.interpolate(teacher_logits, size=logits.shape[2:], mode="bilinear", align_corners=False)
+    over pixels (both outputs at the input's size: the teacher sees the student's batch)."""
     log_pt = _class_log_probs(teacher_logits, temperature)
     log_ps = _class_log_probs(logits, temperature)
     return temperature ** 2 * (log_pt.exp() * (log_pt - log_ps)).sum(1).mean()
