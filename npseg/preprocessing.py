@@ -8,7 +8,10 @@ A weights file's `preprocessing` (JSON) says how a frame becomes the network inp
                                                    x = (pixel * s - mean[c]) / std[c]
               or {"kind": "minmax", "low": lo, "high": hi}
                                                    per image, over all pixels and channels:
-                                                   x = lo + (hi - lo) * (pixel - min) / (max - min)}
+                                                   x = lo + (hi - lo) * (pixel - min) / (max - min)
+              or {"kind": "standardize", "epsilon": e}
+                                                   per image and channel, after the resize:
+                                                   x = (pixel - mean[c]) / (std[c] + e)}
 
 and its `output` how logits become a probability:
 
@@ -27,6 +30,7 @@ import numpy as np
 RESIZE_MODES = ("bilinear",)
 COLOR_ORDERS = ("RGB", "BGR")
 ACTIVATIONS = ("softmax", "sigmoid")
+PER_IMAGE_KINDS = ("minmax", "standardize")  # normalisations whose coefficients need the frame's statistics
 
 
 def affine(scale: float = 1.0 / 255.0, mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0), color_order: str = "RGB") -> dict:
@@ -36,6 +40,12 @@ def affine(scale: float = 1.0 / 255.0, mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0)
 
 def minmax(low: float = 0.0, high: float = 255.0, color_order: str = "RGB") -> dict:
     return {"color_order": color_order, "resize": "bilinear", "normalize": {"kind": "minmax", "low": low, "high": high}}
+
+
+def standardize(epsilon: float = 1.0, color_order: str = "RGB") -> dict:
+    """Each channel to zero mean and unit spread over the frame: a camera's colour cast, gain and
+    exposure change the input far less (epsilon, in pixel levels, bounds the gain of a flat frame)."""
+    return {"color_order": color_order, "resize": "bilinear", "normalize": {"kind": "standardize", "epsilon": epsilon}}
 
 
 def _number(v) -> bool:
@@ -62,8 +72,12 @@ def preprocessing_problems(pre) -> list[str]:
     elif isinstance(norm, dict) and norm.get("kind") == "minmax" and set(norm) == {"kind", "low", "high"}:
         if not (_number(norm["low"]) and _number(norm["high"]) and norm["high"] > norm["low"]):
             problems.append(f"minmax normalize needs numbers low < high, got {norm}")
+    elif isinstance(norm, dict) and norm.get("kind") == "standardize" and set(norm) == {"kind", "epsilon"}:
+        if not (_number(norm["epsilon"]) and norm["epsilon"] > 0):
+            problems.append(f"standardize normalize needs a positive epsilon, got {norm}")
     else:
-        problems.append(f"normalize {norm!r} is neither {{kind: affine, scale, mean, std}} nor {{kind: minmax, low, high}}")
+        problems.append(f"normalize {norm!r} is not {{kind: affine, scale, mean, std}}, {{kind: minmax, low, high}} "
+                        "or {kind: standardize, epsilon}")
     return problems
 
 
@@ -94,15 +108,32 @@ def decision_threshold(out: dict) -> float:
     return out.get("threshold", DEFAULT_THRESHOLD)
 
 
-def affine_coefficients(pre: dict, image_min: float = 0.0, image_max: float = 255.0):
+def image_statistics(pixels: np.ndarray) -> dict:
+    """What the per-image normalisations need of a frame's pixels [..., 3] (channels in the record's
+    colour order): min and max over everything, and each channel's mean and (population) std."""
+    flat = np.asarray(pixels, np.float64).reshape(-1, 3)
+    return {"min": float(flat.min()), "max": float(flat.max()), "mean": flat.mean(0), "std": flat.std(0)}
+
+
+_PLACEHOLDER_STATS = {"min": 0.0, "max": 255.0, "mean": np.zeros(3), "std": np.ones(3)}
+
+
+def affine_coefficients(pre: dict, stats: dict | None = None):
     """(scale[3], shift[3]) float32 with network input = pixel * scale[c] + shift[c] (pixel in 0..255,
-    planes already in `color_order`); for minmax, the image's min and max pixel are needed."""
+    planes already in `color_order`). The per-image kinds (PER_IMAGE_KINDS) need the frame's
+    `image_statistics`: minmax its "min" and "max", standardize its "mean" and "std"; without them
+    a frame spanning 0..255 with mean 0 and std 1 stands in."""
     norm = pre["normalize"]
+    stats = stats or _PLACEHOLDER_STATS
     if norm["kind"] == "affine":
         std = np.asarray(norm["std"], np.float64)
         scale = norm["scale"] / std
         shift = -np.asarray(norm["mean"], np.float64) / std
+    elif norm["kind"] == "standardize":
+        scale = 1.0 / (np.asarray(stats["std"], np.float64) + norm["epsilon"])
+        shift = -np.asarray(stats["mean"], np.float64) * scale
     else:
+        image_min, image_max = stats["min"], stats["max"]
         span = float(image_max) - float(image_min)
         s = (norm["high"] - norm["low"]) / span if span > 0 else 0.0
         scale = np.full(3, s)

@@ -135,8 +135,9 @@ def test_distillation_loss_is_the_scaled_kl_to_the_teacher():
 
 
 def test_normalise_applies_the_preprocessing_record_per_image():
-    """The loop's normalisation is npseg's: affine with one scale, minmax over each image, BGR planes."""
-    from npseg.preprocessing import affine, minmax
+    """The loop's normalisation is npseg's: affine with one scale, minmax over each image, BGR planes,
+    each channel standardised over each image."""
+    from npseg.preprocessing import affine, minmax, standardize
     from trainer.train import normalise
 
     pixels = torch.from_numpy(np.random.default_rng(0).uniform(20, 200, (2, 3, 4, 5)).astype(np.float32))
@@ -148,6 +149,10 @@ def test_normalise_applies_the_preprocessing_record_per_image():
     for image, x in zip(pixels, out):
         torch.testing.assert_close(x, -1 + 2 * (image - image.min()) / (image.max() - image.min()))
     torch.testing.assert_close(normalise(pixels, affine(color_order="BGR")), pixels.flip(1) / 255)
+    out = normalise(pixels, standardize(epsilon=1.0))
+    for image, x in zip(pixels.double(), out):
+        mean, std = image.mean((1, 2), keepdim=True), image.std((1, 2), correction=0, keepdim=True)
+        torch.testing.assert_close(x, ((image - mean) / (std + 1.0)).float())
 
 
 def test_cosine_lr():
@@ -726,3 +731,18 @@ def test_a_teacher_and_the_family_options_reach_the_loss(two_epoch_run, toy, tmp
     assert json.loads((tmp / "taught" / "log.json").read_text())[0]["train_distillation"] > 0
     with pytest.raises(ValueError, match="a teacher and options.distillation > 0 go together"):
         train(options(tmp, data, "untaught", epochs=1, size=64, teacher=str(teacher)))
+
+
+def test_a_per_image_run_trains_exports_and_deploys_with_that_normalisation(toy, tmp_path):
+    """recipe normalize = "per-image": the loop standardises each channel over each image, and the
+    weights file records it, so npseg deploys the same input (npseg equals torch on it)."""
+    import npseg
+
+    tmp, data = toy
+    train(options(tmp_path, data, "per-image", epochs=1, size=64, normalize="per-image"))
+    out = export_checkpoint(tmp_path / "per-image" / "best.pt", tmp_path / "per-image.safetensors")
+    w = npseg.load(out).weights
+    assert w.preprocessing["normalize"] == {"kind": "standardize", "epsilon": 1.0}
+    assert "each channel standardised over the frame" in w.provenance["recipe"]["summary"]
+    res = evaluate(out, [data], limit=2, progress=False)["datasets"]["toy"]
+    assert res["n"] >= 1 and res["npseg_torch_dice_diff"] < 1e-3

@@ -106,3 +106,39 @@ def test_output_record_refuses_a_polyp_channel_that_is_not_an_integer(channel):
 
     assert output_problems({"activation": "softmax", "polyp_channel": channel}, 2)
     assert output_problems({"activation": "softmax", "polyp_channel": 1}, 2) == []
+
+
+@pytest.mark.parametrize("epsilon, valid", [(1.0, True), (0.5, True), (0.0, False), (-1.0, False), ("1", False)])
+def test_standardize_record_needs_a_positive_epsilon(epsilon, valid):
+    from npseg.preprocessing import preprocessing_problems, standardize
+
+    record = standardize()
+    record["normalize"]["epsilon"] = epsilon
+    assert (preprocessing_problems(record) == []) == valid
+    record["normalize"]["scale"] = 1.0
+    assert preprocessing_problems(record)
+
+
+def test_segmenter_standardizes_each_channel_over_the_resized_frame(tmp_path):
+    """normalize {kind: standardize}: x = (pixel - mean[c]) / (std[c] + epsilon) over the resized
+    frame, channels in the file's colour order; the fast statistics equal NumPy's."""
+    import cv2
+
+    import npseg
+    from npseg.preprocessing import image_statistics, standardize
+    from npseg.segmenter import _frame_statistics
+
+    w = random_weights(VARIANTS["ultraseg-108k"])
+    w.preprocessing, w.input_size = standardize(epsilon=2.0), (64, 96)
+    save(tmp_path / "w.safetensors", w)
+    seg = npseg.load(tmp_path / "w.safetensors", backend="numpy")
+    frame = np.random.default_rng(1).integers(0, 256, (120, 170, 3), dtype=np.uint8)
+    frame[..., 2] //= 4  # a dark red channel: each channel has its own spread
+    small = cv2.resize(frame, (96, 64), interpolation=cv2.INTER_LINEAR)
+    rgb = small[:, :, ::-1].transpose(2, 0, 1).astype(np.float64)
+    flat = rgb.reshape(3, -1)
+    expected = (rgb - flat.mean(1)[:, None, None]) / (flat.std(1)[:, None, None] + 2.0)
+    np.testing.assert_allclose(seg.preprocess(frame), expected, atol=1e-5)
+    fast, reference = _frame_statistics(small, True), image_statistics(small[:, :, ::-1])
+    for key in ("min", "max", "mean", "std"):
+        np.testing.assert_allclose(fast[key], reference[key], rtol=1e-9)

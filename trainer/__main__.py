@@ -77,6 +77,9 @@ _RECIPE_FLAGS = {
                                       "help": "reuse recorded splits: split files or weights files"}),
     "augmentation": ("--augment", {"help": "recipe: the paper's hflip + rotation; strong: also vflip, zoom "
                                            "and colour jitter"}),
+    "normalize": ("--normalize", {"choices": ["family", "per-image"],
+                                  "help": "input normalisation: the family's, or each channel standardised over "
+                                          "the frame (per-image)"}),
     "paste_small": ("--paste-small", {"type": float, "metavar": "P", "help": "probability of pasting a shrunk "
                                                                             "polyp into a train sample"}),
     "balanced": ("--balanced", {"type": int, "metavar": "N", "help": "each epoch draws N samples from every "
@@ -216,10 +219,10 @@ def run_export(args) -> int:
 
     metrics = json.loads(Path(args.metrics).read_text()) if args.metrics else None
     # read once: the metrics belong to these tensors
-    model, provenance, input_size = checkpoint_export_parts(args.checkpoint)
+    model, provenance, layout = checkpoint_export_parts(args.checkpoint)
     if args.note:
         provenance["note"] = args.note
-    out = export_weights(model, args.output, provenance=provenance, metrics=metrics, input_size=input_size)
+    out = export_weights(model, args.output, provenance=provenance, metrics=metrics, **layout)
     if args.evaluate:
         import torch
 
@@ -231,7 +234,7 @@ def run_export(args) -> int:
         data = args.data or [packed[n]["source"] if n in packed else r for n, r in provenance["datasets"].items()]
         metrics = evaluate(out, data, backend=args.backend)
         print(json.dumps(metrics, indent=1))
-        export_weights(model, args.output, provenance=provenance, metrics=metrics, input_size=input_size)
+        export_weights(model, args.output, provenance=provenance, metrics=metrics, **layout)
     print(f"wrote {out}")
     return 0
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 
 from . import data as D
-from .recipe import Recipe, TrainOptions, recipe_from_dict
+from .recipe import Recipe, TrainOptions, input_preprocessing, recipe_from_dict
 from .splits import train_size
 
 CHECKPOINT_FORMAT = "npseg-trainer-checkpoint-2"
@@ -86,7 +86,8 @@ def _recipe_summary(recipe: Recipe, family: str) -> str:
     paste += (f", each batch resized to a seeded side in {recipe.multiscale[0]}-{recipe.multiscale[1]} (multiples "
               f"of 32) from samples cached at {train_size(recipe)}" if recipe.multiscale else "")
     teacher = f", distilled from {Path(recipe.teacher).name}" if recipe.teacher else ""
-    prior = f", output layer started at the prior {recipe.output_prior:g}" if recipe.output_prior else ""
+    prior = ", each channel standardised over the frame" if recipe.normalize == "per-image" else ""
+    prior += f", output layer started at the prior {recipe.output_prior:g}" if recipe.output_prior else ""
     selection = "validation Dice" if recipe.select_on is None else f"{recipe.select_on}'s validation Dice alone"
     return (f"Adam lr {recipe.lr:g}, cosine over {recipe.epochs} epochs, batch {recipe.batch_size}, "
             f"{height}x{width}, {D.describe_augmentation(recipe.augmentation)}, the {family} family's "
@@ -123,8 +124,11 @@ def checkpoint_provenance(ckpt: dict, ckpt_path) -> dict:
 
 
 def checkpoint_export_parts(ckpt_path):
-    """A checkpoint's model, provenance and input size, read once (a live run may replace best.pt
-    meanwhile). For a best.pt the epochs run and wall time come from the run's last.pt when it is beside it."""
+    """A checkpoint's model, provenance and input layout (`export_weights`' input_size and
+    preprocessing), read once (a live run may replace best.pt meanwhile). For a best.pt the epochs
+    run and wall time come from the run's last.pt when it is beside it."""
+    from npseg.models import variant
+
     ckpt = load_checkpoint(ckpt_path)
     provenance = checkpoint_provenance(ckpt, ckpt_path)
     last = Path(ckpt_path).with_name("last.pt")
@@ -132,12 +136,15 @@ def checkpoint_export_parts(ckpt_path):
         run = load_checkpoint(last)
         provenance.update(epochs_run=max(run["epoch"], ckpt["epoch"]),
                           train_minutes=round(float(max(run["train_seconds"], ckpt["train_seconds"])) / 60, 1))
-    return model_from_checkpoint(ckpt), provenance, D.size_hw(options_from_checkpoint(ckpt).recipe.size)
+    model, recipe = model_from_checkpoint(ckpt), options_from_checkpoint(ckpt).recipe
+    layout = {"input_size": D.size_hw(recipe.size),
+              "preprocessing": input_preprocessing(recipe, variant(recipe.model)[0].preprocessing)}
+    return model, provenance, layout
 
 
 def export_checkpoint(ckpt_path, out, metrics: dict | None = None) -> Path:
     """Write a checkpoint's model as an npseg weights file with its provenance."""
     from .export import export_weights
 
-    model, provenance, input_size = checkpoint_export_parts(ckpt_path)
-    return export_weights(model, out, provenance=provenance, metrics=metrics, input_size=input_size)
+    model, provenance, layout = checkpoint_export_parts(ckpt_path)
+    return export_weights(model, out, provenance=provenance, metrics=metrics, **layout)

@@ -30,12 +30,13 @@ def model_tensors(model) -> dict:
 
 
 def export_weights(model, path, *, provenance: dict, metrics: dict | None = None,
-                   input_size=(256, 256)) -> Path:
-    """Write `model` to `path` as an npseg weights file; returns the path."""
+                   input_size=(256, 256), preprocessing: dict | None = None) -> Path:
+    """Write `model` to `path` as an npseg weights file; returns the path. preprocessing: the npseg
+    record it was trained with (default: its family's)."""
     provenance = {"commit": git_commit(), "exported": datetime.datetime.now(datetime.timezone.utc).isoformat(
         timespec="seconds"), **provenance}
     w = weights_file.Weights(config=model.cfg, tensors=model_tensors(model), input_size=tuple(input_size),
-                             provenance=provenance, metrics=metrics or {})
+                             preprocessing=preprocessing, provenance=provenance, metrics=metrics or {})
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     weights_file.save(path, w)

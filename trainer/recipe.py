@@ -39,6 +39,7 @@ class Recipe:
     init_sha256: str | None = None  # the tensors_sha256 the init file must have (a file name may be reused)
     splits_from: tuple[str, ...] = ()  # split files or weights files whose provenance records splits
     augmentation: str = "recipe"  # trainer.data.AUGMENTATIONS
+    normalize: str = "family"  # the input normalisation: the family's, or "per-image" (NORMALIZATIONS)
     paste_small: float = 0.0  # probability of a small pasted polyp per train sample
     balanced: int = 0  # samples each epoch draws from every dataset (the smaller repeated); 0: each sample once
     select_on: str | None = None  # select (and stop) on this dataset's validation Dice alone
@@ -48,6 +49,20 @@ class Recipe:
 
     def to_dict(self) -> dict:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
+
+
+NORMALIZATIONS = ("family", "per-image")
+
+
+def input_preprocessing(recipe: Recipe, family_preprocessing: dict) -> dict:
+    """The npseg preprocessing record a run trains with and its weights file records: the family's,
+    or with `normalize = "per-image"` each channel standardised over the frame, which takes a
+    camera's colour cast, gain and exposure out of the input (npseg.preprocessing.standardize)."""
+    from npseg.preprocessing import standardize
+
+    if recipe.normalize == "family":
+        return dict(family_preprocessing)
+    return standardize(color_order=family_preprocessing["color_order"])
 
 
 # key -> (check, what the value must be); types are checked first from the annotations
@@ -62,6 +77,7 @@ _BOUNDS = {
     "balanced": (lambda v: v >= 0, "a non-negative number of samples per dataset and epoch"),
     "size": (lambda v: all(s > 0 and s % 16 == 0 for s in ((v,) if isinstance(v, int) else v)),
              "a positive multiple of 16, or two as [H, W], e.g. 320 or [288, 448]"),
+    "normalize": (lambda v: v in NORMALIZATIONS, f"one of {NORMALIZATIONS}"),
     "multiscale": (lambda v: v is None or (0 < v[0] <= v[1] and v[0] % 32 == 0 and v[1] % 32 == 0),
                    "two multiples of 32 as [min, max], min <= max, e.g. [160, 256]"),
 }

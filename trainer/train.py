@@ -29,7 +29,7 @@ from . import data as D
 from .checkpoint import CHECKPOINT_FORMAT, load_checkpoint, options_from_checkpoint, save_atomic
 from .evaluate import dice_iou
 from .models import init_from_weights, torch_family, torch_model_from_weights
-from .recipe import Recipe, RecipeError, TrainOptions
+from .recipe import Recipe, RecipeError, TrainOptions, input_preprocessing
 from .splits import packed_copies, prepare_data
 
 # what `--overwrite` removes from a run folder before a new run starts there
@@ -156,16 +156,23 @@ def _model_and_init(opts: TrainOptions, tfam, cfg, ckpt: dict | None, rank: int)
 def normalise(pixels: torch.Tensor, preprocessing: dict) -> torch.Tensor:
     """Images [N,3,H,W] float32, RGB pixels in 0..255, as the network input that an npseg
     preprocessing record describes (the same coefficients npseg applies to a frame)."""
-    from npseg.preprocessing import affine_coefficients
+    from npseg.preprocessing import PER_IMAGE_KINDS, affine_coefficients
 
     if preprocessing["color_order"] == "BGR":
         pixels = pixels.flip(1)
-    if preprocessing["normalize"]["kind"] == "minmax":  # per image
-        coefficients = [affine_coefficients(preprocessing, float(p.min()), float(p.max())) for p in pixels]
+    if preprocessing["normalize"]["kind"] in PER_IMAGE_KINDS:  # each image's own statistics
+        coefficients = [affine_coefficients(preprocessing, _image_statistics(p)) for p in pixels]
     else:
         coefficients = [affine_coefficients(preprocessing)] * len(pixels)
     scale, shift = (torch.from_numpy(np.stack(c))[:, :, None, None] for c in zip(*coefficients))
     return pixels * scale + shift
+
+
+def _image_statistics(planes: torch.Tensor) -> dict:
+    """npseg.preprocessing.image_statistics of one image [3, H, W], in float64."""
+    flat = planes.detach().reshape(3, -1).double()
+    return {"min": float(flat.min()), "max": float(flat.max()), "mean": flat.mean(1).numpy(),
+            "std": flat.std(1, correction=0).numpy()}
 
 
 def cosine_lr(base_lr: float, epoch: int, epochs: int) -> float:
@@ -211,6 +218,7 @@ class _Run:
     def __init__(self, opts: TrainOptions, ckpt: dict | None, family, rank: int, world: int, local_rank: int):
         self.opts, self.rank, self.distributed = opts, rank, world > 1
         self.family, self.tfam, cfg = family
+        self.preprocessing = input_preprocessing(opts.recipe, self.family.preprocessing)
         self.device = _device(opts, self.distributed, local_rank)
         if self.distributed:
             dist.init_process_group("nccl" if self.device.type == "cuda" else "gloo")
@@ -264,9 +272,9 @@ class _Run:
 
     def batch(self, item: dict) -> dict:
         """A loader item (image: RGB pixels in 0..255) as the loss's batch: tensors on the device, the
-        image normalised as the family's npseg record says, the teacher's logits, the family's options."""
+        image normalised as the run's npseg record says, the teacher's logits, the family's options."""
         batch = {k: v.to(self.device) for k, v in item.items()}
-        image = normalise(item["image"], self.family.preprocessing)
+        image = normalise(item["image"], self.preprocessing)
         batch["image"] = image.to(self.device, memory_format=self.memory_format)
         if self.teacher is not None:
             teacher, preprocessing = self.teacher
@@ -307,7 +315,7 @@ class _Run:
         """Validate (rank 0), count the epoch, log it and write the checkpoints; the epoch's seconds."""
         if self.rank == 0:
             val_dice, val_per = validate(self.model, self.val_parts, self.names, self.device,
-                                         self.family.preprocessing, self.family.output)
+                                         self.preprocessing, self.family.output)
         seconds = time.time() - t0
         self.state["epoch"] = epoch
         self.state["train_seconds"] += seconds
