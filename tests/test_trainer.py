@@ -746,3 +746,54 @@ def test_a_per_image_run_trains_exports_and_deploys_with_that_normalisation(toy,
     assert "each channel standardised over the frame" in w.provenance["recipe"]["summary"]
     res = evaluate(out, [data], limit=2, progress=False)["datasets"]["toy"]
     assert res["n"] >= 1 and res["npseg_torch_dice_diff"] < 1e-3
+
+
+def test_mix_styles_moves_each_samples_channel_statistics_towards_its_partners():
+    """weight 1 keeps a sample as it is; weight 0 gives it its partner's per-channel mean and std
+    with its own normalised pattern; the statistics carry no gradient."""
+    from trainer.style import mix_styles
+
+    x = torch.randn(3, 4, 8, 8, dtype=torch.float64) * torch.tensor([1.0, 2.0, 3.0]).view(3, 1, 1, 1) + 5
+    partner = torch.tensor([2, 0, 1])
+    kept = mix_styles(x, torch.ones(3), partner)
+    assert torch.allclose(kept, x, atol=1e-6)
+    moved = mix_styles(x, torch.zeros(3), partner)
+    for i, j in enumerate(partner.tolist()):
+        assert torch.allclose(moved[i].mean((1, 2)), x[j].mean((1, 2)), atol=1e-6)
+        assert torch.allclose(moved[i].std((1, 2), unbiased=False), x[j].std((1, 2), unbiased=False), atol=1e-4)
+        standardised = (x[i] - x[i].mean((1, 2), keepdim=True)) / x[i].std((1, 2), unbiased=False, keepdim=True)
+        ours = (moved[i] - moved[i].mean((1, 2), keepdim=True)) / moved[i].std((1, 2), unbiased=False, keepdim=True)
+        assert torch.allclose(ours, standardised, atol=1e-4)
+    x.requires_grad_(True)
+    mix_styles(x, torch.zeros(3), partner).sum().backward()
+    assert torch.allclose(x.grad, (x.detach().std((2, 3), unbiased=False, keepdim=True)[partner]
+                                   / x.detach().std((2, 3), unbiased=False, keepdim=True)).expand_as(x), atol=1e-4)
+
+
+def test_mixstyle_hooks_act_in_training_only_and_are_recorded(toy, tmp_path, monkeypatch):
+    """recipe mixstyle = p: the family's style layers re-style their outputs in training mode (here
+    every batch, p = 1), never in validation; the recipe summary names it; a family without style
+    layers refuses the key."""
+    from trainer import style
+    from trainer.models import TORCH_FAMILIES
+    from trainer.recipe import RecipeError
+
+    tmp, data = toy
+    calls, losses = [], []
+    family = TORCH_FAMILIES["ultraseg"]
+    monkeypatch.setattr(style, "mix_styles", lambda x, w, p: calls.append(x.shape) or x)
+    monkeypatch.setitem(TORCH_FAMILIES, "ultraseg", dataclasses.replace(
+        family, loss=lambda outputs, batch: losses.append(1) or family.loss(outputs, batch)))
+    train(options(tmp_path, data, "styled", epochs=1, size=64, batch_size=3, mixstyle=1.0))  # 9 samples: 3 batches
+    assert len(calls) == 2 * len(losses) > 0  # two style layers per training batch, none in validation
+    assert {s[2] for s in calls} == {32, 16}  # Down1 at H/2 and Down2 at H/4 of the 64-pixel input
+    summary = json.loads((tmp_path / "styled" / "options.json").read_text())["recipe"]
+    assert summary["mixstyle"] == 1.0
+    out = export_checkpoint(tmp_path / "styled" / "best.pt", tmp_path / "styled.safetensors")
+    from npseg import weights as weights_file
+
+    assert "feature statistics mixed between samples in 1 of batches" in \
+        weights_file.load(out).provenance["recipe"]["summary"]
+    monkeypatch.setitem(TORCH_FAMILIES, "ultraseg", dataclasses.replace(family, style_layers=None))
+    with pytest.raises(RecipeError, match="names no style layers"):
+        train(options(tmp_path, data, "unstyled", epochs=1, size=64, mixstyle=0.5))
