@@ -82,8 +82,6 @@ _RECIPE_FLAGS = {
                                           "the frame (per-image)"}),
     "paste_small": ("--paste-small", {"type": float, "metavar": "P", "help": "probability of pasting a shrunk "
                                                                             "polyp into a train sample"}),
-    "mixstyle": ("--mixstyle", {"type": float, "metavar": "P", "help": "probability per batch of mixing feature "
-                                                                      "statistics between samples in early layers"}),
     "balanced": ("--balanced", {"type": int, "metavar": "N", "help": "each epoch draws N samples from every "
                                                                      "dataset (the smaller repeated); 0: each once"}),
     "select_on": ("--select-on", {"metavar": "DATASET", "help": "select the best checkpoint (and stop early) "

@@ -87,13 +87,11 @@ def _recipe_summary(recipe: Recipe, family: str) -> str:
               f"of 32) from samples cached at {train_size(recipe)}" if recipe.multiscale else "")
     teacher = f", distilled from {Path(recipe.teacher).name}" if recipe.teacher else ""
     normalization = ", each channel standardised over the frame" if recipe.normalize == "per-image" else ""
-    style = f", feature statistics mixed between samples in {recipe.mixstyle:g} of batches" if recipe.mixstyle else ""
     prior = f", output layer started at the prior {recipe.output_prior:g}" if recipe.output_prior else ""
     selection = "validation Dice" if recipe.select_on is None else f"{recipe.select_on}'s validation Dice alone"
     return (f"Adam lr {recipe.lr:g}, cosine over {recipe.epochs} epochs, batch {recipe.batch_size}, "
             f"{height}x{width}, {D.describe_augmentation(recipe.augmentation)}, the {family} family's "
-            f"loss{paste}{teacher}{normalization}{style}{prior}, early stopping patience {recipe.patience} "
-            f"on {selection}")
+            f"loss{paste}{teacher}{normalization}{prior}, early stopping patience {recipe.patience} on {selection}")
 
 
 def checkpoint_provenance(ckpt: dict, ckpt_path) -> dict:

@@ -41,7 +41,6 @@ class Recipe:
     augmentation: str = "recipe"  # trainer.data.AUGMENTATIONS
     normalize: str = "family"  # the input normalisation: the family's, or "per-image" (NORMALIZATIONS)
     paste_small: float = 0.0  # probability of a small pasted polyp per train sample
-    mixstyle: float = 0.0  # probability per train batch and style layer of mixing feature statistics (trainer.style)
     balanced: int = 0  # samples each epoch draws from every dataset (the smaller repeated); 0: each sample once
     select_on: str | None = None  # select (and stop) on this dataset's validation Dice alone
     teacher: str | None = None  # weights file whose outputs (TorchFamily.teach) the loss receives
@@ -74,7 +73,6 @@ _BOUNDS = {
     "patience": (lambda v: v >= 1, "at least 1"),
     "max_minutes": (lambda v: v is None or v >= 0, "a non-negative number of minutes"),
     "paste_small": (lambda v: 0 <= v <= 1, "a probability in [0, 1]"),
-    "mixstyle": (lambda v: 0 <= v <= 1, "a probability in [0, 1]"),
     "output_prior": (lambda v: v is None or 0 < v < 1, "a probability in (0, 1)"),
     "balanced": (lambda v: v >= 0, "a non-negative number of samples per dataset and epoch"),
     "size": (lambda v: all(s > 0 and s % 16 == 0 for s in ((v,) if isinstance(v, int) else v)),

@@ -31,7 +31,6 @@ from .evaluate import dice_iou
 from .models import init_from_weights, torch_family, torch_model_from_weights
 from .recipe import Recipe, RecipeError, TrainOptions, input_preprocessing
 from .splits import packed_copies, prepare_data
-from .style import attach_style_mixing
 
 # what `--overwrite` removes from a run folder before a new run starts there
 RUN_FILES = ("options.json", "log.csv", "log.json", "last.pt", "best.pt", "summary.json", "splits")
@@ -113,8 +112,6 @@ def _check_recipe(recipe: Recipe, tfam) -> None:
         why = f"the {tfam.name} family names no output layer" if tfam.output_layer is None else "drop it or 'init'"
         if tfam.output_layer is None or recipe.init:
             raise RecipeError(f"recipe key 'output_prior' starts a fresh model's output layer: {why}")
-    if recipe.mixstyle and tfam.style_layers is None:
-        raise RecipeError(f"recipe key 'mixstyle': the {tfam.name} family names no style layers; drop the key")
     try:
         tfam.options(**recipe.options)
     except (TypeError, ValueError) as e:
@@ -235,8 +232,6 @@ class _Run:
         # channels-last makes torch's CPU depthwise/grouped convs about 1.5x faster here (measured, 1 thread)
         self.memory_format = torch.channels_last if self.device.type == "cpu" else torch.contiguous_format
         self.model = model.to(device=self.device, memory_format=self.memory_format)
-        if opts.recipe.mixstyle:
-            attach_style_mixing(self.tfam.style_layers(self.model), opts.recipe.mixstyle)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=opts.recipe.lr)
         self.state = {"epoch": 0, "best_val_dice": -1.0, "best_epoch": 0, "epochs_since_best": 0,
                       "train_seconds": 0.0, "history": []}

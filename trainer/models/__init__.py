@@ -61,8 +61,6 @@ class TorchFamily:
                      teacher (default: the teacher's logits); e.g. its logits and encoder features
     output_layer     optional module -> its layer that makes the logits (a conv or linear layer with a bias;
                      the recipe's output_prior starts it neutral)
-    style_layers     optional module -> its early layers whose outputs carry the image's style (the recipe's
-                     mixstyle mixes their feature statistics between samples, trainer.style)
     """
 
     name: str
@@ -75,7 +73,6 @@ class TorchFamily:
     options: type = NoOptions
     teach: Callable[[Any, Any], Any] = _logits_of
     output_layer: Callable[[Any], Any] | None = None
-    style_layers: Callable[[Any], list] | None = None
 
 
 def _torch_families() -> dict[str, TorchFamily]:

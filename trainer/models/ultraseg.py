@@ -384,5 +384,4 @@ FAMILY = TorchFamily(
     import_upstream=import_upstream,
     grow=grow,
     options=UltraSegOptions,
-    style_layers=lambda model: [model.Down1, model.Down2],  # the two encoder stages before GELU, H/2 and H/4
 )
