@@ -30,7 +30,8 @@ import numpy as np
 RESIZE_MODES = ("bilinear",)
 COLOR_ORDERS = ("RGB", "BGR")
 ACTIVATIONS = ("softmax", "sigmoid")
-PER_IMAGE_KINDS = ("minmax", "standardize")  # normalisations whose coefficients need the frame's statistics
+# normalisation kind -> the frame statistics (image_statistics keys) its coefficients read
+PER_IMAGE_KINDS = {"minmax": ("min", "max"), "standardize": ("mean", "std")}
 
 
 def affine(scale: float = 1.0 / 255.0, mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0), color_order: str = "RGB") -> dict:
@@ -120,8 +121,8 @@ _PLACEHOLDER_STATS = {"min": 0.0, "max": 255.0, "mean": np.zeros(3), "std": np.o
 
 def affine_coefficients(pre: dict, stats: dict | None = None):
     """(scale[3], shift[3]) float32 with network input = pixel * scale[c] + shift[c] (pixel in 0..255,
-    planes already in `color_order`). The per-image kinds (PER_IMAGE_KINDS) need the frame's
-    `image_statistics`: minmax its "min" and "max", standardize its "mean" and "std"; without them
+    planes already in `color_order`). The per-image kinds need the frame's `image_statistics`, the
+    keys PER_IMAGE_KINDS names for each; without them
     a frame spanning 0..255 with mean 0 and std 1 stands in."""
     norm = pre["normalize"]
     stats = stats or _PLACEHOLDER_STATS

@@ -71,13 +71,14 @@ def _warmup_command(path: str | None, h: int, w: int) -> list[str] | None:
     return [sys.executable, "-m", "npseg", "warmup", str(path), "--size", f"{h}x{w}", "--background"]
 
 
-def _frame_statistics(small: np.ndarray, rgb: bool, kind: str) -> dict:
-    """What normalisation `kind` needs of npseg.preprocessing.image_statistics of a resized BGR
-    frame, channels in the file's colour order (cv2's mean and std: about a tenth of NumPy's time)."""
-    if kind == "minmax":
-        return {"min": float(small.min()), "max": float(small.max())}
-    mean, std = (v[:, 0] for v in cv2.meanStdDev(small))
-    return {"mean": mean[::-1], "std": std[::-1]} if rgb else {"mean": mean, "std": std}
+def _frame_statistics(small: np.ndarray, rgb: bool, needs: tuple[str, ...]) -> dict:
+    """The `needs` keys of npseg.preprocessing.image_statistics of a resized BGR frame, channels in
+    the file's colour order (cv2's mean and std: about a tenth of NumPy's time)."""
+    stats = {"min": float(small.min()), "max": float(small.max())} if "min" in needs else {}
+    if "mean" in needs:
+        mean, std = (v[:, 0] for v in cv2.meanStdDev(small))
+        stats.update({"mean": mean[::-1], "std": std[::-1]} if rgb else {"mean": mean, "std": std})
+    return stats
 
 
 class Segmenter:
@@ -107,8 +108,7 @@ class Segmenter:
         self.input_size = (int(h), int(w))
         self._pre, self._out = weights.preprocessing, weights.output
         self._rgb = self._pre["color_order"] == "RGB"
-        kind = self._pre["normalize"]["kind"]
-        self._per_image_kind = kind if kind in PER_IMAGE_KINDS else None
+        self._frame_needs = PER_IMAGE_KINDS.get(self._pre["normalize"]["kind"])  # None: fixed coefficients
         self._scale, self._shift = affine_coefficients(self._pre)
         params = self.family.fold(self.config, weights.tensors)
         # per-frame buffers: predict() allocates only the mask it returns
@@ -145,8 +145,8 @@ class Segmenter:
         h, w = self.input_size
         small = cv2.resize(frame, (w, h), dst=self._small, interpolation=cv2.INTER_LINEAR)
         scale, shift = self._scale, self._shift
-        if self._per_image_kind:  # the resized frame's statistics
-            scale, shift = affine_coefficients(self._pre, _frame_statistics(small, self._rgb, self._per_image_kind))
+        if self._frame_needs:  # the resized frame's statistics
+            scale, shift = affine_coefficients(self._pre, _frame_statistics(small, self._rgb, self._frame_needs))
         if numba is None or numpy_only:  # without Numba the kernel would be plain Python
             out[...] = to_planar_ref(small, self._rgb, scale, shift)
         else:

@@ -125,7 +125,7 @@ def test_segmenter_standardizes_each_channel_over_the_resized_frame(tmp_path):
     import cv2
 
     import npseg
-    from npseg.preprocessing import image_statistics, standardize
+    from npseg.preprocessing import PER_IMAGE_KINDS, image_statistics, standardize
     from npseg.segmenter import _frame_statistics
 
     w = random_weights(VARIANTS["ultraseg-108k"])
@@ -141,7 +141,7 @@ def test_segmenter_standardizes_each_channel_over_the_resized_frame(tmp_path):
     np.testing.assert_allclose(seg.preprocess(frame), expected, atol=1e-5)
     reference = image_statistics(small[:, :, ::-1])
     for kind, keys in (("standardize", ("mean", "std")), ("minmax", ("min", "max"))):
-        fast = _frame_statistics(small, True, kind)
+        fast = _frame_statistics(small, True, PER_IMAGE_KINDS[kind])
         assert set(fast) == set(keys)
         for key in keys:
             np.testing.assert_allclose(fast[key], reference[key], rtol=1e-9)
